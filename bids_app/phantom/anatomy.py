@@ -1,0 +1,183 @@
+"""Random spine anatomy of a phantom, in world millimetres, independent of any acquisition.
+
+The spine is described along its own arc length `s` (0 at the top of C1, growing caudally)
+as a table of segments (C1, vertebral bodies, discs, sacrum), and placed in the world by a
+smooth canal centreline x_c(z), y_c(z) (RAS mm). Keeping anatomy and acquisition apart is
+what lets the same spine be rendered in any orientation and voxel size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bids_app import labels as L
+
+# Segment kinds (integers so per-sample look-ups stay vectorised).
+NONE, C1, BODY, DISC, SACRUM = 0, 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One slab of the column along `s`: a vertebral body, a disc, C1 or the sacrum."""
+
+    kind: int
+    label: int  # final label id (method.md §4.5)
+    s_top: float
+    s_bot: float
+    depth: float  # antero-posterior size of the body/disc (mm)
+    width: float  # left-right size (mm)
+
+    @property
+    def height(self) -> float:
+        return self.s_bot - self.s_top
+
+
+@dataclass
+class Anatomy:
+    """A whole spine from above C1 to the sacrum, with its world placement."""
+
+    seed: int
+    scale: float
+    segments: list[Segment]
+    n_lumbar: int
+    # Canal and cord cross-section radii (AP, LR) as piecewise-linear functions of s.
+    radius_knots_s: np.ndarray
+    canal_radii: np.ndarray  # (n_knots, 2)
+    cord_radii: np.ndarray  # (n_knots, 2)
+    cord_end_s: float
+    canal_end_s: float
+    arch_thickness: float
+    # Centreline: world z samples (descending, superior first) with x, y and arc length s.
+    z_table: np.ndarray
+    x_table: np.ndarray
+    y_table: np.ndarray
+    s_table: np.ndarray
+    curves: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def s_total(self) -> float:
+        return self.segments[-1].s_bot
+
+    def segment(self, label: int) -> Segment:
+        return next(seg for seg in self.segments if seg.label == label)
+
+    def z_at_s(self, s: np.ndarray | float) -> np.ndarray:
+        """World z (mm) of the centreline point at arc length s."""
+        return np.interp(s, self.s_table, self.z_table)
+
+    def centre_at_s(self, s: float) -> np.ndarray:
+        """World RAS position (mm) of the canal centre at arc length s."""
+        z = float(self.z_at_s(s))
+        return np.array([np.interp(-z, -self.z_table, self.x_table),
+                         np.interp(-z, -self.z_table, self.y_table), z])
+
+    def body_offset(self, depth: float, s: float) -> float:
+        """AP distance from the canal centre to the centre of a body of this depth at s."""
+        canal_ap = float(np.interp(s, self.radius_knots_s, self.canal_radii[:, 0]))
+        return canal_ap + self.arch_thickness * 0.5 + depth / 2
+
+    def s_range_of(self, labels: set[int]) -> tuple[float, float]:
+        segs = [seg for seg in self.segments if seg.label in labels]
+        return min(seg.s_top for seg in segs), max(seg.s_bot for seg in segs)
+
+
+def _vertebra_labels(n_lumbar: int) -> list[int]:
+    return [*range(11, 18), *range(21, 33), *range(41, 41 + n_lumbar)]
+
+
+def _disc_below(vertebra: int, n_lumbar: int) -> int:
+    """Final disc id below a vertebra (the last lumbar vertebra sits on L5-S = 100)."""
+    if vertebra == 40 + n_lumbar:
+        return 100
+    if vertebra == 17:
+        return 71
+    if vertebra == 32:
+        return 91
+    if 12 <= vertebra <= 16:
+        return vertebra + 51  # C2 -> 63 ... C6 -> 67
+    if 21 <= vertebra <= 31:
+        return vertebra + 51  # T1 -> 72 ... T11 -> 82
+    return vertebra + 51  # L1 -> 92 ... L5 -> 96 (only when 6 lumbar vertebrae)
+
+
+def random_anatomy(seed: int, n_lumbar: int | None = None) -> Anatomy:
+    """Draw a plausible adult spine; sizes follow published vertebral morphometry roughly."""
+    rng = np.random.default_rng(seed)
+    if n_lumbar is None:
+        n_lumbar = int(rng.choice([4, 5, 6], p=[0.05, 0.9, 0.05]))
+    scale = float(rng.uniform(0.85, 1.08))
+
+    def jitter() -> float:
+        return float(rng.uniform(0.93, 1.07))
+
+    segments: list[Segment] = []
+    s = 0.0
+    verts = _vertebra_labels(n_lumbar)
+    for v in verts:
+        if v == 11:
+            h, d, w = 10.0, 0.0, 0.0
+            segments.append(Segment(C1, 11, s, s + h * scale, d, w))
+            s += h * scale
+            continue
+        if v <= 17:  # C2-C7
+            k = v - 12
+            h, d, w, hd = 14.0 if v == 12 else 13.5, 15.0 + 0.4 * k, 17.0 + 1.0 * k, 4.5 + 0.2 * k
+        elif v <= 32:  # T1-T12
+            k = (v - 21) / 11
+            h, d, w, hd = 16 + 8 * k, 18 + 10 * k, 25 + 12 * k, 4.0 + 2.5 * k
+        else:  # lumbar
+            k = (v - 41) / max(n_lumbar - 1, 1)
+            h, d, w, hd = 25 + 3 * k, 30 + 3 * k, 40 + 8 * k, 9.0 + 3 * k
+        h, d, w, hd = (x * scale * jitter() for x in (h, d, w, hd))
+        segments.append(Segment(BODY, v, s, s + h, d, w))
+        s += h
+        segments.append(Segment(DISC, _disc_below(v, n_lumbar), s, s + hd, d * 1.02, w * 1.02))
+        s += hd
+    sac_len = 95.0 * scale
+    segments.append(Segment(SACRUM, L.SACRUM, s, s + sac_len, 34 * scale, 48 * scale))
+    s_total = s + sac_len
+
+    def s_of(label: int) -> float:
+        seg = next(x for x in segments if x.label == label)
+        return (seg.s_top + seg.s_bot) / 2
+
+    knots = np.array([-60.0, s_of(14), s_of(17), s_of(26), s_of(32), s_of(41 + n_lumbar - 1),
+                      s_total - sac_len * 0.4, s_total + 40])
+    canal = np.array([[7.5, 11.5], [7.0, 11.5], [7.0, 9.0], [7.0, 8.0], [7.5, 9.5], [8.5, 11.5],
+                      [4.0, 6.0], [3.0, 4.0]]) * scale
+    cord = np.array([[4.0, 6.0], [4.0, 6.8], [3.8, 5.5], [3.6, 4.3], [3.8, 4.8], [2.0, 2.5],
+                     [1.0, 1.0], [1.0, 1.0]]) * scale
+    l1 = next(x for x in segments if x.label == 41)
+    cord_end = float(rng.uniform(l1.s_top, l1.s_bot + 12 * scale))  # conus near L1-L2
+
+    # Sagittal curves (+y = anterior) and mild scoliosis, as smooth bumps along s.
+    curves = {
+        "cervical_lordosis": float(rng.uniform(4, 14)) * scale,
+        "thoracic_kyphosis": float(rng.uniform(8, 24)) * scale,
+        "lumbar_lordosis": float(rng.uniform(8, 22)) * scale,
+        "scoliosis": float(rng.uniform(0, 7)) * scale,
+        "scoliosis_phase": float(rng.uniform(0, 2 * np.pi)),
+    }
+    s_fine = np.arange(-80.0, s_total + 80.0, 0.5)
+
+    def bump(centre: float, sigma: float) -> np.ndarray:
+        return np.exp(-0.5 * ((s_fine - centre) / sigma) ** 2)
+
+    y = (curves["cervical_lordosis"] * bump(s_of(14), 45 * scale)
+         - curves["thoracic_kyphosis"] * bump(s_of(27), 90 * scale)
+         + curves["lumbar_lordosis"] * bump(s_of(41 + n_lumbar // 2), 60 * scale)
+         - 0.8 * curves["lumbar_lordosis"] * bump(s_total - 40 * scale, 40 * scale))
+    x = curves["scoliosis"] * np.sin(2 * np.pi * s_fine / (s_total * 0.9) + curves["scoliosis_phase"])
+    # Arc length -> world z: integrate dz = ds / sqrt(1 + x'^2 + y'^2) downwards from z = 0.
+    dxs, dys = np.gradient(x, s_fine), np.gradient(y, s_fine)
+    dz = 1.0 / np.sqrt(1.0 + dxs**2 + dys**2)
+    z = -np.concatenate([[0.0], np.cumsum(0.5 * (dz[1:] + dz[:-1]) * np.diff(s_fine))])
+    z += float(rng.uniform(-20, 20))
+    return Anatomy(
+        seed=seed, scale=scale, segments=segments, n_lumbar=n_lumbar,
+        radius_knots_s=knots, canal_radii=canal, cord_radii=cord, cord_end_s=cord_end,
+        canal_end_s=s_total - sac_len * 0.35, arch_thickness=float(rng.uniform(4.5, 6.0)) * scale,
+        z_table=z, x_table=x, y_table=y, s_table=s_fine, curves=curves,
+    )
