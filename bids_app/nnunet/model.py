@@ -1,0 +1,249 @@
+"""One nnU-Net model, loaded once and reused for every image (method.md §1.5).
+
+The network is built from plans.json instead of through nnU-Net's trainer lookup: the official
+TotalSpineSeg checkpoints name trainers (`nnUNetTrainerDAExtGPU`) that only exist after AugLab
+patches the installed nnunetv2, and none of them changes the architecture. Prediction goes
+through nnU-Net's own predictor so preprocessing, sliding window, resampling and region
+handling are nnU-Net's, bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from bids_app.nnunet.weights import WeightsError, find_checkpoint
+
+
+def default_threads() -> int:
+    """CPU cores this process may use (respects taskset/cgroup affinity, unlike cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_device(spec: str) -> torch.device:
+    """Turn `auto|cpu|cuda|cuda:N` into a device; ValueError (one line) if it cannot be used."""
+    text = spec.strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if match is None:
+        raise ValueError(f"device {spec!r}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else "no GPU visible"
+        raise ValueError(f"device {spec!r}: CUDA is not available (torch {build}); use cpu")
+    if match.group(1) is not None:
+        index, count = int(match.group(1)), torch.cuda.device_count()
+        if index >= count:
+            raise ValueError(f"device {spec!r}: only {count} CUDA device(s) visible")
+        return torch.device("cuda", index)
+    return torch.device("cuda")
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise WeightsError(f"{path}: missing") from e
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{path}: unreadable JSON ({_one_line(e)})") from e
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types for damaged files; all mean the same here
+        raise WeightsError(f"{path}: corrupt or truncated checkpoint ({_one_line(e)})") from e
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise WeightsError(f"{path}: not an nnU-Net checkpoint (no network_weights)")
+    return checkpoint
+
+
+class NnUNetModel:
+    """A ready nnU-Net predictor for one Dataset folder; build it with `NnUNetModel.load`."""
+
+    def __init__(
+        self,
+        predictor: nnUNetPredictor,
+        checkpoint_path: Path,
+        configuration: str,
+        num_input_channels: int,
+    ):
+        self._predictor = predictor
+        self._checkpoint_path = checkpoint_path
+        self._configuration = configuration
+        self._num_input_channels = num_input_channels
+
+    @classmethod
+    def load(
+        cls,
+        dataset_dir: Path,
+        device: torch.device,
+        *,
+        tile_step_size: float = 0.5,
+        threads: int | None = None,
+    ) -> NnUNetModel:
+        """Load `<dataset_dir>/<Trainer>__<Plans>__<Config>/fold_0` the way TotalSpineSeg does.
+
+        Gaussian-weighted sliding window, no test-time mirroring. Sets torch's (process-wide)
+        thread count: `threads` or all usable cores on CPU, 1 on CUDA like TotalSpineSeg.
+        Raises WeightsError (one line) for missing, corrupt or inconsistent model files.
+        """
+        checkpoint_path = find_checkpoint(Path(dataset_dir))
+        trainer_dir = checkpoint_path.parent.parent
+        plans = _read_json(trainer_dir / "plans.json")
+        dataset_json = _read_json(trainer_dir / "dataset.json")
+        checkpoint = _load_checkpoint(checkpoint_path)
+        trainer_name, _plans_name, folder_config = trainer_dir.name.split("__", 2)
+        trainer_name = checkpoint.get("trainer_name") or trainer_name
+        configuration = (checkpoint.get("init_args") or {}).get("configuration") or folder_config
+        try:
+            plans_manager = PlansManager(plans)
+            config_manager = plans_manager.get_configuration(configuration)
+            label_manager = plans_manager.get_label_manager(dataset_json)
+            num_inputs = determine_num_input_channels(plans_manager, config_manager, dataset_json)
+            network = get_network_from_plans(
+                config_manager.network_arch_class_name,
+                config_manager.network_arch_init_kwargs,
+                config_manager.network_arch_init_kwargs_req_import,
+                num_inputs,
+                label_manager.num_segmentation_heads,
+                allow_init=False,
+                deep_supervision=False,
+            )
+        except Exception as e:  # malformed plans/dataset JSON surface as any exception type
+            raise WeightsError(
+                f"{trainer_dir}: plans.json/dataset.json do not describe a network ({_one_line(e)})"
+            ) from e
+        if max(label_manager.all_labels) > 255:
+            raise WeightsError(f"{trainer_dir}/dataset.json: labels above 255 do not fit uint8")
+        try:
+            network.load_state_dict(checkpoint["network_weights"])
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise WeightsError(
+                f"{checkpoint_path}: weights do not fit the network in plans.json ({_one_line(e)})"
+            ) from e
+
+        if device.type == "cuda":
+            torch.set_num_threads(threads or 1)
+            with contextlib.suppress(RuntimeError):  # only settable before any parallel work
+                torch.set_num_interop_threads(1)
+        else:
+            torch.set_num_threads(threads or default_threads())
+        # nnU-Net prints a notice about perform_everything_on_device on every CPU construction.
+        with contextlib.redirect_stdout(io.StringIO()):
+            predictor = nnUNetPredictor(
+                tile_step_size=tile_step_size,
+                use_gaussian=True,
+                use_mirroring=False,
+                perform_everything_on_device=device.type == "cuda",
+                device=device,
+                verbose=False,
+                allow_tqdm=False,
+            )
+        predictor.manual_initialization(
+            network,
+            plans_manager,
+            config_manager,
+            [checkpoint["network_weights"]],
+            dataset_json,
+            trainer_name,
+            checkpoint.get("inference_allowed_mirroring_axes"),
+        )
+        return cls(predictor, checkpoint_path, configuration, num_inputs)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self._checkpoint_path
+
+    @property
+    def trainer_name(self) -> str:
+        """Trainer named in the checkpoint (never imported; see the module docstring)."""
+        return self._predictor.trainer_name
+
+    @property
+    def configuration(self) -> str:
+        return self._configuration
+
+    @property
+    def device(self) -> torch.device:
+        return self._predictor.device
+
+    @property
+    def num_input_channels(self) -> int:
+        return self._num_input_channels
+
+    @property
+    def num_outputs(self) -> int:
+        """Output heads: regions (sigmoid) for region-based models, else classes (softmax)."""
+        return self._predictor.label_manager.num_segmentation_heads
+
+    @property
+    def is_region_based(self) -> bool:
+        return self._predictor.label_manager.has_regions
+
+    @property
+    def regions_class_order(self) -> tuple[int, ...] | None:
+        """Label written for each region head; later heads overwrite earlier ones."""
+        order = self._predictor.label_manager.regions_class_order
+        return None if order is None else tuple(int(c) for c in order)
+
+    def predict(
+        self,
+        channels: np.ndarray,
+        spacing: Sequence[float] = (1.0, 1.0, 1.0),
+        return_probabilities: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Segment one image, exactly as nnU-Net would from a NIfTI holding this array.
+
+        `channels`: (c, x, y, z), nibabel axis order (`get_fdata()` of each channel image),
+        any real dtype (cast to float32 as nnU-Net's reader does); `spacing` is the voxel size
+        along x, y, z in mm. Returns `(segmentation, probabilities)` on the input grid, nibabel
+        axis order: labels (x, y, z) uint8, and when asked, per-head probabilities
+        (num_outputs, x, y, z) float32 (sigmoid per region, 0 outside nnU-Net's nonzero crop
+        box), else None.
+        """
+        array = np.asarray(channels)
+        if array.ndim != 4 or array.shape[0] != self._num_input_channels:
+            raise ValueError(
+                f"expected ({self._num_input_channels}, x, y, z) channels, got shape {array.shape}"
+            )
+        if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+            raise ValueError(f"spacing must be three positive numbers, got {tuple(spacing)}")
+        # SimpleITK (nnU-Net's reader for .nii.gz) returns the same voxels with axes reversed,
+        # and the spacing reversed with them; nnU-Net uses nothing else of the properties.
+        # C order matters too: the z-score sums run in memory order, so a transposed view
+        # would shift the normalised values by rounding and the probabilities with them.
+        sitk_order = np.ascontiguousarray(array.transpose(0, 3, 2, 1), dtype=np.float32)
+        properties = {"spacing": [abs(float(s)) for s in reversed(spacing)]}
+        result = self._predictor.predict_single_npy_array(
+            sitk_order, properties, None, None, return_probabilities
+        )
+        segmentation, probabilities = result if return_probabilities else (result, None)
+        segmentation = np.ascontiguousarray(np.asarray(segmentation).transpose(2, 1, 0), np.uint8)
+        if probabilities is not None:
+            probabilities = np.ascontiguousarray(
+                np.asarray(probabilities).transpose(0, 3, 2, 1), np.float32
+            )
+        return segmentation, probabilities
