@@ -1,0 +1,1 @@
+"""BIDS layer: input discovery and the derivatives writer; knows nothing of networks."""

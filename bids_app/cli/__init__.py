@@ -1,0 +1,1 @@
+"""Command line: the BIDS-App entry point (`spineseg`) and its helper subcommands."""

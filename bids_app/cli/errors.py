@@ -1,0 +1,41 @@
+"""Exit codes (BIDS execution-spec reserved codes, sysexits) and the one-line user error."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILED = 1  # some image failed; everything else was written
+    VALIDATION = 16  # the input dataset failed BIDS validation
+    BAD_LEVEL = 17  # unknown analysis level
+    EMPTY_SELECTION = 18  # filters selected nothing, or a label does not exist
+    USAGE = 64  # command used incorrectly
+    NO_INPUT = 66  # a selected participant has no usable image / input file missing
+    CANT_CREATE = 73  # output or work folder cannot be created
+    IO_ERROR = 74  # writing outputs failed
+    CONFIG = 78  # model weights missing or corrupt
+
+
+EXIT_CODE_HELP = """\
+exit codes:
+  0   success: every selected image is segmented (now or by an earlier run)
+  1   some image failed; the others were written (see the status table and logs/)
+  16  the input dataset failed BIDS validation (see --skip-bids-validation)
+  17  unknown analysis level (use participant or group)
+  18  the selection is empty, or a participant/session label does not exist
+  64  command used incorrectly (unknown option, bad value, bad paths)
+  66  a selected participant has no usable image (group: no participant outputs)
+  73  the output or work folder cannot be created
+  74  input/output error while writing outputs
+  78  model weights missing or corrupt (see `spineseg weights`)
+"""
+
+
+class UserError(Exception):
+    """A failure the user can fix: printed as one line `spineseg: error: ...`, no traceback."""
+
+    def __init__(self, code: ExitCode, message: str):
+        super().__init__(message)
+        self.code = code

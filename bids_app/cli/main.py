@@ -1,0 +1,58 @@
+"""`spineseg` entry point (= run.py): subcommand dispatch, logging, exit codes.
+
+Subcommands are recognised on the first argument before the BIDS-App parser sees the line,
+so `spineseg bids_dir output_dir participant` keeps the exact BIDS-Apps form.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from bids_app.cli import parser as cli_parser
+from bids_app.cli.app import EngineFactory, default_engine_factory, run_bids_app
+from bids_app.cli.errors import ExitCode, UserError
+from bids_app.cli.logs import console_logging
+
+
+def main(
+    argv: Sequence[str] | None = None, *, engine_factory: EngineFactory = default_engine_factory
+) -> int:
+    """Run the command line; returns the exit code (see `spineseg --help`).
+
+    `engine_factory(weights, device, threads)` builds the segmentation engine (once per
+    process); tests inject a fake one.
+    """
+    from bids_app.cli import tools
+
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    command = args_list[0] if args_list and args_list[0] in cli_parser.SUBCOMMANDS else None
+    parsers = {
+        "segment": cli_parser.segment_parser,
+        "weights": cli_parser.weights_parser,
+        "phantoms": cli_parser.phantoms_parser,
+        None: cli_parser.bids_app_parser,
+    }
+    runners = {
+        "segment": lambda a: tools.run_segment(a, engine_factory),
+        "weights": tools.run_weights,
+        "phantoms": tools.run_phantoms,
+        None: lambda a: run_bids_app(a, engine_factory),
+    }
+    try:
+        args = parsers[command]().parse_args(args_list[1:] if command else args_list)
+    except SystemExit as e:  # --help, --version and usage errors (64) end here
+        return int(e.code or 0) if not isinstance(e.code, str) else ExitCode.USAGE
+    with console_logging(args.verbose):
+        try:
+            return int(runners[command](args))
+        except UserError as e:
+            print(f"{cli_parser.PROG}: error: {e}", file=sys.stderr)
+            return int(e.code)
+        except KeyboardInterrupt:
+            print(f"{cli_parser.PROG}: interrupted", file=sys.stderr)
+            return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Argument parsers: the BIDS-App command line (bids-conventions §7.1) and the subcommands.
+
+argparse exits 2 on usage errors; BIDS Apps reserve 64 for that (execution-spec), so every
+parser here exits 64. The analysis level is checked after parsing so that a bad level gets
+its own code (17) instead of a generic usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from bids_app import __version__
+from bids_app.cli.errors import EXIT_CODE_HELP, ExitCode
+
+PROG = "spineseg"
+LEVELS = ("participant", "group")
+SUBCOMMANDS = ("segment", "weights", "phantoms")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+SUBCOMMAND_HELP = """\
+subcommands (given as the first argument, instead of bids_dir):
+  spineseg segment INPUT OUTPUT_DIR   segment one NIfTI image, no BIDS needed
+  spineseg weights                    install or verify the TotalSpineSeg weights
+  spineseg phantoms OUT_DIR           write a small synthetic BIDS dataset
+"""
+
+
+class UsageParser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors exit 64 (EX_USAGE) instead of 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def device(text: str) -> str:
+    if not _DEVICE_RE.match(text.strip().lower()):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto, cpu, cuda or cuda:N")
+    return text.strip().lower()
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        type=device,
+        default="auto",
+        help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N (default: auto)",
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="DIR",
+        help="TotalSpineSeg weights folder (default: $SPINESEG_WEIGHTS, else the per-user "
+        "folder that `spineseg weights` installs into); `demo` selects the shipped demo models",
+    )
+    parser.add_argument(
+        "--iso", action="store_true", help="also write the outputs on the 1 mm model grid"
+    )
+
+
+def bids_app_parser() -> UsageParser:
+    """The BIDS-App parser: `spineseg bids_dir output_dir {participant,group} [options]`."""
+    p = UsageParser(
+        prog=PROG,
+        description="Whole-spine MRI segmentation (TotalSpineSeg method) as a BIDS App: "
+        "vertebrae, intervertebral discs, spinal cord and canal.",
+        epilog=EXIT_CODE_HELP + "\n" + SUBCOMMAND_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("bids_dir", type=Path, help="root of the BIDS dataset (read only)")
+    p.add_argument(
+        "output_dir",
+        type=Path,
+        help="derivatives folder to write, e.g. <bids_dir>/derivatives/spineseg "
+        "(the group level reads only this folder)",
+    )
+    p.add_argument(
+        "analysis_level",
+        metavar="{participant,group}",
+        help="participant: segment images; group: summarise the participant outputs",
+    )
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+
+    sel = p.add_argument_group("selecting images")
+    sel.add_argument(
+        "--participant-label",
+        "--participant_label",
+        dest="participant_label",
+        nargs="+",
+        metavar="LABEL|FILE",
+        help="participants to process, with or without 'sub-', or a file with one per line "
+        "(participants.tsv works); default: all",
+    )
+    sel.add_argument(
+        "--session-label",
+        "--session_label",
+        "--session-id",
+        dest="session_label",
+        nargs="+",
+        metavar="LABEL|FILE",
+        help="sessions to process, with or without 'ses-', or a file; default: all",
+    )
+    sel.add_argument(
+        "--suffix",
+        nargs="+",
+        metavar="SUFFIX",
+        help="image suffixes to segment (anat datatype); default: T2w T1w",
+    )
+    sel.add_argument(
+        "--bids-filter-file",
+        "--bids_filter_file",
+        dest="bids_filter_file",
+        type=Path,
+        metavar="FILE",
+        help='JSON {"<kind>": {<pybids entity>: value}}; kinds are the lower-case suffixes '
+        '("t2w", "t1w") and "localizer"; null = entity absent, "*" = any value; the given '
+        "keys replace those of the default query, the others are kept",
+    )
+    sel.add_argument(
+        "--localizer-suffix",
+        metavar="SUFFIX",
+        help="in each subject/session, segment the image with this suffix first and use its "
+        "labels to guide the labeling of the other images (TotalSpineSeg --loc)",
+    )
+    sel.add_argument(
+        "--localizer",
+        metavar="QUERY",
+        help="like --localizer-suffix but with a pybids query: inline JSON or a JSON file, "
+        'e.g. \'{"suffix": "T2w", "acquisition": "wholespine"}\'',
+    )
+    sel.add_argument(
+        "--skip-bids-validation",
+        "--skip_bids_validation",
+        "--skip-bids-validator",
+        "--skip_bids_validator",
+        dest="skip_bids_validation",
+        action="store_true",
+        help="do not run bids-validator-deno on the input",
+    )
+
+    run = p.add_argument_group("processing")
+    _add_engine_options(run)
+    run.add_argument(
+        "--step1-only",
+        "--step1",
+        dest="step1_only",
+        action="store_true",
+        help="run step 1 only (no final instance labels)",
+    )
+    run.add_argument(
+        "--overwrite", action="store_true", help="recompute images that are already done"
+    )
+    run.add_argument(
+        "--reports-only",
+        action="store_true",
+        help="only regenerate QC and reports from existing outputs (no segmentation)",
+    )
+    run.add_argument(
+        "-w",
+        "--work-dir",
+        type=Path,
+        metavar="DIR",
+        help="scratch folder (default: a temporary folder, removed at the end)",
+    )
+    run.add_argument(
+        "--nprocs",
+        "--nthreads",
+        "--n-cpus",
+        "--n_cpus",
+        dest="nprocs",
+        type=positive_int,
+        metavar="N",
+        help="CPU cores this run may use (default: all the process may use)",
+    )
+    run.add_argument(
+        "--omp-nthreads",
+        type=positive_int,
+        metavar="N",
+        help="threads per image for the networks (default: --nprocs); capped by --nprocs",
+    )
+    run.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv: also libraries)"
+    )
+    run.add_argument(
+        "--notrack", action="store_true", help="accepted for compatibility; SpineSeg sends nothing"
+    )
+    return p
+
+
+def segment_parser() -> UsageParser:
+    p = UsageParser(
+        prog=f"{PROG} segment",
+        description="Segment one NIfTI image (no BIDS). Writes <name>_seg-spine_dseg.nii.gz, "
+        "<name>_seg-step1_dseg.nii.gz, <name>_seg-discmarkers_dseg.nii.gz, "
+        "<name>_label-cord_probseg.nii.gz and <name>_label-canal_probseg.nii.gz (+ JSON).",
+        epilog="exit codes: 0 ok, 1 the image could not be segmented, 64 usage, "
+        "66 input missing, 73/74 output errors, 78 weights missing or corrupt",
+    )
+    p.add_argument("input", type=Path, help="a .nii or .nii.gz image")
+    p.add_argument("output_dir", type=Path, help="folder for the outputs (created)")
+    p.add_argument("--step1", action="store_true", help="run step 1 only")
+    p.add_argument(
+        "--loc",
+        type=Path,
+        metavar="FILE",
+        help="final labels of a localizer image of the same subject/session",
+    )
+    _add_engine_options(p)
+    p.add_argument("--omp-nthreads", type=positive_int, metavar="N", help="threads")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def weights_parser() -> UsageParser:
+    p = UsageParser(
+        prog=f"{PROG} weights",
+        description="Install the TotalSpineSeg nnU-Net weights (verified by SHA-256), or "
+        "verify an installation with --verify.",
+        epilog="exit codes: 0 ok, 1 install or verification failed, 64 usage",
+    )
+    p.add_argument("--release", help="weights release (default: the newest known)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="ZIP|DIR|URL",
+        help="install from a release zip, a folder (of zips or unpacked) or a URL instead of "
+        "downloading from GitHub",
+    )
+    p.add_argument(
+        "--dest",
+        type=Path,
+        metavar="DIR",
+        help="weights root (default: $SPINESEG_WEIGHTS or the per-user data folder)",
+    )
+    p.add_argument("--force", action="store_true", help="reinstall even if already installed")
+    p.add_argument(
+        "--verify", action="store_true", help="only check the installed weights and print hashes"
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def phantoms_parser() -> UsageParser:
+    p = UsageParser(
+        prog=f"{PROG} phantoms",
+        description="Write a small synthetic BIDS dataset of spine phantoms (with ground truth "
+        "in derivatives/truth) for demos and tests.",
+    )
+    p.add_argument("out_dir", type=Path, help="dataset root to create")
+    p.add_argument("--subjects", type=positive_int, default=3, metavar="N", help="default: 3")
+    p.add_argument("--seed", type=int, default=7000, metavar="S", help="default: 7000")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p

@@ -1,0 +1,115 @@
+"""Subcommands beside the BIDS App: `segment` (one file), `weights`, `phantoms`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from bids_app.bids.derivatives import write_outputs
+from bids_app.bids.stamps import source_stem
+from bids_app.cli.app import (
+    EngineFactory,
+    ImageFailure,
+    _make_dir,
+    create_engine,
+    resolve_model,
+    segment_image,
+)
+from bids_app.cli.errors import ExitCode, UserError
+from bids_app.cli.logs import say
+
+
+def run_segment(args, engine_factory: EngineFactory) -> int:
+    """Segment one NIfTI file into OUTPUT_DIR/<name>_seg-spine_dseg.nii.gz etc. (no BIDS)."""
+    src: Path = args.input
+    if not src.name.endswith((".nii", ".nii.gz")):
+        raise UserError(ExitCode.USAGE, f"{src}: expected a .nii or .nii.gz file")
+    for path, what in ((src, "input image"), (args.loc, "localizer labels")):
+        if path is not None and not path.is_file():
+            raise UserError(ExitCode.NO_INPUT, f"{path}: {what} not found")
+    out = args.output_dir.expanduser().resolve()
+    _make_dir(out, "output folder")
+    weights, model = resolve_model(args.weights)
+    engine = create_engine(engine_factory, weights, args.device, args.omp_nthreads)
+    try:
+        result = segment_image(engine, src, loc_path=args.loc, step1_only=args.step1, iso=args.iso)
+    except ImageFailure as e:
+        raise UserError(ExitCode.FAILED, str(e)) from e
+    uri = src.resolve().as_uri()
+    try:
+        written = write_outputs(
+            out,
+            source_stem(src.name),
+            result,
+            model,
+            desc=None,
+            sources=[uri] + ([args.loc.resolve().as_uri()] if args.loc else []),
+            spatial_reference=uri,
+        )
+    except OSError as e:
+        raise UserError(
+            ExitCode.IO_ERROR, f"{e.filename or out}: cannot write ({e.strerror})"
+        ) from e
+    say(*(str(p) for p in written if p.name.endswith(".nii.gz")))
+    for warning in result.warnings:
+        say(f"warning: {warning}")
+    for error in result.errors:
+        say(f"error: {error}")
+    return ExitCode.FAILED if result.errors else ExitCode.OK
+
+
+def run_weights(args) -> int:
+    """Install a weights release (download, zip, folder or URL) or verify an installation."""
+    from bids_app.nnunet import weights as w
+
+    dest = Path(args.dest or os.environ.get(w.ENV_VAR) or w.default_weights_dir()).expanduser()
+    try:
+        if args.verify:
+            ws = w.resolve_weights(dest, release=args.release)
+            say(f"weights OK: release {ws.release} in {ws.root}")
+            say(*(f"  {sha}  {name}" for name, sha in sorted(ws.sha256.items())))
+            return ExitCode.OK
+        ws = w.install_weights(
+            dest,
+            release=args.release or w.DEFAULT_RELEASE,
+            source=args.source,
+            force=args.force,
+            progress=sys.stderr.isatty(),
+        )
+    except w.WeightsError as e:
+        raise UserError(ExitCode.FAILED, str(e)) from e
+    say(f"installed release {ws.release} in {ws.root}")
+    missing = [name for name, path in (("step 1", ws.step1), ("step 2", ws.step2)) if path is None]
+    if missing:
+        say(f"still missing: {', '.join(missing)}; install its zip the same way")
+        return ExitCode.OK
+    if os.environ.get(w.ENV_VAR) is None and args.dest:
+        say(f"use it with --weights {dest} or export {w.ENV_VAR}={dest}")
+    return ExitCode.OK
+
+
+PHANTOM_NAME = "SpineSeg synthetic spine phantoms"
+
+
+def run_phantoms(args) -> int:
+    """Write the synthetic BIDS dataset; refuses to write into an unrelated, non-empty folder."""
+    from bids_app.phantom.bids_dataset import write_phantom_dataset
+
+    out: Path = args.out_dir.expanduser().resolve()
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            name = json.loads((out / "dataset_description.json").read_text()).get("Name")
+        except (OSError, ValueError, AttributeError):
+            name = None
+        if name != PHANTOM_NAME:
+            raise UserError(ExitCode.USAGE, f"{out}: exists, is not empty and is not a phantom set")
+    try:
+        written = write_phantom_dataset(out, args.subjects, args.seed)
+    except OSError as e:
+        raise UserError(
+            ExitCode.CANT_CREATE, f"{e.filename or out}: cannot write ({e.strerror})"
+        ) from e
+    say(f"wrote {len(written)} phantom images to {out} (ground truth in derivatives/truth)")
+    return ExitCode.OK
