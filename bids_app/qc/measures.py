@@ -1,0 +1,282 @@
+"""Per-level morphometry of a final label image, in millimetres, whatever its grid.
+
+Lengths are read off the label image rendered by nearest neighbour at `STEP` mm along lines in
+world space: a voxel then counts as the box around its centre, which keeps each boundary
+within half a voxel of the truth on average and makes the numbers independent of voxel
+order, size and obliquity. Heights are means over a core bundle of lines parallel to the
+local spine axis (a volume divided by a cross-section), so single-voxel noise averages out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from bids_app import labels as L
+from bids_app.qc.geometry import LabelGeometry, anterior_frame, sample, unit, voxel_extent
+
+STEP = 0.25  # mm between samples along lines and in oblique planes
+CSA_HALF_WIDTH = 25.0  # mm; half side of the square plane sampled around the canal centre
+CSA_MAX_OFFSET = 5.0  # mm; the canal must be this close to the centreline point
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the morphometry TSV, with its BIDS sidecar description."""
+
+    name: str
+    long_name: str
+    description: str
+    units: str | None = None
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("index", "Label index", "Label value in the final segmentation (seg-spine_dseg.tsv)."),
+    Column("name", "Label name", "Label name from seg-spine_dseg.tsv."),
+    Column("abbreviation", "Level", "Short level name (C2, T12-L1, SC, CANAL...)."),
+    Column("structure", "Structure", "cord, canal, vertebra, sacrum or disc."),
+    Column("voxels", "Voxel count", "Number of voxels carrying this label."),
+    Column("volume_mm3", "Volume", "Voxel count times voxel volume.", "mm^3"),
+    Column(
+        "n_components",
+        "Connected components",
+        "26-connected components of this label; 1 is expected.",
+    ),
+    Column(
+        "fov_edge",
+        "At the edge of the field of view",
+        "1 when the label reaches the border of the image (its volume may be incomplete; "
+        "lengths cut by the border are reported as n/a), else 0.",
+    ),
+    Column("centroid_x_mm", "Centroid x", "Scanner RAS x of the label centroid.", "mm"),
+    Column("centroid_y_mm", "Centroid y", "Scanner RAS y of the label centroid.", "mm"),
+    Column("centroid_z_mm", "Centroid z", "Scanner RAS z of the label centroid.", "mm"),
+    Column(
+        "disc_height_mm",
+        "Disc height",
+        "Mean extent of the disc along its axis (the normal of the disc plate from a principal "
+        "component analysis, or the canal centreline tangent when the disc is not plate-like), "
+        "over lines within a core of radius one quarter of the AP depth (the AP standard "
+        "deviation) around the centroid.",
+        "mm",
+    ),
+    Column(
+        "disc_ap_depth_mm",
+        "Disc antero-posterior depth",
+        "Extent of the disc along the anterior direction perpendicular to its axis, through the "
+        "centroid (median of 9 nearby parallel lines).",
+        "mm",
+    ),
+    Column(
+        "body_height_mm",
+        "Vertebral body height",
+        "Mean extent of the vertebra along the line joining the centroids of its two adjacent "
+        "discs, over lines within a core of radius one quarter of the smaller disc's AP depth. "
+        "Only for vertebrae with both adjacent discs segmented; posterior elements are outside "
+        "the core.",
+        "mm",
+    ),
+    Column(
+        "canal_csa_mm2",
+        "Spinal canal cross-sectional area",
+        "Area of canal plus cord in the plane perpendicular to the canal centreline, at the "
+        "centreline point nearest to the disc centroid (disc rows) or to the vertebral "
+        "mid-level (vertebra rows: midpoint of the adjacent disc centroids, else the vertebra "
+        "centroid); sampled at 0.25 mm.",
+        "mm^2",
+    ),
+    Column(
+        "cord_csa_mm2",
+        "Spinal cord cross-sectional area",
+        "Area of the cord in the same plane as canal_csa_mm2 (0 below the cord's end). NOT "
+        "VALIDATED: the TotalSpineSeg cord segmentation was not validated for CSA; use a "
+        "dedicated cord tool for cord morphometry.",
+        "mm^2",
+    ),
+)
+COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+MEASURE_COLUMNS: tuple[str, ...] = (
+    "volume_mm3",
+    "disc_height_mm",
+    "disc_ap_depth_mm",
+    "body_height_mm",
+    "canal_csa_mm2",
+    "cord_csa_mm2",
+)
+COLUMN_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+
+
+def sidecar() -> dict[str, dict[str, str]]:
+    """BIDS column descriptions of the morphometry TSV."""
+    out: dict[str, dict[str, str]] = {}
+    for col in COLUMNS:
+        entry = {"LongName": col.long_name, "Description": col.description}
+        if col.units:
+            entry["Units"] = col.units
+        out[col.name] = entry
+    return out
+
+
+def _line_lengths(
+    geom: LabelGeometry,
+    label: int,
+    origins: np.ndarray,
+    direction: np.ndarray,
+    t0: float,
+    t1: float,
+) -> np.ndarray:
+    """Length (mm) of `label` along lines origin + t * direction, t in [t0, t1] (one per origin)."""
+    t = np.arange(t0 + STEP / 2, t1, STEP)
+    pts = origins[:, None, :] + t[None, :, None] * direction
+    return (sample(geom.data, geom.affine, pts, order=0) == label).sum(1) * STEP
+
+
+def _disc_origins(centre: np.ndarray, e1: np.ndarray, e2: np.ndarray, radius: float) -> np.ndarray:
+    """Line origins 0.5 mm apart filling a disc of `radius` around `centre` in plane (e1, e2)."""
+    r = max(radius, 0.5)
+    g = np.arange(-r, r + 1e-9, 0.5)
+    a, b = np.meshgrid(g, g, indexing="ij")
+    keep = a**2 + b**2 <= r**2
+    return centre + a[keep][:, None] * e1 + b[keep][:, None] * e2
+
+
+def _half_extent(points: np.ndarray, centre: np.ndarray, direction: np.ndarray) -> float:
+    return float(np.abs((points - centre) @ direction).max())
+
+
+def _core_radius(pts: np.ndarray, centre: np.ndarray, ant: np.ndarray) -> float:
+    """Core bundle radius: the AP standard deviation, a quarter of an elliptic disc's depth."""
+    return math.sqrt(float(np.var((pts - centre) @ ant)))
+
+
+def disc_size(geom: LabelGeometry, label: int) -> tuple[float, float]:
+    """(height, AP depth) of a disc in mm; NaN when its axis cannot be found."""
+    axis = geom.disc_axis(label)
+    if axis is None:
+        return math.nan, math.nan
+    pts, c = geom.coords(label), geom.centroid(label)
+    ant, right = anterior_frame(axis)
+    pad = 2 * max(voxel_extent(geom.affine, axis), voxel_extent(geom.affine, ant)) + 2.0
+    thick = math.sqrt(12 * float(np.var((pts - c) @ axis)))
+    reach_a = _half_extent(pts, c, ant) + pad
+    origins = np.array(
+        [c + t * axis + w * right for t in (-thick / 4, 0.0, thick / 4) for w in (-1.0, 0.0, 1.0)]
+    )
+    depths = _line_lengths(geom, label, origins - reach_a * ant, ant, 0.0, 2 * reach_a)
+    depths = depths[depths > 0]
+    if depths.size == 0:
+        return math.nan, math.nan
+    depth = math.nan if geom.touches_edge(label, ant) else float(np.median(depths))
+    if geom.touches_edge(label, axis):
+        return math.nan, depth
+    reach_n = _half_extent(pts, c, axis) + pad
+    core = _disc_origins(c - reach_n * axis, ant, right, _core_radius(pts, c, ant))
+    height = float(_line_lengths(geom, label, core, axis, 0.0, 2 * reach_n).mean())
+    return height, depth
+
+
+def body_height(geom: LabelGeometry, label: int) -> float:
+    """Vertebral body height (mm) between the centroids of its two adjacent discs, or NaN."""
+    above, below = geom.neighbours(label)
+    if above not in L.DISCS or below not in L.DISCS:
+        return math.nan
+    radii = []
+    for disc in (above, below):
+        axis = geom.disc_axis(disc)
+        if axis is None:
+            return math.nan
+        radii.append(_core_radius(geom.coords(disc), geom.centroid(disc), anterior_frame(axis)[0]))
+    radius = min(radii)
+    c_top, c_bot = geom.centroid(above), geom.centroid(below)
+    length = float(np.linalg.norm(c_top - c_bot))
+    axis = unit(c_top - c_bot)
+    if geom.touches_edge(label, axis):
+        return math.nan
+    ant, right = anterior_frame(axis)
+    core = _disc_origins(c_bot, ant, right, radius)
+    return float(_line_lengths(geom, label, core, axis, 0.0, length).mean())
+
+
+def cross_sections(geom: LabelGeometry, point: np.ndarray) -> tuple[float, float]:
+    """(canal, cord) areas in mm^2 perpendicular to the canal at the level of `point`.
+
+    The canal area includes the cord. NaN when the level is beyond the canal's ends, the
+    canal is not found near the centreline there, or the plane does not contain it whole.
+    """
+    cl = geom.centreline
+    if cl is None:
+        return math.nan, math.nan
+    i = cl.nearest(point)
+    if not cl.is_interior(i):
+        return math.nan, math.nan
+    centre, tangent = cl.points[i], cl.tangents[i]
+    ant, right = anterior_frame(tangent)
+    offs = np.arange(-CSA_HALF_WIDTH + STEP / 2, CSA_HALF_WIDTH, STEP)
+    plane = centre + offs[:, None, None] * ant + offs[None, :, None] * right
+    lab = sample(geom.data, geom.affine, plane, order=0)
+    canal = (lab == L.CANAL) | (lab == L.CORD)
+    comps, n = ndimage.label(canal, structure=np.ones((3, 3)))
+    if n == 0:
+        return math.nan, math.nan
+    rr, cc = np.nonzero(canal)
+    mid = (offs.size - 1) / 2
+    dist2 = (rr - mid) ** 2 + (cc - mid) ** 2
+    k = int(np.argmin(dist2))
+    if math.sqrt(dist2[k]) * STEP > CSA_MAX_OFFSET:
+        return math.nan, math.nan
+    comp = comps == comps[rr[k], cc[k]]
+    if comp[0].any() or comp[-1].any() or comp[:, 0].any() or comp[:, -1].any():
+        return math.nan, math.nan
+    canal_area = float(comp.sum()) * STEP**2
+    cord_area = float((comp & (lab == L.CORD)).sum()) * STEP**2
+    return canal_area, (cord_area if L.CORD in geom.boxes else math.nan)
+
+
+def _level_point(geom: LabelGeometry, label: int) -> np.ndarray:
+    """Where a row's cross-sections are taken: the disc centroid, or the vertebral mid-level."""
+    if label in L.DISCS:
+        return geom.centroid(label)
+    above, below = geom.neighbours(label)
+    if above in L.DISCS and below in L.DISCS:
+        return (geom.centroid(above) + geom.centroid(below)) / 2
+    return geom.centroid(label)
+
+
+def measure(geom: LabelGeometry) -> list[dict[str, object]]:
+    """One row per label present (label table order); NaN where a measure does not apply."""
+    rows: list[dict[str, object]] = []
+    discs = {label: disc_size(geom, label) for label in geom.present if label in L.DISCS}
+    comps = geom.component_sizes
+    for lab in L.FINAL_LABELS:
+        if lab.index not in geom.boxes:
+            continue
+        centroid = geom.centroid(lab.index)
+        row: dict[str, object] = {
+            "index": lab.index,
+            "name": lab.name,
+            "abbreviation": lab.abbreviation,
+            "structure": lab.kind,
+            "voxels": geom.count(lab.index),
+            "volume_mm3": geom.count(lab.index) * geom.voxel_volume,
+            "n_components": len(comps.get(lab.index, ())),
+            "fov_edge": int(geom.touches_edge(lab.index)),
+            "centroid_x_mm": float(centroid[0]),
+            "centroid_y_mm": float(centroid[1]),
+            "centroid_z_mm": float(centroid[2]),
+            "disc_height_mm": discs.get(lab.index, (math.nan,))[0],
+            "disc_ap_depth_mm": discs.get(lab.index, (math.nan, math.nan))[1],
+            "body_height_mm": (
+                body_height(geom, lab.index) if lab.kind == "vertebra" else math.nan
+            ),
+        }
+        if lab.kind in ("vertebra", "disc"):
+            row["canal_csa_mm2"], row["cord_csa_mm2"] = cross_sections(
+                geom, _level_point(geom, lab.index)
+            )
+        else:
+            row["canal_csa_mm2"] = row["cord_csa_mm2"] = math.nan
+        rows.append(row)
+    return rows
