@@ -125,4 +125,5 @@ def label_colour(label: int) -> tuple[int, int, int]:
 
 
 def label_hex(label: int) -> str:
-    return "#%02x%02x%02x" % label_colour(label)
+    r, g, b = label_colour(label)
+    return f"#{r:02x}{g:02x}{b:02x}"

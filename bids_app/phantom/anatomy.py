@@ -70,8 +70,13 @@ class Anatomy:
     def centre_at_s(self, s: float) -> np.ndarray:
         """World RAS position (mm) of the canal centre at arc length s."""
         z = float(self.z_at_s(s))
-        return np.array([np.interp(-z, -self.z_table, self.x_table),
-                         np.interp(-z, -self.z_table, self.y_table), z])
+        return np.array(
+            [
+                np.interp(-z, -self.z_table, self.x_table),
+                np.interp(-z, -self.z_table, self.y_table),
+                z,
+            ]
+        )
 
     def body_offset(self, depth: float, s: float) -> float:
         """AP distance from the canal centre to the centre of a body of this depth at s."""
@@ -143,12 +148,48 @@ def random_anatomy(seed: int, n_lumbar: int | None = None) -> Anatomy:
         seg = next(x for x in segments if x.label == label)
         return (seg.s_top + seg.s_bot) / 2
 
-    knots = np.array([-60.0, s_of(14), s_of(17), s_of(26), s_of(32), s_of(41 + n_lumbar - 1),
-                      s_total - sac_len * 0.4, s_total + 40])
-    canal = np.array([[7.5, 11.5], [7.0, 11.5], [7.0, 9.0], [7.0, 8.0], [7.5, 9.5], [8.5, 11.5],
-                      [4.0, 6.0], [3.0, 4.0]]) * scale
-    cord = np.array([[4.0, 6.0], [4.0, 6.8], [3.8, 5.5], [3.6, 4.3], [3.8, 4.8], [2.0, 2.5],
-                     [1.0, 1.0], [1.0, 1.0]]) * scale
+    knots = np.array(
+        [
+            -60.0,
+            s_of(14),
+            s_of(17),
+            s_of(26),
+            s_of(32),
+            s_of(41 + n_lumbar - 1),
+            s_total - sac_len * 0.4,
+            s_total + 40,
+        ]
+    )
+    canal = (
+        np.array(
+            [
+                [7.5, 11.5],
+                [7.0, 11.5],
+                [7.0, 9.0],
+                [7.0, 8.0],
+                [7.5, 9.5],
+                [8.5, 11.5],
+                [4.0, 6.0],
+                [3.0, 4.0],
+            ]
+        )
+        * scale
+    )
+    cord = (
+        np.array(
+            [
+                [4.0, 6.0],
+                [4.0, 6.8],
+                [3.8, 5.5],
+                [3.6, 4.3],
+                [3.8, 4.8],
+                [2.0, 2.5],
+                [1.0, 1.0],
+                [1.0, 1.0],
+            ]
+        )
+        * scale
+    )
     l1 = next(x for x in segments if x.label == 41)
     cord_end = float(rng.uniform(l1.s_top, l1.s_bot + 12 * scale))  # conus near L1-L2
 
@@ -165,19 +206,34 @@ def random_anatomy(seed: int, n_lumbar: int | None = None) -> Anatomy:
     def bump(centre: float, sigma: float) -> np.ndarray:
         return np.exp(-0.5 * ((s_fine - centre) / sigma) ** 2)
 
-    y = (curves["cervical_lordosis"] * bump(s_of(14), 45 * scale)
-         - curves["thoracic_kyphosis"] * bump(s_of(27), 90 * scale)
-         + curves["lumbar_lordosis"] * bump(s_of(41 + n_lumbar // 2), 60 * scale)
-         - 0.8 * curves["lumbar_lordosis"] * bump(s_total - 40 * scale, 40 * scale))
-    x = curves["scoliosis"] * np.sin(2 * np.pi * s_fine / (s_total * 0.9) + curves["scoliosis_phase"])
+    y = (
+        curves["cervical_lordosis"] * bump(s_of(14), 45 * scale)
+        - curves["thoracic_kyphosis"] * bump(s_of(27), 90 * scale)
+        + curves["lumbar_lordosis"] * bump(s_of(41 + n_lumbar // 2), 60 * scale)
+        - 0.8 * curves["lumbar_lordosis"] * bump(s_total - 40 * scale, 40 * scale)
+    )
+    x = curves["scoliosis"] * np.sin(
+        2 * np.pi * s_fine / (s_total * 0.9) + curves["scoliosis_phase"]
+    )
     # Arc length -> world z: integrate dz = ds / sqrt(1 + x'^2 + y'^2) downwards from z = 0.
     dxs, dys = np.gradient(x, s_fine), np.gradient(y, s_fine)
     dz = 1.0 / np.sqrt(1.0 + dxs**2 + dys**2)
     z = -np.concatenate([[0.0], np.cumsum(0.5 * (dz[1:] + dz[:-1]) * np.diff(s_fine))])
     z += float(rng.uniform(-20, 20))
     return Anatomy(
-        seed=seed, scale=scale, segments=segments, n_lumbar=n_lumbar,
-        radius_knots_s=knots, canal_radii=canal, cord_radii=cord, cord_end_s=cord_end,
-        canal_end_s=s_total - sac_len * 0.35, arch_thickness=float(rng.uniform(4.5, 6.0)) * scale,
-        z_table=z, x_table=x, y_table=y, s_table=s_fine, curves=curves,
+        seed=seed,
+        scale=scale,
+        segments=segments,
+        n_lumbar=n_lumbar,
+        radius_knots_s=knots,
+        canal_radii=canal,
+        cord_radii=cord,
+        cord_end_s=cord_end,
+        canal_end_s=s_total - sac_len * 0.35,
+        arch_thickness=float(rng.uniform(4.5, 6.0)) * scale,
+        z_table=z,
+        x_table=x,
+        y_table=y,
+        s_table=s_fine,
+        curves=curves,
     )

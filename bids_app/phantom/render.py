@@ -126,8 +126,9 @@ class _Tables:
 
     def frame(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(s, a, l) spine-frame coordinates (mm) of world RAS points (n, 3)."""
-        zi = np.clip(((self.z_top - pts[:, 2]) / _Z_STEP).astype(np.int32), 0,
-                     self.zlut.shape[0] - 1)
+        zi = np.clip(
+            ((self.z_top - pts[:, 2]) / _Z_STEP).astype(np.int32), 0, self.zlut.shape[0] - 1
+        )
         f = self.zlut[zi]
         dx = pts[:, 0] - f[:, 0]
         dy = pts[:, 1] - f[:, 1]
@@ -166,9 +167,14 @@ def _classify(tab: _Tables, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     tissue[inside & (e_torso > 0.78)] = FAT
 
     # Skull base above C1 (unlabelled bone gives the network its cranial context).
-    skull = (s < -3 * sc) & (alr < 40 * sc) & (
-        ((a < -(cra + 2)) & (a > -(cra + 18 * sc)))
-        | ((s < -9 * sc) & (np.abs(a - tab.c2_ac) < 7 * sc) & (alr < 12 * sc)))
+    skull = (
+        (s < -3 * sc)
+        & (alr < 40 * sc)
+        & (
+            ((a < -(cra + 2)) & (a > -(cra + 18 * sc)))
+            | ((s < -9 * sc) & (np.abs(a - tab.c2_ac) < 7 * sc) & (alr < 12 * sc))
+        )
+    )
     tissue[skull] = BONE
 
     canal_e = (a / np.maximum(cra, 1e-3)) ** 2 + (lr / np.maximum(crl, 1e-3)) ** 2
@@ -182,18 +188,31 @@ def _classify(tab: _Tables, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     arch_lab, arch_t = pr[:, 10], pr[:, 11]
     has_arch = arch_lab > 0
     ring = (((a / (cra + th)) ** 2 + (lr / (crl + th)) ** 2) < 1) & ~in_canal & (a < ac)
-    spinous = (a < -(cra + 0.5 * th)) & (a > -(cra + th + 38 * sc)) & (alr < 3.0 * sc) & (
-        np.abs(arch_t - 0.5) < 0.35)
-    transverse = (alr > crl) & (alr < crl + th + 18 * sc) & (np.abs(a + 2 * sc) < 4.5 * sc) & (
-        np.abs(arch_t - 0.5) < 0.25)
+    spinous = (
+        (a < -(cra + 0.5 * th))
+        & (a > -(cra + th + 38 * sc))
+        & (alr < 3.0 * sc)
+        & (np.abs(arch_t - 0.5) < 0.35)
+    )
+    transverse = (
+        (alr > crl)
+        & (alr < crl + th + 18 * sc)
+        & (np.abs(a + 2 * sc) < 4.5 * sc)
+        & (np.abs(arch_t - 0.5) < 0.25)
+    )
     post = has_arch & (ring | spinous | transverse)
     tissue[post] = CORTEX
     label[post] = arch_lab[post].astype(np.uint8)
     # Ribs: continue the thoracic transverse processes laterally (unlabelled).
     thoracic = (arch_lab >= 21) & (arch_lab <= 32)
     x0 = crl + th + 14 * sc
-    rib = thoracic & (alr > x0) & (alr < x0 + 40 * sc) & (
-        np.abs(a + 2 * sc + (alr - x0) * 0.35) < 4 * sc) & (np.abs(arch_t - 0.5) < 0.18)
+    rib = (
+        thoracic
+        & (alr > x0)
+        & (alr < x0 + 40 * sc)
+        & (np.abs(a + 2 * sc + (alr - x0) * 0.35) < 4 * sc)
+        & (np.abs(arch_t - 0.5) < 0.18)
+    )
     tissue[rib] = BONE
 
     # Vertebral bodies and discs: elliptic cylinders anterior to the canal.
@@ -207,31 +226,44 @@ def _classify(tab: _Tables, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     tissue[disc] = np.where(nucleus[disc], NUCLEUS, ANNULUS)
     label[disc] = seglab[disc].astype(np.uint8)
     # Sacrum: the wedge plus a posterior plate enclosing the sacral canal.
-    sac = (kind == SACRUM) & ((e < 1) | ((a < ac) & (a > -(cra + th + 8 * sc))
-                                         & (alr < crl + th + 12 * sc) & ~in_canal))
+    sac = (kind == SACRUM) & (
+        (e < 1) | ((a < ac) & (a > -(cra + th + 8 * sc)) & (alr < crl + th + 12 * sc) & ~in_canal)
+    )
     tissue[sac] = MARROW
     label[sac] = L.SACRUM
     # C1: ring without body, anterior arch in front of the dens, lateral masses.
     dens_r = 5.0 * sc
     c1 = kind == C1
-    ant = c1 & (a > tab.c2_ac + dens_r + 1 * sc) & (a < tab.c2_ac + dens_r + 7 * sc) & (
-        alr < 11 * sc)
-    lat = c1 & (alr > crl - 1) & (alr < crl + 10 * sc) & (a > -3 * sc) & (
-        a < tab.c2_ac + dens_r + 5 * sc)
+    ant = (
+        c1 & (a > tab.c2_ac + dens_r + 1 * sc) & (a < tab.c2_ac + dens_r + 7 * sc) & (alr < 11 * sc)
+    )
+    lat = (
+        c1
+        & (alr > crl - 1)
+        & (alr < crl + 10 * sc)
+        & (a > -3 * sc)
+        & (a < tab.c2_ac + dens_r + 5 * sc)
+    )
     c1_all = ant | lat | (c1 & ring)
     tissue[c1_all] = CORTEX
     label[c1_all] = 11
     # C2 dens rises from the C2 body into the C1 ring.
-    dens = (s > tab.c2_top - 15 * sc) & (s < tab.c2_top + 1) & (
-        ((a - tab.c2_ac) ** 2 + lr**2) < dens_r**2)
+    dens = (
+        (s > tab.c2_top - 15 * sc)
+        & (s < tab.c2_top + 1)
+        & (((a - tab.c2_ac) ** 2 + lr**2) < dens_r**2)
+    )
     tissue[dens] = MARROW
     label[dens] = 12
 
     # Canal (CSF) and cord last: they win every overlap.
     tissue[in_canal] = CSF
     label[in_canal] = L.CANAL
-    in_cord = in_canal & (kra > 0) & (((a / np.maximum(kra, 1e-3)) ** 2
-                                       + (lr / np.maximum(krl, 1e-3)) ** 2) < 1)
+    in_cord = (
+        in_canal
+        & (kra > 0)
+        & (((a / np.maximum(kra, 1e-3)) ** 2 + (lr / np.maximum(krl, 1e-3)) ** 2) < 1)
+    )
     tissue[in_cord] = CORD
     label[in_cord] = L.CORD
     return tissue, label
@@ -269,10 +301,12 @@ def acquisition_grid(anat: Anatomy, acq: Acquisition) -> tuple[tuple[int, int, i
     centres = np.array([anat.centre_at_s(v) for v in ss])
     zooms = np.array(VOXEL_SIZES[acq.voxel], float)
     lr = acq.lr_extent or (72.0 if acq.voxel != "ax4" else 150.0) * anat.scale
-    lo = np.array([centres[:, 0].mean() - lr / 2, centres[:, 1].min() - 75 * anat.scale,
-                   centres[:, 2].min()])
-    hi = np.array([centres[:, 0].mean() + lr / 2, centres[:, 1].max() + 85 * anat.scale,
-                   centres[:, 2].max()])
+    lo = np.array(
+        [centres[:, 0].mean() - lr / 2, centres[:, 1].min() - 75 * anat.scale, centres[:, 2].min()]
+    )
+    hi = np.array(
+        [centres[:, 0].mean() + lr / 2, centres[:, 1].max() + 85 * anat.scale, centres[:, 2].max()]
+    )
     ornt = axcodes2ornt(tuple(acq.axcodes))
     lin = np.zeros((3, 3))
     shape = []
@@ -303,14 +337,16 @@ def render(anat: Anatomy, acq: Acquisition, noise_seed: int = 0) -> Phantom:
     values[AIR] = 0.0
 
     # Pass 1: one sample per voxel centre gives the labels and a first tissue map.
-    grid = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape),
-                                indexing="ij"), -1).reshape(-1, 3)
+    grid = np.stack(
+        np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij"), -1
+    ).reshape(-1, 3)
     tissue = np.empty(grid.shape[0], np.uint8)
     labels = np.empty(grid.shape[0], np.uint8)
     chunk = 1 << 20
     for i in range(0, grid.shape[0], chunk):
-        tissue[i:i + chunk], labels[i:i + chunk] = _classify(
-            tab, _world_points(affine, grid[i:i + chunk]))
+        tissue[i : i + chunk], labels[i : i + chunk] = _classify(
+            tab, _world_points(affine, grid[i : i + chunk])
+        )
     tissue = tissue.reshape(shape)
     labels = labels.reshape(shape)
     intensity = values[tissue]
@@ -319,15 +355,18 @@ def render(anat: Anatomy, acq: Acquisition, noise_seed: int = 0) -> Phantom:
     mixed = ndimage.maximum_filter(tissue, 3) != ndimage.minimum_filter(tissue, 3)
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
     sub = np.maximum(1, np.ceil(zooms / 0.55)).astype(int)
-    offs = np.stack(np.meshgrid(*((np.arange(k) + 0.5) / k - 0.5 for k in sub),
-                                indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
+    offs = (
+        np.stack(np.meshgrid(*((np.arange(k) + 0.5) / k - 0.5 for k in sub), indexing="ij"), -1)
+        .reshape(-1, 3)
+        .astype(np.float32)
+    )
     idx = np.argwhere(mixed).astype(np.float32)
     acc = np.zeros(idx.shape[0], np.float32)
     per = max(1, chunk // offs.shape[0])
     for i in range(0, idx.shape[0], per):
-        pts = (idx[i:i + per, None, :] + offs[None]).reshape(-1, 3)
+        pts = (idx[i : i + per, None, :] + offs[None]).reshape(-1, 3)
         t, _ = _classify(tab, _world_points(affine, pts))
-        acc[i:i + per] = values[t].reshape(-1, offs.shape[0]).mean(1)
+        acc[i : i + per] = values[t].reshape(-1, offs.shape[0]).mean(1)
     intensity[mixed] = acc
 
     # Smooth multiplicative bias field, Rician noise, arbitrary scanner scale.
@@ -336,12 +375,17 @@ def render(anat: Anatomy, acq: Acquisition, noise_seed: int = 0) -> Phantom:
     bias = np.zeros(shape, np.float32)
     for k in range(3):
         amp = rng.uniform(-0.25, 0.25, 3)
-        bias += (amp[0] * np.cos(np.pi * coords[k] * rng.uniform(0.5, 1.5))
-                 ).reshape([-1 if d == k else 1 for d in range(3)]).astype(np.float32)
+        bias += (
+            (amp[0] * np.cos(np.pi * coords[k] * rng.uniform(0.5, 1.5)))
+            .reshape([-1 if d == k else 1 for d in range(3)])
+            .astype(np.float32)
+        )
     intensity *= np.exp(bias)
     sigma = 1.0 / acq.snr
-    noisy = np.sqrt((intensity + rng.normal(0, sigma, shape).astype(np.float32)) ** 2
-                    + rng.normal(0, sigma, shape).astype(np.float32) ** 2)
+    noisy = np.sqrt(
+        (intensity + rng.normal(0, sigma, shape).astype(np.float32)) ** 2
+        + rng.normal(0, sigma, shape).astype(np.float32) ** 2
+    )
     scale = rng.uniform(300, 2500)
     data = np.clip(np.round(noisy * scale), 0, 32767).astype(np.int16)
 
@@ -352,13 +396,24 @@ def render(anat: Anatomy, acq: Acquisition, noise_seed: int = 0) -> Phantom:
     for img in (image, seg):
         img.set_qform(affine, code=1)
         img.set_sform(affine, code=1)
-    meta = {"anatomy_seed": anat.seed, "noise_seed": noise_seed, "scale": anat.scale,
-            "n_lumbar": anat.n_lumbar, "acquisition": asdict(acq), "curves": anat.curves}
+    meta = {
+        "anatomy_seed": anat.seed,
+        "noise_seed": noise_seed,
+        "scale": anat.scale,
+        "n_lumbar": anat.n_lumbar,
+        "acquisition": asdict(acq),
+        "curves": anat.curves,
+    }
     return Phantom(image=image, labels=seg, anatomy=anat, acquisition=acq, meta=meta)
 
 
-def render_phantom(seed: int, acq: Acquisition | None = None, *, n_lumbar: int | None = None,
-                   noise_seed: int | None = None) -> Phantom:
+def render_phantom(
+    seed: int,
+    acq: Acquisition | None = None,
+    *,
+    n_lumbar: int | None = None,
+    noise_seed: int | None = None,
+) -> Phantom:
     """One call for the common case: random anatomy from `seed`, rendered through `acq`."""
     anat = random_anatomy(seed, n_lumbar=n_lumbar)
     return render(anat, acq or Acquisition(), noise_seed=seed if noise_seed is None else noise_seed)

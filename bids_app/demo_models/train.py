@@ -1,0 +1,268 @@
+"""Train the bundled demo models on synthetic phantoms, reproducibly, on CPU.
+
+    python -m bids_app.demo_models.train --work /tmp/spineseg-train all
+
+Stages: `data` renders phantoms and writes the nnU-Net raw datasets Dataset101 (step 1, one
+channel) and Dataset102 (step 2, image + alternate-disc channel, both parities) with the
+region labels of the official models; `plan` runs nnU-Net's fingerprint/planner and shrinks
+the network so it trains on two CPU cores; `train` runs nnU-Net's own trainer (a subclass
+that only sets the schedule, optimiser and no mirroring); `export` strips optimiser state and
+writes the official layout into this folder. Training seeds are 1000-1999; benchmarks use
+held-out seeds >= 5000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from bids_app import labels as L
+from bids_app.engine.geometry import image_like, labels_onto, resample_to_iso, to_canonical
+from bids_app.phantom.render import FOVS, Acquisition, render_phantom
+from bids_app.phantom.targets import step1_target, step2_target
+
+HERE = Path(__file__).parent
+MASTER_SEED = 20261122
+N_CASES = 36
+STEP1 = "Dataset101_TotalSpineSeg_step1"
+STEP2 = "Dataset102_TotalSpineSeg_step2"
+PATCH = [96, 64, 48]  # nnU-Net axis order (S, A, R on the 1 mm canonical grid)
+FEATURES = [8, 16, 32, 64, 96]
+EPOCHS = 24
+ITERS = 50
+TRAINER_NAME = "nnUNetTrainer"  # what the exported checkpoints say, so stock tools load them
+
+
+def case_acquisition(i: int) -> tuple[int, Acquisition]:
+    """Anatomy seed and acquisition of training case i (deterministic from MASTER_SEED)."""
+    rng = np.random.default_rng(MASTER_SEED + i)
+    fov = str(rng.choice(FOVS, p=[0.3, 0.2, 0.15, 0.15, 0.2]))
+    voxel = str(rng.choice(["iso1", "sag3", "ax4"], p=[0.65, 0.2, 0.15]))
+    oblique = tuple(float(v) for v in rng.uniform(-12, 12, 3)) if rng.random() < 0.2 else (0, 0, 0)
+    contrast = str(rng.choice(["T2w", "T1w"]))
+    acq = Acquisition(
+        fov=fov,
+        voxel=voxel,
+        axcodes="RAS",
+        oblique_deg=oblique,
+        contrast=contrast,
+        snr=float(rng.uniform(12, 35)),
+    )
+    return 1000 + i, acq
+
+
+def _save(data: np.ndarray, affine: np.ndarray, template: nib.Nifti1Image, path: Path) -> None:
+    nib.save(image_like(data, affine, template), path)
+
+
+def region_labels(regions: dict[str, tuple[int, ...]]) -> dict[str, object]:
+    out: dict[str, object] = {"background": 0}
+    out.update({name: list(ids) if len(ids) > 1 else ids[0] for name, ids in regions.items()})
+    return out
+
+
+def write_datasets(raw: Path) -> None:
+    """Render the training phantoms and write both nnU-Net raw datasets."""
+    d1, d2 = raw / STEP1, raw / STEP2
+    for d in (d1, d2):
+        (d / "imagesTr").mkdir(parents=True, exist_ok=True)
+        (d / "labelsTr").mkdir(parents=True, exist_ok=True)
+    for i in range(N_CASES):
+        seed, acq = case_acquisition(i)
+        ph = render_phantom(seed, acq)
+        # What the engine feeds the model: canonical orientation, 1 mm torchio grid.
+        img = resample_to_iso(to_canonical(ph.image))
+        gt = labels_onto(np.asarray(ph.labels.dataobj), ph.labels.affine, img)
+        data = np.asanyarray(img.dataobj)
+        name = f"phantom_{i:03d}"
+        _save(data, img.affine, img, d1 / "imagesTr" / f"{name}_0000.nii.gz")
+        _save(step1_target(gt), img.affine, img, d1 / "labelsTr" / f"{name}.nii.gz")
+        # Step 2 sees the image cropped to the step-1 labels +- 10 voxels.
+        nz = np.argwhere(gt > 0)
+        lo = np.maximum(nz.min(0) - 10, 0)
+        hi = np.minimum(nz.max(0) + 11, gt.shape)
+        sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        aff = img.affine.copy()
+        aff[:3, 3] += img.affine[:3, :3] @ lo
+        for parity in (0, 1):
+            target, channel = step2_target(gt[sl], start=parity)
+            case = f"{name}_p{parity}"
+            _save(data[sl], aff, img, d2 / "imagesTr" / f"{case}_0000.nii.gz")
+            _save(channel, aff, img, d2 / "imagesTr" / f"{case}_0001.nii.gz")
+            _save(target, aff, img, d2 / "labelsTr" / f"{case}.nii.gz")
+        print(f"case {i}: seed {seed} {acq.fov} {acq.voxel} {acq.contrast} {img.shape}", flush=True)
+    for d, channels, regions, n in (
+        (d1, {"0": "MRI"}, L.STEP1_REGIONS, N_CASES),
+        (d2, {"0": "MRI", "1": "noNorm"}, L.STEP2_REGIONS, 2 * N_CASES),
+    ):
+        ds = {
+            "channel_names": channels,
+            "labels": region_labels(regions),
+            "regions_class_order": list(range(1, len(regions) + 1)),
+            "numTraining": n,
+            "file_ending": ".nii.gz",
+            "description": "SpineSeg demo: synthetic spine phantoms (not for real MRI)",
+        }
+        (d / "dataset.json").write_text(json.dumps(ds, indent=2))
+
+
+def plan(ids: list[int]) -> None:
+    """nnU-Net fingerprint + planner, then a network small enough for CPU training."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprints,
+        plan_experiments,
+        preprocess,
+    )
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+
+    extract_fingerprints(ids, num_processes=2, check_dataset_integrity=True)
+    plan_experiments(ids)
+    for name in (STEP1, STEP2):
+        path = Path(nnUNet_preprocessed) / name / "nnUNetPlans.json"
+        plans = json.loads(path.read_text())
+        plans["configurations"] = {"3d_fullres": plans["configurations"]["3d_fullres"]}
+        cfg = plans["configurations"]["3d_fullres"]
+        cfg["patch_size"] = PATCH
+        cfg["batch_size"] = 2
+        kw = cfg["architecture"]["arch_kwargs"]
+        n = len(FEATURES)
+        kw.update(
+            n_stages=n,
+            features_per_stage=FEATURES,
+            kernel_sizes=[[3, 3, 3]] * n,
+            strides=[[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
+            n_conv_per_stage=[2] * n,
+            n_conv_per_stage_decoder=[2] * (n - 1),
+        )
+        path.write_text(json.dumps(plans, indent=2))
+        # One validation split: a few held-back cases, the rest train fold 0.
+        cases = sorted(
+            p.name[: -len(".nii.gz")]
+            for p in (Path(nnUNet_raw) / name / "labelsTr").glob("*.nii.gz")
+        )
+        val = [c for c in cases if c.startswith(("phantom_000", "phantom_001"))]
+        split = [{"train": [c for c in cases if c not in val], "val": val}]
+        (path.parent / "splits_final.json").write_text(json.dumps(split, indent=2))
+        print(f"planned {name}: {cfg['patch_size']} {kw['features_per_stage']}", flush=True)
+    preprocess(ids, configurations=("3d_fullres",), num_processes=(2,))
+
+
+def train(dataset: str, threads: int) -> None:
+    """Train fold 0 with nnU-Net's trainer on the CPU."""
+    import torch
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    CPU = torch.device("cpu")
+
+    class DemoTrainer(nnUNetTrainer):
+        """nnU-Net's trainer with a short CPU schedule, AdamW and no mirroring.
+
+        Mirroring would teach the net that up and down look alike, and the disc landmarks
+        (C2-C3 at the top, L5-S at the bottom) are told apart by exactly that.
+        """
+
+        def __init__(
+            self,
+            plans: dict,
+            configuration: str,
+            fold: int,
+            dataset_json: dict,
+            device: torch.device = CPU,
+        ) -> None:
+            super().__init__(plans, configuration, fold, dataset_json, device)
+            self.num_epochs = EPOCHS
+            self.num_iterations_per_epoch = ITERS
+            self.num_val_iterations_per_epoch = 4
+            self.initial_lr = 2e-3
+            self.save_every = 2
+
+        def configure_optimizers(self):  # type: ignore[no-untyped-def]
+            opt = torch.optim.AdamW(
+                self.network.parameters(), lr=self.initial_lr, weight_decay=1e-4
+            )
+            return opt, PolyLRScheduler(opt, self.initial_lr, self.num_epochs)
+
+        def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):  # type: ignore[no-untyped-def]
+            rot, dummy_2d, initial, _ = (
+                super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+            )
+            rot = (-15.0 / 180 * np.pi, 15.0 / 180 * np.pi)
+            self.inference_allowed_mirroring_axes = None
+            return rot, dummy_2d, initial, None
+
+    torch.manual_seed(MASTER_SEED)
+    np.random.seed(MASTER_SEED)
+    torch.set_num_threads(threads)
+    pre = Path(nnUNet_preprocessed) / dataset
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    ds_json = json.loads((pre / "dataset.json").read_text())
+    trainer = DemoTrainer(plans, "3d_fullres", 0, ds_json, torch.device("cpu"))
+    trainer.run_training()
+
+
+def export(results: Path, dest: Path) -> None:
+    """Official layout, optimiser state stripped, trainer name a stock nnU-Net one."""
+    import torch
+
+    for dataset in (STEP1, STEP2):
+        src = next((results / dataset).glob("*__nnUNetPlans__3d_fullres"))
+        ckpt_path = src / "fold_0" / "checkpoint_final.pth"
+        if not ckpt_path.exists():
+            ckpt_path = src / "fold_0" / "checkpoint_latest.pth"
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        slim = {
+            "network_weights": ckpt["network_weights"],
+            "init_args": {"configuration": "3d_fullres"},
+            "trainer_name": TRAINER_NAME,
+            "inference_allowed_mirroring_axes": None,
+            "current_epoch": ckpt.get("current_epoch"),
+        }
+        out = dest / dataset / f"{TRAINER_NAME}__nnUNetPlans__3d_fullres"
+        (out / "fold_0").mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / "plans.json", out / "plans.json")
+        shutil.copy(src / "dataset.json", out / "dataset.json")
+        torch.save(slim, out / "fold_0" / "checkpoint_final.pth")
+        print(f"exported {dataset} from {ckpt_path.name} (epoch {slim['current_epoch']})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("stage", choices=["data", "plan", "train1", "train2", "export", "all"])
+    ap.add_argument(
+        "--work", type=Path, required=True, help="nnU-Net raw/preprocessed/results root"
+    )
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per training")
+    ap.add_argument("--dest", type=Path, default=HERE, help="where the exported models go")
+    args = ap.parse_args()
+    work = args.work.resolve()
+    for var, sub in (
+        ("nnUNet_raw", "raw"),
+        ("nnUNet_preprocessed", "preprocessed"),
+        ("nnUNet_results", "results"),
+    ):
+        (work / sub).mkdir(parents=True, exist_ok=True)
+        os.environ[var] = str(work / sub)
+    os.environ.setdefault("nnUNet_n_proc_DA", "1")
+    if args.stage in ("data", "all"):
+        write_datasets(work / "raw")
+    if args.stage in ("plan", "all"):
+        plan([101, 102])
+    if args.stage in ("train1", "all"):
+        train(STEP1, args.threads)
+    if args.stage in ("train2", "all"):
+        train(STEP2, args.threads)
+    if args.stage in ("export", "all"):
+        export(work / "results", args.dest)
+
+
+if __name__ == "__main__":
+    main()

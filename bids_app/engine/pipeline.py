@@ -1,0 +1,199 @@
+"""The two-step TotalSpineSeg pipeline on one image, in memory (method.md §1.4).
+
+One `SpineSegEngine` holds both nnU-Net models, loaded once, and is reused for every image:
+no folder per step, no worker processes, no model reloads. It knows nothing of BIDS.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+
+from bids_app import labeling
+from bids_app.engine import geometry as geo
+from bids_app.engine.result import EngineError, EngineResult
+from bids_app.nnunet.model import NnUNetModel, default_threads, resolve_device
+from bids_app.nnunet.weights import WeightSet
+
+# Step-1 region heads holding the canal (canal + cord) and cord probabilities (§2.5).
+CANAL_HEAD, CORD_HEAD = 7, 8
+CROP_MARGIN = 10
+
+
+@dataclass
+class _Iso:
+    """The input as the model sees it: canonical RAS, on the 1 mm torchio grid."""
+
+    native: nib.Nifti1Image  # the 3-D input grid outputs return to
+    image: nib.Nifti1Image  # 1 mm canonical image (input dtype)
+
+
+def check_image(img: nib.Nifti1Image, name: str) -> None:
+    """Refuse what the method cannot segment, with a one-line reason naming the file."""
+    if img.ndim not in (3, 4):
+        raise EngineError(f"{name}: {img.ndim}-D image (shape {img.shape}); expected 3-D or 4-D")
+    if min(img.shape[:3]) < 2:
+        raise EngineError(f"{name}: shape {img.shape} is not a 3-D volume")
+    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
+    if not np.all(np.isfinite(img.affine)) or np.any(zooms <= 0):
+        raise EngineError(f"{name}: invalid affine (voxel sizes {zooms.round(3).tolist()})")
+    data = np.asanyarray(img.dataobj)
+    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+        raise EngineError(f"{name}: image contains NaN or infinite values")
+    if not np.any(data):
+        raise EngineError(f"{name}: image is empty (all voxels are zero)")
+
+
+class SpineSegEngine:
+    """Both TotalSpineSeg steps with models loaded once (explicit device and threads)."""
+
+    def __init__(self, weights: WeightSet, device: str = "auto", threads: int | None = None):
+        self.weights = weights
+        self.device = resolve_device(device)
+        self.threads = threads or default_threads()
+        self._models: dict[str, NnUNetModel] = {}
+
+    def model(self, step: str) -> NnUNetModel:
+        """The step's model, loaded on first use and kept for the life of the engine."""
+        if step not in self._models:
+            folder = self.weights.step1 if step == "step1" else self.weights.step2
+            self._models[step] = NnUNetModel.load(folder, self.device, threads=self.threads)
+        return self._models[step]
+
+    def segment(
+        self,
+        img: nib.Nifti1Image,
+        *,
+        step1_only: bool = False,
+        iso: bool = False,
+        loc: nib.Nifti1Image | None = None,
+        name: str = "image",
+        progress: Callable[[str], None] | None = None,
+    ) -> EngineResult:
+        """Segment one image; see `EngineResult` for the grids of what comes back.
+
+        Raises EngineError when nothing can be produced; a failure after step 1 (e.g. step-2
+        labeling) is recorded in `result.errors` and the step-1 outputs are still returned.
+        """
+        res = EngineResult(device=str(self.device))
+        check_image(img, name)
+
+        @contextmanager
+        def stage(label: str):  # type: ignore[no-untyped-def]
+            if progress:
+                progress(label)
+            t0 = time.perf_counter()
+            yield
+            res.timings[label] = round(time.perf_counter() - t0, 3)
+
+        with stage("preprocess"):
+            src = self._prepare(img)
+            loc_iso = None
+            if loc is not None:
+                loc3 = geo.average_4d(loc) if loc.ndim == 4 else loc
+                loc_iso = geo.labels_onto(
+                    np.asanyarray(loc3.dataobj).round(), loc3.affine, src.image
+                )
+        iso_img = src.image
+        data = np.asanyarray(iso_img.dataobj)
+
+        with stage("step1_network"):
+            raw1, prob1 = self.model("step1").predict(data[None], return_probabilities=True)
+        with stage("step1_labeling"):
+            raw1 = labeling.largest_component(raw1)
+            if not raw1.any():
+                raise EngineError(f"{name}: step 1 found no spine structure in the image")
+            try:
+                out1 = labeling.label_step1(raw1, loc_iso)
+            except labeling.LabelingError as err:
+                # Without a landmark the levels are unknown, but cord and canal are still
+                # meaningful: keep them so the user gets what can be trusted.
+                res.errors.append(f"step 1 labeling: {err}")
+                step1 = np.where(raw1 == 9, 1, np.where(raw1 == 8, 2, 0)).astype(np.uint8)
+            else:
+                step1 = out1.labels
+                res.landmarks["step1"] = out1.landmarks
+            step1 = labeling.fill_canal(step1)
+            assert prob1 is not None
+            canal_soft = labeling.extract_soft(prob1[CANAL_HEAD], step1, (1, 2))
+            cord_soft = labeling.extract_soft(prob1[CORD_HEAD], step1, (1,))
+            del prob1
+            levels = None
+            if not res.errors:
+                try:
+                    levels = labeling.extract_levels(step1)
+                except labeling.LabelingError as err:
+                    res.warnings.append(f"levels: {err}")
+        iso_out = {"step1": step1, "canal_soft": canal_soft, "cord_soft": cord_soft}
+        if levels is not None:
+            iso_out["levels"] = levels
+
+        if not step1_only and not res.errors:
+            final = self._step2(data, step1, loc_iso, res, stage)
+            if final is not None:
+                iso_out["final"] = final
+
+        with stage("to_native"):
+            self._to_native(iso_out, src, res, keep_iso=iso)
+        return res
+
+    def _prepare(self, img: nib.Nifti1Image) -> _Iso:
+        """4-D average, canonical orientation, 1 mm resampling (method.md §1.4 steps 5-7)."""
+        img3 = geo.average_4d(img)
+        return _Iso(native=img3, image=geo.resample_to_iso(geo.to_canonical(img3)))
+
+    def _step2(
+        self,
+        data: np.ndarray,
+        step1: np.ndarray,
+        loc_iso: np.ndarray | None,
+        res: EngineResult,
+        stage,
+    ) -> np.ndarray | None:  # type: ignore[no-untyped-def]
+        """Crop to step 1 +- 10 voxels, add the alternate-disc channel, label, un-crop."""
+        box = labeling.bbox_slices(step1, CROP_MARGIN)
+        if box is None:
+            res.errors.append("step 2: step 1 produced no labels to crop around")
+            return None
+        with stage("step2_network"):
+            channels = np.stack(
+                [
+                    data[box].astype(np.float32),
+                    labeling.extract_alternate(step1[box]).astype(np.float32),
+                ]
+            )
+            raw2, _ = self.model("step2").predict(channels)
+        with stage("step2_labeling"):
+            raw2 = labeling.largest_component(raw2)
+            try:
+                out2 = labeling.label_step2(raw2, None if loc_iso is None else loc_iso[box])
+            except labeling.LabelingError as err:
+                res.errors.append(f"step 2 labeling: {err}")
+                return None
+            res.landmarks["step2"] = out2.landmarks
+            final = np.zeros(step1.shape, np.uint8)
+            final[box] = labeling.fill_canal(out2.labels)
+        return final
+
+    def _to_native(
+        self, iso_out: dict[str, np.ndarray], src: _Iso, res: EngineResult, keep_iso: bool
+    ) -> None:
+        """Back onto the input grid: nearest for labels, linear for soft maps, points moved
+        one voxel each (method.md §1.4 step 23)."""
+        aff = src.image.affine
+        ref = src.native
+        for key, arr in iso_out.items():
+            if key in ("canal_soft", "cord_soft"):
+                native = geo.soft_onto(arr, aff, ref)
+            elif key == "levels":
+                native = geo.points_onto(arr, aff, ref)
+            else:
+                native = geo.labels_onto(arr, aff, ref)
+            res.native[key] = geo.image_like(native, ref.affine, ref)
+            if keep_iso:
+                res.iso[key] = geo.image_like(arr, aff, src.image)

@@ -1,0 +1,122 @@
+"""A small raw BIDS dataset of phantoms, with the ground truth kept outside the raw data.
+
+Layout: `<out>/sub-*/[ses-*/]anat/*_T2w.nii.gz|*_T1w.nii.gz` (raw, valid BIDS) and
+`<out>/derivatives/truth/` (a derivative dataset holding the exact labels of each image).
+Used by `make demo`, the tests and the container test.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+
+from bids_app import __version__
+from bids_app.phantom.render import Acquisition, render_phantom
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """One image of the phantom dataset."""
+
+    subject: str
+    session: str | None
+    acq: str
+    acquisition: Acquisition
+
+
+def default_plan(n_subjects: int = 3) -> list[ScanPlan]:
+    """Small fields of view so the whole demo runs in minutes on a laptop CPU.
+
+    sub-01 has two sessions; orientations and voxel sizes vary like real sites do.
+    """
+    plans = [
+        ScanPlan("01", "01", "sag", Acquisition("cervical", "iso1", "PSR", contrast="T2w")),
+        ScanPlan("01", "01", "sag", Acquisition("cervical", "iso1", "RAS", contrast="T1w")),
+        ScanPlan("01", "02", "sag", Acquisition("lumbar", "iso1", "LPI", contrast="T2w")),
+        ScanPlan("02", None, "sag", Acquisition("lumbar", "sag3", "PSR", contrast="T2w")),
+        ScanPlan("02", None, "sag", Acquisition("cervical", "iso1", "LAS", contrast="T1w")),
+        ScanPlan("03", None, "ax", Acquisition("cervical", "ax4", "LPS", contrast="T2w")),
+        ScanPlan(
+            "03",
+            None,
+            "sag",
+            Acquisition("cervical", "iso1", "RAS", (6.0, 0.0, 4.0), contrast="T2w"),
+        ),
+    ]
+    subjects = sorted({p.subject for p in plans})[:n_subjects]
+    extra = [
+        ScanPlan(
+            f"{i:02d}",
+            None,
+            "sag",
+            Acquisition("cervical" if i % 2 else "lumbar", "iso1", "RAS", contrast="T2w"),
+        )
+        for i in range(4, n_subjects + 1)
+    ]
+    return [p for p in plans if p.subject in subjects] + extra
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_phantom_dataset(out: Path, n_subjects: int = 3, seed: int = 7000) -> list[Path]:
+    """Write the dataset; returns the raw image paths. Seeds are outside the training range."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(
+        out / "dataset_description.json",
+        {
+            "Name": "SpineSeg synthetic spine phantoms",
+            "BIDSVersion": "1.10.1",
+            "DatasetType": "raw",
+            "License": "CC0",
+            "Authors": ["SpineSeg developers"],
+            "GeneratedBy": [{"Name": "spineseg phantoms", "Version": __version__}],
+        },
+    )
+    (out / "README").write_text(
+        "Synthetic spine MRI phantoms made by `spineseg phantoms`. Not real subjects.\n"
+        "Exact labels of every image are in derivatives/truth/.\n"
+    )
+    truth = out / "derivatives" / "truth"
+    _write_json(
+        truth / "dataset_description.json",
+        {
+            "Name": "Phantom ground truth",
+            "BIDSVersion": "1.10.1",
+            "DatasetType": "derivative",
+            "GeneratedBy": [{"Name": "spineseg phantoms", "Version": __version__}],
+        },
+    )
+    participants: dict[str, int] = {}
+    written: list[Path] = []
+    for k, plan in enumerate(default_plan(n_subjects)):
+        subject_seed = seed + int(plan.subject)
+        participants[plan.subject] = subject_seed
+        ph = render_phantom(subject_seed, plan.acquisition, noise_seed=seed + 100 + k)
+        ses = f"_ses-{plan.session}" if plan.session else ""
+        rel = Path(f"sub-{plan.subject}") / (f"ses-{plan.session}" if plan.session else "") / "anat"
+        stem = f"sub-{plan.subject}{ses}_acq-{plan.acq}"
+        contrast = plan.acquisition.contrast
+        path = out / rel / f"{stem}_{contrast}.nii.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(ph.image, path)
+        _write_json(
+            path.with_name(f"{stem}_{contrast}.json"),
+            {
+                "Manufacturer": "SpineSeg phantom",
+                "MagneticFieldStrength": 3,
+                "SeriesDescription": f"synthetic {contrast} {plan.acquisition.fov}",
+            },
+        )
+        (truth / rel).mkdir(parents=True, exist_ok=True)
+        nib.save(ph.labels, truth / rel / f"{stem}_seg-truth_desc-{contrast}_dseg.nii.gz")
+        written.append(path)
+    rows = [f"sub-{sub}\t{sd}" for sub, sd in sorted(participants.items())]
+    (out / "participants.tsv").write_text("participant_id\tphantom_seed\n" + "\n".join(rows) + "\n")
+    return written
