@@ -81,7 +81,8 @@ class _Tables:
         self.z_top = float(z[0])
         zq = np.arange(self.z_top, float(z[-1]), -_Z_STEP)
         cols = [x, y, s, tx, ty, nx, ny, bx, by]
-        self.zlut = np.stack([np.interp(-zq, -z, c) for c in cols], 1).astype(np.float32)
+        # One contiguous array per column: a gathered column is then contiguous too.
+        self.zlut = [np.interp(-zq, -z, c).astype(np.float32) for c in cols]
 
         self.s0 = float(s[0])
         sq = np.arange(self.s0, float(s[-1]), _S_STEP)
@@ -119,36 +120,33 @@ class _Tables:
             rows = (sq >= top) & (sq < bot)
             lut[rows, 10] = seg.label
             lut[rows, 11] = (sq[rows] - top) / (bot - top)
-        self.slut = lut
+        self.slut = [np.ascontiguousarray(lut[:, k]) for k in range(ncols)]
         c2 = anat.segment(12)
         self.c2_top = c2.s_top
         self.c2_ac = float(np.interp(c2.s_top, sq, lut[:, 8]))
+        self.n_s = sq.size
 
     def frame(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(s, a, l) spine-frame coordinates (mm) of world RAS points (n, 3)."""
         zi = np.clip(
-            ((self.z_top - pts[:, 2]) / _Z_STEP).astype(np.int32), 0, self.zlut.shape[0] - 1
+            ((self.z_top - pts[:, 2]) / _Z_STEP).astype(np.int32), 0, self.zlut[0].size - 1
         )
-        f = self.zlut[zi]
-        dx = pts[:, 0] - f[:, 0]
-        dy = pts[:, 1] - f[:, 1]
-        s = f[:, 2] + dx * f[:, 3] + dy * f[:, 4]
-        a = dx * f[:, 5] + dy * f[:, 6]
-        lr = dx * f[:, 7] + dy * f[:, 8]
-        return s, a, lr
+        x, y, s, tx, ty, nx, ny, bx, by = (col[zi] for col in self.zlut)
+        dx = pts[:, 0] - x
+        dy = pts[:, 1] - y
+        return s + dx * tx + dy * ty, dx * nx + dy * ny, dx * bx + dy * by
 
-    def srows(self, s: np.ndarray) -> np.ndarray:
-        si = np.clip(((s - self.s0) / _S_STEP).astype(np.int32), 0, self.slut.shape[0] - 1)
-        return self.slut[si]
+    def sindex(self, s: np.ndarray) -> np.ndarray:
+        """Row of the s table for each arc length."""
+        return np.clip(((s - self.s0) / _S_STEP).astype(np.int32), 0, self.n_s - 1)
 
 
 def _classify(tab: _Tables, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Tissue class and final label (both uint8) of world points (n, 3)."""
     anat = tab.anat
     s, a, lr = tab.frame(pts.astype(np.float32))
-    r = tab.srows(s)
-    cra, crl, kra, krl = r[:, 0], r[:, 1], r[:, 2], r[:, 3]
-    kind, seglab, depth, width, ac, tseg = r[:, 4], r[:, 5], r[:, 6], r[:, 7], r[:, 8], r[:, 9]
+    si = tab.sindex(s)
+    cra, crl, kra, krl, kind, seglab, depth, width, ac, tseg = (c[si] for c in tab.slut[:10])
     alr = np.abs(lr)
     th = anat.arch_thickness
     sc = anat.scale
@@ -184,8 +182,8 @@ def _classify(tab: _Tables, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     behind = np.maximum(-a - cra, 0)
     slope = np.where(s < anat.segment(17).s_bot, 0.35, np.where(kind == DISC, 0.9, 0.8))
     slope = np.where(s > anat.segment(32).s_bot, 0.15, slope)
-    pr = tab.srows(s - slope * behind)
-    arch_lab, arch_t = pr[:, 10], pr[:, 11]
+    pi = tab.sindex(s - slope * behind)
+    arch_lab, arch_t = tab.slut[10][pi], tab.slut[11][pi]
     has_arch = arch_lab > 0
     ring = (((a / (cra + th)) ** 2 + (lr / (crl + th)) ** 2) < 1) & ~in_canal & (a < ac)
     spinous = (

@@ -1,0 +1,44 @@
+# SpineSeg developer entry points. `make demo` and `make test` are the quick start.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PIP     := $(BIN)/pip install -c constraints.txt
+DEMO    ?= demo
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: venv test lint demo benchmark container-test clean
+
+# torch first and pinned (the CPU wheel here); the constraints file keeps every later
+# install (nnunetv2 -> timm -> torchvision) from swapping it for a CUDA build.
+$(BIN)/spineseg: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(PIP) -q -e ".[test]"
+	touch $@
+
+venv: $(BIN)/spineseg
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: venv lint
+	$(BIN)/python -m pytest -q -ra
+
+demo: venv
+	rm -rf $(DEMO)
+	$(BIN)/spineseg phantoms $(DEMO)/bids --subjects 3
+	$(BIN)/spineseg $(DEMO)/bids $(DEMO)/out participant --weights demo --device cpu \
+	    --work-dir $(DEMO)/work --skip-bids-validation
+	$(BIN)/spineseg $(DEMO)/bids $(DEMO)/out group
+	@echo ""
+	@echo "Reports: $(abspath $(DEMO)/out)/group.html and $(abspath $(DEMO)/out)/sub-*.html"
+
+benchmark: venv
+	$(BIN)/python benchmarks/demo_accuracy.py
+
+container-test:
+	bash tests/container/run_container_test.sh
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -1,0 +1,102 @@
+"""The engine end to end on CPU with the demo models: grids, labels, failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bids_app import labels as L
+from bids_app.engine.pipeline import SpineSegEngine
+from bids_app.engine.result import EngineError
+from bids_app.nnunet.weights import resolve_weights
+from bids_app.phantom.render import Acquisition, render_phantom
+
+REAL_T2 = Path(__file__).parents[1] / "data" / "sct_t2" / "t2.nii.gz"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine() -> SpineSegEngine:
+    return SpineSegEngine(resolve_weights("demo"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return render_phantom(5100, Acquisition(fov="cervical", axcodes="PSR", lr_extent=48.0))
+
+
+def _ids(img: nib.Nifti1Image) -> set[int]:
+    return {int(v) for v in np.unique(np.asarray(img.dataobj))} - {0}
+
+
+def test_phantom_end_to_end(engine, phantom) -> None:
+    res = engine.segment(phantom.image, iso=True, name="phantom")
+    assert not res.errors, res.errors
+    for key in ("final", "step1", "cord_soft", "canal_soft", "levels"):
+        out = res.native[key]
+        assert out.shape == phantom.image.shape, key
+        assert np.allclose(out.affine, phantom.image.affine), key
+    final = np.asarray(res.native["final"].dataobj)
+    truth = np.asarray(phantom.labels.dataobj)
+    assert _ids(res.native["final"]) <= L.FINAL_IDS
+    assert {L.CORD, L.CANAL} <= _ids(res.native["final"])
+    cord_dice = 2 * ((final == 1) & (truth == 1)).sum() / ((final == 1).sum() + (truth == 1).sum())
+    assert cord_dice > 0.6
+    soft = np.asarray(res.native["cord_soft"].dataobj)
+    assert soft.dtype == np.float32 and soft.min() >= 0 and soft.max() <= 1
+    # --iso outputs live on the 1 mm canonical grid.
+    iso = res.iso["final"]
+    assert nib.aff2axcodes(iso.affine) == ("R", "A", "S")
+    assert np.allclose(np.sqrt((iso.affine[:3, :3] ** 2).sum(0)), 1.0)
+    assert res.landmarks["step1"]
+    assert set(res.timings) >= {"preprocess", "step1_network", "step2_network", "to_native"}
+
+
+def test_models_are_loaded_once(engine, phantom) -> None:
+    first = engine.model("step1")
+    engine.segment(phantom.image, step1_only=True)
+    assert engine.model("step1") is first
+
+
+def test_step1_only_and_4d_input(engine, phantom) -> None:
+    data = np.asanyarray(phantom.image.dataobj)
+    four_d = nib.Nifti1Image(np.stack([data, data], -1), phantom.image.affine)
+    res = engine.segment(four_d, step1_only=True, name="4d")
+    assert "final" not in res.native
+    assert res.native["step1"].shape == phantom.image.shape
+    assert _ids(res.native["step1"]) <= L.FINAL_IDS
+
+
+def test_real_scan_keeps_its_grid(engine) -> None:
+    img = nib.load(REAL_T2)
+    try:
+        res = engine.segment(img, name=REAL_T2.name)
+    except EngineError as err:  # demo models are not made for real MRI: a clean refusal is fine
+        assert REAL_T2.name in str(err) and "\n" not in str(err)
+        return
+    for out in res.native.values():
+        assert out.shape == img.shape
+        assert np.allclose(out.affine, img.affine)
+    for key in ("final", "step1"):
+        if key in res.native:
+            assert _ids(res.native[key]) <= L.FINAL_IDS
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (np.full((20, 20, 20), np.nan, np.float32), "NaN"),
+        (np.ones((20, 20), np.float32), "2-D"),
+        (np.ones((8, 8, 8, 2, 2), np.float32), "5-D"),
+        (np.zeros((20, 20, 20), np.int16), "empty"),
+    ],
+)
+def test_bad_inputs_are_one_line_errors(engine, data, problem) -> None:
+    img = nib.Nifti1Image(data, np.eye(4))
+    with pytest.raises(EngineError) as err:
+        engine.segment(img, name="bad.nii.gz")
+    assert "bad.nii.gz" in str(err.value) and problem in str(err.value)
+    assert "\n" not in str(err.value)
