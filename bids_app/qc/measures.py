@@ -16,7 +16,14 @@ import numpy as np
 from scipy import ndimage
 
 from bids_app import labels as L
-from bids_app.qc.geometry import LabelGeometry, anterior_frame, sample, unit, voxel_extent
+from bids_app.qc.geometry import (
+    LabelGeometry,
+    anterior_frame,
+    inside_grid,
+    sample,
+    unit,
+    voxel_extent,
+)
 
 STEP = 0.25  # mm between samples along lines and in oblique planes
 CSA_HALF_WIDTH = 25.0  # mm; half side of the square plane sampled around the canal centre
@@ -75,8 +82,8 @@ COLUMNS: tuple[Column, ...] = (
         "Vertebral body height",
         "Mean extent of the vertebra along the line joining the centroids of its two adjacent "
         "discs, over lines within a core of radius one quarter of the smaller disc's AP depth. "
-        "Only for vertebrae with both adjacent discs segmented; posterior elements are outside "
-        "the core.",
+        "Only for vertebrae with both adjacent discs segmented and the core inside the field of "
+        "view; posterior elements are outside the core.",
         "mm",
     ),
     Column(
@@ -127,11 +134,20 @@ def _line_lengths(
     direction: np.ndarray,
     t0: float,
     t1: float,
+    *,
+    whole: bool = False,
 ) -> np.ndarray:
-    """Length (mm) of `label` along lines origin + t * direction, t in [t0, t1] (one per origin)."""
+    """Length (mm) of `label` along lines origin + t * direction, t in [t0, t1] (one per origin).
+
+    With `whole`, a line that leaves the field of view gives NaN (its length would be cut).
+    """
     t = np.arange(t0 + STEP / 2, t1, STEP)
     pts = origins[:, None, :] + t[None, :, None] * direction
-    return (sample(geom.data, geom.affine, pts, order=0) == label).sum(1) * STEP
+    lengths = (sample(geom.data, geom.affine, pts, order=0) == label).sum(1) * STEP
+    if whole:
+        inside = inside_grid(geom.data.shape, geom.affine, pts).all(1)
+        lengths = np.where(inside, lengths, np.nan)
+    return lengths
 
 
 def _disc_origins(centre: np.ndarray, e1: np.ndarray, e2: np.ndarray, radius: float) -> np.ndarray:
@@ -193,11 +209,9 @@ def body_height(geom: LabelGeometry, label: int) -> float:
     c_top, c_bot = geom.centroid(above), geom.centroid(below)
     length = float(np.linalg.norm(c_top - c_bot))
     axis = unit(c_top - c_bot)
-    if geom.touches_edge(label, axis):
-        return math.nan
     ant, right = anterior_frame(axis)
     core = _disc_origins(c_bot, ant, right, radius)
-    return float(_line_lengths(geom, label, core, axis, 0.0, length).mean())
+    return float(_line_lengths(geom, label, core, axis, 0.0, length, whole=True).mean())
 
 
 def cross_sections(geom: LabelGeometry, point: np.ndarray) -> tuple[float, float]:

@@ -1,0 +1,248 @@
+"""Automatic QC flags: what a reviewer should look at first, each with a one-line reason.
+
+Per-image flags come from the final labels and the image geometry; the measurement-outlier
+flag needs a group (Tukey fences over n >= `tukey_min_n` images) and is computed at group
+level only, because it depends on which images are in the group.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from bids_app import labels as L
+from bids_app.qc.geometry import SPINE_ORDER, LabelGeometry
+
+# Flag ids, in the order they are listed (group_qc.tsv has one column per id).
+IMAGE_FLAGS: tuple[str, ...] = (
+    "no_segmentation",
+    "missing_cord",
+    "missing_canal",
+    "noncontiguous_levels",
+    "split_components",
+    "cord_outside_canal",
+    "no_landmark",
+    "thick_slices",
+)
+GROUP_FLAGS: tuple[str, ...] = ("measure_outlier",)
+FLAG_DESCRIPTIONS: dict[str, str] = {
+    "no_segmentation": "No final label image, or an empty one.",
+    "missing_cord": "No voxel labelled spinal cord.",
+    "missing_canal": "No voxel labelled spinal canal.",
+    "noncontiguous_levels": "A vertebra or disc is missing between the highest and lowest "
+    "levels found (4 or 6 lumbar vertebrae are accepted).",
+    "split_components": "A label has more than one sizeable connected component.",
+    "cord_outside_canal": "Too much of the cord surface borders something other than canal.",
+    "no_landmark": "No landmark disc (C2-C3, C7-T1, T12-L1, L5-S) was found, so level names "
+    "follow the relative order only and may be shifted.",
+    "thick_slices": "Slice thickness above the set multiple of the in-plane voxel size, where "
+    "level assignment is less reliable.",
+    "measure_outlier": "A measurement outside the group's Tukey fences.",
+}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Flag thresholds; recorded in every qc.json and in group_qc.json."""
+
+    split_min_fraction: float = 0.1  # a second component counts from this share of the largest
+    split_min_mm3: float = 20.0  # ... and from this volume
+    cord_outside_fraction: float = 0.25  # share of the cord surface not bordered by canal
+    thick_slice_ratio: float = 2.0  # slice thickness / in-plane voxel size
+    tukey_k: float = 1.5
+    tukey_min_n: int = 10
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _flag(flag_id: str, reason: str) -> dict[str, str]:
+    return {"id": flag_id, "reason": reason}
+
+
+def lumbar_variants() -> list[tuple[int, ...]]:
+    """Level orders for 5, 4 and 6 lumbar vertebrae (the usual count first)."""
+    no_l6 = tuple(x for x in SPINE_ORDER if x not in (96, 46))
+    no_l5 = tuple(x for x in no_l6 if x not in (95, 45))
+    return [no_l6, no_l5, SPINE_ORDER]
+
+
+def missing_levels(present: Sequence[int], cut: Sequence[int] = ()) -> list[int]:
+    """Vertebrae/discs missing between the highest and lowest present, in spine order.
+
+    Labels in `cut` (reaching the border of the field of view) are dropped from the two ends
+    of the sequence first: the spinous process of a vertebra whose body and disc lie outside
+    the image is a fragment at the edge, not evidence of a skipped level.
+    """
+    seq = [x for x in SPINE_ORDER if x in set(present)]
+    while seq and seq[0] in cut:
+        seq.pop(0)
+    while seq and seq[-1] in cut:
+        seq.pop()
+    have = set(seq)
+    if not have:
+        return []
+    best: list[int] | None = None
+    for order in lumbar_variants():
+        if not have <= set(order):
+            continue
+        idx = [order.index(x) for x in have]
+        gaps = [x for x in order[min(idx) : max(idx) + 1] if x not in have]
+        if best is None or len(gaps) < len(best):
+            best = gaps
+    return best or []
+
+
+def level_range(present: Sequence[int]) -> str:
+    """ "C1–T2" style range of the vertebrae and discs present ("" when none)."""
+    levels = [x for x in SPINE_ORDER if x in set(present)]
+    if not levels:
+        return ""
+    top, bottom = L.level_name(levels[0]), L.level_name(levels[-1])
+    return top if top == bottom else f"{top}–{bottom}"
+
+
+def cord_surface_outside(geom: LabelGeometry) -> float:
+    """Share of the cord's one-voxel outer shell that is not canal (cut borders excluded)."""
+    box = geom.boxes[L.CORD]
+    grown = tuple(
+        slice(max(s.start - 1, 0), min(s.stop + 1, n))
+        for s, n in zip(box, geom.data.shape, strict=True)
+    )
+    sub = geom.data[grown]
+    cord = sub == L.CORD
+    shell = ndimage.binary_dilation(cord) & ~cord
+    total = int(shell.sum())
+    return float((shell & (sub != L.CANAL)).sum()) / total if total else 0.0
+
+
+def split_labels(geom: LabelGeometry, th: Thresholds) -> dict[int, list[int]]:
+    """Labels with several sizeable components -> their component sizes in voxels."""
+    out = {}
+    for label, sizes in geom.component_sizes.items():
+        if len(sizes) < 2:
+            continue
+        big = [
+            s
+            for s in sizes[1:]
+            if s >= th.split_min_fraction * sizes[0] and s * geom.voxel_volume >= th.split_min_mm3
+        ]
+        if big:
+            out[label] = [sizes[0], *big]
+    return out
+
+
+def _names(ids: Sequence[int]) -> str:
+    return ", ".join(L.level_name(i) for i in ids)
+
+
+def segmentation_flags(geom: LabelGeometry, th: Thresholds) -> list[dict[str, str]]:
+    """Flags that read the final labels."""
+    flags = []
+    present = geom.present
+    if L.CORD not in present:
+        flags.append(_flag("missing_cord", "no spinal cord label in the final segmentation"))
+    if L.CANAL not in present:
+        flags.append(_flag("missing_canal", "no spinal canal label in the final segmentation"))
+    gaps = missing_levels(present, [x for x in present if geom.touches_edge(x)])
+    if gaps:
+        flags.append(
+            _flag(
+                "noncontiguous_levels",
+                f"{_names(gaps)} missing within {level_range(present)}",
+            )
+        )
+    split = split_labels(geom, th)
+    if split:
+        parts = [f"{L.level_name(k)} ({len(v)} parts)" for k, v in sorted(split.items())]
+        flags.append(_flag("split_components", "several components: " + ", ".join(parts)))
+    if L.CORD in present:
+        share = cord_surface_outside(geom)
+        if share > th.cord_outside_fraction:
+            flags.append(
+                _flag(
+                    "cord_outside_canal",
+                    f"{share:.0%} of the cord surface is not bordered by canal "
+                    f"(threshold {th.cord_outside_fraction:.0%})",
+                )
+            )
+    return flags
+
+
+def geometry_flags(zooms: Sequence[float], th: Thresholds) -> list[dict[str, str]]:
+    """Flags from the voxel size of the source image."""
+    z = sorted(float(v) for v in zooms[:3])
+    if z[2] > th.thick_slice_ratio * z[1]:
+        return [
+            _flag(
+                "thick_slices",
+                f"voxel {z[0]:.2g} x {z[1]:.2g} x {z[2]:.2g} mm: slices {z[2] / z[1]:.1f}x thicker "
+                "than in-plane",
+            )
+        ]
+    return []
+
+
+def landmark_flags(landmarks: Sequence[str]) -> list[dict[str, str]]:
+    if landmarks:
+        return []
+    return [
+        _flag(
+            "no_landmark",
+            "no landmark disc found (C2-C3, C7-T1, T12-L1, L5-S): levels are relative only",
+        )
+    ]
+
+
+def image_flags(
+    geom: LabelGeometry | None,
+    zooms: Sequence[float] | None,
+    landmarks: Sequence[str],
+    th: Thresholds,
+    *,
+    missing_reason: str = "no final label image",
+) -> list[dict[str, str]]:
+    """Every per-image flag, as {"id", "reason"} dicts in IMAGE_FLAGS order.
+
+    `zooms` are the source image's voxel sizes (None when neither image is at hand).
+    """
+    flags = (geometry_flags(zooms, th) if zooms is not None else []) + landmark_flags(landmarks)
+    if geom is None:
+        flags.append(_flag("no_segmentation", missing_reason))
+    elif not geom.present:
+        flags.append(_flag("no_segmentation", "the final label image is empty"))
+    else:
+        flags += segmentation_flags(geom, th)
+    return sorted(flags, key=lambda f: IMAGE_FLAGS.index(f["id"]))
+
+
+def tukey_fences(values: Sequence[float], k: float) -> tuple[float, float]:
+    """(Q1 - k IQR, Q3 + k IQR) of the finite values."""
+    v = np.asarray([x for x in values if math.isfinite(x)], float)
+    q1, q3 = np.percentile(v, [25, 75])
+    return float(q1 - k * (q3 - q1)), float(q3 + k * (q3 - q1))
+
+
+def group_outliers(
+    table: Mapping[str, Mapping[str, float]], th: Thresholds
+) -> dict[str, list[tuple[str, float, float, float]]]:
+    """Per image key, the (measure, value, low fence, high fence) outside Tukey fences.
+
+    `table` maps an image key to {measure key: value}. A measure is judged only when at least
+    `th.tukey_min_n` images have a finite value for it.
+    """
+    measures = sorted({m for row in table.values() for m in row})
+    out: dict[str, list[tuple[str, float, float, float]]] = {}
+    for m in measures:
+        vals = {k: row[m] for k, row in table.items() if m in row and math.isfinite(row[m])}
+        if len(vals) < th.tukey_min_n:
+            continue
+        lo, hi = tukey_fences(list(vals.values()), th.tukey_k)
+        for key, v in vals.items():
+            if v < lo or v > hi:
+                out.setdefault(key, []).append((m, v, lo, hi))
+    return out

@@ -1,0 +1,383 @@
+"""Group level: tables and a page over every image, from participant-level files only.
+
+Reads the stamps, qc.json and morphometry TSVs in output_dir (never a raw image, so the group
+level runs without the BIDS data, MRIQC #1388), and never fails because one subject is
+missing or failed: such images get a row saying so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from bids_app import __version__
+from bids_app import labels as L
+from bids_app.bids.atomic import write_json_atomic, write_text_atomic
+from bids_app.qc.flags import (
+    FLAG_DESCRIPTIONS,
+    GROUP_FLAGS,
+    IMAGE_FLAGS,
+    Thresholds,
+    group_outliers,
+    tukey_fences,
+)
+from bids_app.qc.geometry import SPINE_ORDER
+from bids_app.qc.measures import COLUMN_BY_NAME, MEASURE_COLUMNS
+from bids_app.qc.plots import Point, strip_plot
+from bids_app.qc.records import NA, ImageRecord, collect, tsv_text
+from bids_app.qc.report import CORD_CSA_WARNING, environment, figure, now
+
+ID_COLUMNS = ("participant_id", "session_id", "image", "source_suffix")
+LONG_COLUMNS = (
+    *ID_COLUMNS,
+    "index",
+    "abbreviation",
+    "structure",
+    "measure",
+    "value",
+    "units",
+)
+QC_COLUMNS = (
+    *ID_COLUMNS,
+    "source",
+    "status",
+    "reason",
+    "app_version",
+    "model_release",
+    "device",
+    "runtime_s",
+    "voxel_size_mm",
+    "shape",
+    "orientation",
+    "levels_present",
+    "top_level",
+    "bottom_level",
+    "n_labels",
+    *(f"flag_{f}" for f in (*IMAGE_FLAGS, *GROUP_FLAGS)),
+    "flag_reasons",
+    "outlier_measures",
+    "qc_rating",
+)
+ID_DESCRIPTIONS = {
+    "participant_id": {"Description": "Participant label with its sub- prefix."},
+    "session_id": {"Description": "Session label with its ses- prefix, n/a without sessions."},
+    "image": {"Description": "Source file name without extension (the status stamp's name)."},
+    "source_suffix": {"Description": "BIDS suffix of the source image (T1w, T2w...)."},
+}
+# (measure, title, structures shown), one strip plot each.
+PLOTS: tuple[tuple[str, str, frozenset[str]], ...] = (
+    ("volume_mm3", "Vertebral volume", frozenset({"vertebra", "sacrum"})),
+    ("volume_mm3", "Disc volume", frozenset({"disc"})),
+    ("volume_mm3", "Cord and canal volume", frozenset({"cord", "canal"})),
+    ("disc_height_mm", "Disc height", frozenset({"disc"})),
+    ("disc_ap_depth_mm", "Disc antero-posterior depth", frozenset({"disc"})),
+    ("body_height_mm", "Vertebral body height", frozenset({"vertebra"})),
+    ("canal_csa_mm2", "Canal cross-sectional area", frozenset({"vertebra", "disc"})),
+    (
+        "cord_csa_mm2",
+        "Cord cross-sectional area (not validated)",
+        frozenset({"vertebra", "disc"}),
+    ),
+)
+DISPLAY_ORDER = (L.CORD, L.CANAL, *SPINE_ORDER)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _ids(rec: ImageRecord) -> dict[str, object]:
+    return {
+        "participant_id": f"sub-{rec.subject}",
+        "session_id": f"ses-{rec.session}" if rec.session else NA,
+        "image": rec.key,
+        "source_suffix": rec.suffix,
+    }
+
+
+def measure_key(abbreviation: str, measure: str) -> str:
+    return f"{abbreviation}_{measure}"
+
+
+def long_rows(records: Sequence[ImageRecord]) -> list[dict[str, object]]:
+    """One row per image x label x measure with a value."""
+    rows = []
+    for rec in records:
+        for row in rec.morphometry:
+            for m in MEASURE_COLUMNS:
+                if _finite(row.get(m)):
+                    rows.append(
+                        {
+                            **_ids(rec),
+                            "index": row.get("index"),
+                            "abbreviation": row.get("abbreviation"),
+                            "structure": row.get("structure"),
+                            "measure": m,
+                            "value": float(row[m]),
+                            "units": COLUMN_BY_NAME[m].units,
+                        }
+                    )
+    return rows
+
+
+def _label_rank(label: object) -> int:
+    return DISPLAY_ORDER.index(label) if label in DISPLAY_ORDER else len(DISPLAY_ORDER)
+
+
+def wide_table(records: Sequence[ImageRecord]) -> tuple[list[str], list[dict[str, object]]]:
+    """(columns, rows): one row per image with morphometry, one column per level x measure."""
+    cols: dict[str, tuple[int, int, str, str]] = {}
+    rows = []
+    for rec in records:
+        if not rec.morphometry:
+            continue
+        row = _ids(rec)
+        for r in rec.morphometry:
+            for mi, m in enumerate(MEASURE_COLUMNS):
+                if _finite(r.get(m)):
+                    k = measure_key(str(r["abbreviation"]), m)
+                    row[k] = float(r[m])
+                    cols[k] = (_label_rank(r.get("index")), mi, str(r["abbreviation"]), m)
+        rows.append(row)
+    ordered = sorted(cols, key=lambda k: cols[k][:2])
+    return [*ID_COLUMNS, *ordered], rows
+
+
+def wide_sidecar(columns: Sequence[str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = dict(ID_DESCRIPTIONS)
+    for col in columns[len(ID_COLUMNS) :]:
+        abbr, _, m = col.partition("_")
+        meta = COLUMN_BY_NAME[m]
+        out[col] = {
+            "LongName": f"{abbr} {meta.long_name.lower()}",
+            "Description": meta.description,
+            "Units": meta.units or "",
+        }
+    return out
+
+
+def long_sidecar() -> dict[str, dict[str, object]]:
+    return {
+        **ID_DESCRIPTIONS,
+        "index": {"Description": "Label value (seg-spine_dseg.tsv)."},
+        "abbreviation": {"Description": "Level name."},
+        "structure": {"Description": "cord, canal, vertebra, sacrum or disc."},
+        "measure": {
+            "Description": "Measurement name; see the per-image *_morphometry.json.",
+            "Levels": {m: COLUMN_BY_NAME[m].description for m in MEASURE_COLUMNS},
+        },
+        "value": {"Description": "Measured value, in `units`."},
+        "units": {"Description": "Units of `value`."},
+    }
+
+
+def raised_flags(
+    rec: ImageRecord, outliers: list[tuple[str, float, float, float]]
+) -> dict[str, str]:
+    """Flag id -> reason for the image's own flags plus the group outlier flag."""
+    raised = {f["id"]: f["reason"] for f in rec.flags}
+    if outliers:
+        raised["measure_outlier"] = "outside Tukey fences: " + ", ".join(m for m, *_ in outliers)
+    return raised
+
+
+def qc_row(rec: ImageRecord, outliers: list[tuple[str, float, float, float]]) -> dict[str, object]:
+    st, qc = rec.stamp, rec.qc
+    geo = qc.get("geometry") or {}
+    present = [x for x in SPINE_ORDER if x in (qc.get("labels_present") or [])]
+    raised = raised_flags(rec, outliers)
+    total = (st.get("timings") or {}).get("total")
+    row = {
+        **_ids(rec),
+        "source": rec.source,
+        "status": rec.status,
+        "reason": rec.reason,
+        "app_version": st.get("app_version") or qc.get("app_version"),
+        "model_release": (st.get("model") or {}).get("release"),
+        "device": st.get("device"),
+        "runtime_s": float(total) if _finite(total) else None,
+        "voxel_size_mm": "x".join(f"{v:g}" for v in geo.get("voxel_size_mm") or []) or None,
+        "shape": "x".join(str(v) for v in geo.get("shape") or []) or None,
+        "orientation": geo.get("orientation"),
+        "levels_present": qc.get("levels") or None,
+        "top_level": L.level_name(present[0]) if present else None,
+        "bottom_level": L.level_name(present[-1]) if present else None,
+        "n_labels": qc.get("n_labels"),
+        "flag_reasons": "; ".join(f"{k}: {v}" for k, v in raised.items()) or None,
+        "outlier_measures": "; ".join(f"{m}={v:.4g}" for m, v, *_ in outliers) or None,
+        "qc_rating": None,
+    }
+    for f in (*IMAGE_FLAGS, *GROUP_FLAGS):
+        row[f"flag_{f}"] = int(f in raised) if qc else None
+    return row
+
+
+def qc_sidecar(th: Thresholds) -> dict[str, object]:
+    out: dict[str, object] = dict(ID_DESCRIPTIONS)
+    out.update(
+        {
+            "source": {"Description": "BIDS-relative path of the source image."},
+            "status": {
+                "Description": "Participant-level outcome.",
+                "Levels": {
+                    "ok": "all outputs written",
+                    "partial": "some outputs written; see reason",
+                    "failed": "no segmentation; see reason",
+                    "incomplete": "QC files without a status stamp (run interrupted)",
+                    "missing": "participant selected but no output found",
+                },
+            },
+            "reason": {"Description": "One-line reason for a non-ok status."},
+            "runtime_s": {
+                "Description": "Wall time of the image at participant level.",
+                "Units": "s",
+            },
+            "voxel_size_mm": {"Description": "Voxel size of the source image.", "Units": "mm"},
+            "levels_present": {"Description": "Range of vertebrae and discs found."},
+            "qc_rating": {"Description": "Empty column for a manual rating."},
+        }
+    )
+    for f in (*IMAGE_FLAGS, *GROUP_FLAGS):
+        out[f"flag_{f}"] = {"Description": FLAG_DESCRIPTIONS[f], "Levels": {"0": "no", "1": "yes"}}
+    out["Thresholds"] = th.as_dict()
+    return out
+
+
+def _missing(
+    root: Path, records: Sequence[ImageRecord], participants: Sequence[str] | None
+) -> list[str]:
+    """Selected (or present) participants without any image record."""
+    wanted = (
+        set(participants)
+        if participants
+        else {p.name[4:] for p in root.glob("sub-*") if p.is_dir()}
+    )
+    return sorted(wanted - {r.subject for r in records})
+
+
+def plots(
+    records: Sequence[ImageRecord],
+    outliers: dict[str, list[tuple[str, float, float, float]]],
+    th: Thresholds,
+) -> list:
+    """One SVG strip plot per entry of PLOTS that has values."""
+    names = {lab.index: lab.abbreviation for lab in L.FINAL_LABELS}
+    out = []
+    for measure, title, kinds in PLOTS:
+        points, per_cat = [], {}
+        for rec in records:
+            flagged = {m for m, *_ in outliers.get(rec.key, [])}
+            for row in rec.morphometry:
+                if row.get("structure") not in kinds or not _finite(row.get(measure)):
+                    continue
+                cat, value = int(row["index"]), float(row[measure])
+                key = measure_key(str(row["abbreviation"]), measure)
+                per_cat.setdefault(cat, []).append(value)
+                points.append(
+                    Point(
+                        category=cat,
+                        value=value,
+                        href=f"sub-{rec.subject}.html#{rec.key}",
+                        tooltip=f"{rec.key} {row['abbreviation']}: {value:.4g}",
+                        outlier=key in flagged,
+                        key=rec.key,
+                    )
+                )
+        if not points:
+            continue
+        fences = {
+            c: tukey_fences(v, th.tukey_k) for c, v in per_cat.items() if len(v) >= th.tukey_min_n
+        }
+        cats = [(c, names[c]) for c in DISPLAY_ORDER if c in per_cat]
+        units = COLUMN_BY_NAME[measure].units or ""
+        out.append(strip_plot(title, units, cats, points, fences))
+    return out
+
+
+def _display_row(root: Path, row: dict[str, object], raised: dict[str, str]) -> dict[str, object]:
+    """A group_qc row for the page, with its subject report link (when written) and flags."""
+    report = f"{row['participant_id']}.html"
+    return {
+        **{c: row.get(c) for c in QC_COLUMNS},
+        "report": report if (root / report).is_file() else None,
+        "raised": [{"id": k, "reason": v} for k, v in raised.items()],
+    }
+
+
+def run_group(
+    output_dir: Path,
+    participants: list[str] | None = None,
+    sessions: list[str] | None = None,
+) -> Path:
+    """Write the group tables (TSV + JSON) and `group.html`; returns the page's path."""
+    root = Path(output_dir)
+    participants = [p.removeprefix("sub-") for p in participants] if participants else None
+    sessions = [s.removeprefix("ses-") for s in sessions] if sessions else None
+    th = Thresholds()
+    records = collect(root, participants, sessions)
+
+    table = {
+        rec.key: {
+            measure_key(str(r["abbreviation"]), m): float(r[m])
+            for r in rec.morphometry
+            for m in MEASURE_COLUMNS
+            if _finite(r.get(m))
+        }
+        for rec in records
+    }
+    outliers = group_outliers(table, th)
+
+    write_text_atomic(
+        root / "group_morphometry_long.tsv", tsv_text(LONG_COLUMNS, long_rows(records))
+    )
+    write_json_atomic(root / "group_morphometry_long.json", long_sidecar())
+    wide_cols, wide_rows = wide_table(records)
+    write_text_atomic(root / "group_morphometry_wide.tsv", tsv_text(wide_cols, wide_rows))
+    write_json_atomic(root / "group_morphometry_wide.json", wide_sidecar(wide_cols))
+
+    missing = _missing(root, records, participants)
+    qc_rows = [qc_row(r, outliers.get(r.key, [])) for r in records]
+    flags = [raised_flags(r, outliers.get(r.key, [])) for r in records] + [{} for _ in missing]
+    qc_rows += [
+        {
+            "participant_id": f"sub-{s}",
+            "status": "missing",
+            "reason": "no participant-level output found",
+        }
+        for s in missing
+    ]
+    write_text_atomic(root / "group_qc.tsv", tsv_text(QC_COLUMNS, qc_rows))
+    write_json_atomic(root / "group_qc.json", qc_sidecar(th))
+
+    counts: dict[str, int] = {}
+    for r in qc_rows:
+        counts[str(r["status"])] = counts.get(str(r["status"]), 0) + 1
+    thumbs = []
+    for rec in records:
+        fig = figure(root, (rec.qc.get("figures") or {}).get("sagittal"), rec.key)
+        if fig:
+            thumbs.append({**fig, "href": f"sub-{rec.subject}.html#{rec.key}"})
+    html = (
+        environment()
+        .get_template("group.html.j2")
+        .render(
+            rows=[
+                _display_row(root, row, raised) for row, raised in zip(qc_rows, flags, strict=True)
+            ],
+            counts=counts,
+            missing=missing,
+            plots=plots(records, outliers, th),
+            thumbs=thumbs,
+            thresholds=th,
+            n_images=len(records),
+            participants=participants,
+            sessions=sessions,
+            cord_warning=CORD_CSA_WARNING,
+            app_version=__version__,
+            generated=now(),
+        )
+    )
+    page = root / "group.html"
+    write_text_atomic(page, html)
+    return page

@@ -1,0 +1,132 @@
+"""QC of one segmented image: previews, morphometry, flags, and the qc.json that ties them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from bids_app import __version__
+from bids_app.bids.atomic import write_json_atomic, write_text_atomic
+from bids_app.qc import flags as F
+from bids_app.qc import measures, previews
+from bids_app.qc.flags import Thresholds
+from bids_app.qc.geometry import SPINE_ORDER, LabelGeometry, image_data
+from bids_app.qc.records import QCPaths, entities, tsv_text
+
+
+def _geometry_summary(img: nib.Nifti1Image) -> dict[str, object]:
+    zooms = [round(float(z), 4) for z in img.header.get_zooms()[:3]]
+    return {
+        "shape": [int(n) for n in img.shape[:3]],
+        "voxel_size_mm": zooms,
+        "orientation": "".join(nib.aff2axcodes(img.affine)),
+    }
+
+
+def _write_previews(
+    paths: QCPaths,
+    image: nib.Nifti1Image,
+    geom: LabelGeometry | None,
+    levels: nib.Nifti1Image | None,
+) -> dict[str, str | None]:
+    """Draw both previews; a stale axial strip (no discs any more) is removed."""
+    data = image_data(image, np.float32)
+    marks = None
+    if levels is not None:
+        marks = (np.asanyarray(levels.dataobj).astype(np.uint8), np.asarray(levels.affine, float))
+    previews.sagittal(data, image.affine, geom, marks).save(paths.sagittal)
+    strip = previews.axial_strip(data, image.affine, geom) if geom is not None else None
+    if strip is None:
+        paths.axial.unlink(missing_ok=True)
+        return {"sagittal": paths.rel(paths.sagittal), "axial": None}
+    strip.save(paths.axial)
+    return {"sagittal": paths.rel(paths.sagittal), "axial": paths.rel(paths.axial)}
+
+
+def _existing_figures(paths: QCPaths) -> dict[str, str | None]:
+    return {
+        "sagittal": paths.rel(paths.sagittal) if paths.sagittal.is_file() else None,
+        "axial": paths.rel(paths.axial) if paths.axial.is_file() else None,
+    }
+
+
+def write_image_qc(
+    image: nib.Nifti1Image | None,
+    final: nib.Nifti1Image | None,
+    levels: nib.Nifti1Image | None,
+    *,
+    output_dir: Path,
+    subject: str,
+    stem: str,
+    suffix: str,
+    landmarks: Sequence[str],
+    thresholds: Thresholds | None = None,
+) -> dict:
+    """Previews, morphometry TSV/JSON and qc.json of one image; returns a summary.
+
+    `image` is the source image (None when it cannot be read: previews are then left as
+    they are), `final` the final labels and `levels` the level markers, each on its own grid.
+    `stem` is the output prefix without `_seg-...` ("sub-01_ses-01_acq-sag"). The summary
+    holds the written files relative to output_dir ("outputs"), the figures, the flags and
+    the number of labels found.
+    """
+    th = thresholds or Thresholds()
+    paths = QCPaths.of(output_dir, subject, stem, suffix)
+    geom = LabelGeometry.from_image(final) if final is not None else None
+    written: list[Path] = []
+
+    if image is not None:
+        figures = _write_previews(paths, image, geom, levels)
+        written += [paths.root / p for p in figures.values() if p]
+        preview_note = None
+    else:
+        figures = _existing_figures(paths)
+        preview_note = "source image not available: previews not redrawn"
+
+    rows = measures.measure(geom) if geom is not None and geom.present else []
+    if rows:
+        write_text_atomic(paths.morphometry, tsv_text(measures.COLUMN_NAMES, rows))
+        write_json_atomic(paths.morphometry_json, measures.sidecar())
+        written += [paths.morphometry, paths.morphometry_json]
+    else:
+        paths.morphometry.unlink(missing_ok=True)
+        paths.morphometry_json.unlink(missing_ok=True)
+
+    ref = image if image is not None else final
+    zooms = ref.header.get_zooms()[:3] if ref is not None else None
+    image_flags = F.image_flags(geom, zooms, landmarks, th)
+    present = geom.present if geom is not None else []
+    spine_levels = [x for x in SPINE_ORDER if x in present]
+    qc = {
+        "subject": subject,
+        "session": entities(stem).get("ses"),
+        "stem": stem,
+        "suffix": suffix,
+        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "app_version": __version__,
+        "geometry": _geometry_summary(ref) if ref is not None else None,
+        "labels_present": [int(x) for x in present],
+        "levels": F.level_range(spine_levels),
+        "n_labels": len(present),
+        "landmarks": list(landmarks),
+        "flags": image_flags,
+        "thresholds": th.as_dict(),
+        "figures": figures,
+        "previews_note": preview_note,
+        "morphometry": paths.rel(paths.morphometry) if rows else None,
+    }
+    write_json_atomic(paths.qc, qc)
+    written.append(paths.qc)
+    return {
+        "outputs": [paths.rel(p) for p in written],
+        "figures": figures,
+        "flags": image_flags,
+        "n_labels": len(present),
+        "levels": qc["levels"],
+        "qc": paths.rel(paths.qc),
+        "morphometry": qc["morphometry"],
+    }

@@ -1,0 +1,217 @@
+"""Where the QC files of an image live, and how reports find what participant level wrote.
+
+Reports and the group summary read only files in output_dir: the status stamps
+(`logs/status/*.json`), the per-image `*_qc.json` and `*_morphometry.tsv`, and the image
+sidecars. An image is keyed by its source file name without extension
+("sub-01_ses-01_acq-sag_T2w"), the key of its stamp.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from bids_app.bids.stamps import STATUS_DIR, read_stamp, source_stem
+
+NA = "n/a"
+_ENTITY_RE = re.compile(r"([A-Za-z]+)-([A-Za-z0-9]+)")
+
+
+def entities(stem: str) -> dict[str, str]:
+    """BIDS entities of a file name prefix ("sub-01_ses-01_acq-sag" -> {sub, ses, acq})."""
+    return {m.group(1): m.group(2) for m in map(_ENTITY_RE.fullmatch, stem.split("_")) if m}
+
+
+@dataclass(frozen=True)
+class QCPaths:
+    """Output paths of one image's QC files (absolute) and their names relative to output_dir."""
+
+    root: Path
+    anat: Path
+    figures: Path
+    prefix: str  # "<stem>_seg-spine_desc-<suffix>"
+
+    @classmethod
+    def of(cls, output_dir: Path, subject: str, stem: str, suffix: str) -> QCPaths:
+        ses = entities(stem).get("ses")
+        sub_dir = Path(output_dir) / f"sub-{subject}"
+        anat = (sub_dir / f"ses-{ses}" if ses else sub_dir) / "anat"
+        return cls(Path(output_dir), anat, sub_dir / "figures", f"{stem}_seg-spine_desc-{suffix}")
+
+    @property
+    def morphometry(self) -> Path:
+        return self.anat / f"{self.prefix}_morphometry.tsv"
+
+    @property
+    def morphometry_json(self) -> Path:
+        return self.anat / f"{self.prefix}_morphometry.json"
+
+    @property
+    def qc(self) -> Path:
+        return self.anat / f"{self.prefix}_qc.json"
+
+    @property
+    def sagittal(self) -> Path:
+        return self.figures / f"{self.prefix}_sagittal.png"
+
+    @property
+    def axial(self) -> Path:
+        return self.figures / f"{self.prefix}_axial.png"
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+
+def split_source(name: str) -> tuple[str, str]:
+    """(prefix, suffix) of a BIDS source file name ("sub-01_T2w.nii.gz" -> ("sub-01", "T2w"))."""
+    stem = source_stem(PurePosixPath(name).name)
+    prefix, _, suffix = stem.rpartition("_")
+    return prefix, suffix
+
+
+def landmark_list(value: object) -> list[str]:
+    """Landmark names from a stamp (a list, or a {step: [names]} dict as the engine gives)."""
+    if isinstance(value, Mapping):
+        names: list[str] = []
+        for v in value.values():
+            names += [str(x) for x in v or [] if str(x) not in names]
+        return names
+    if isinstance(value, (list, tuple)):
+        return [str(x) for x in value]
+    return []
+
+
+def format_value(value: object) -> str:
+    """TSV cell text: 'n/a' for missing or non-finite numbers, 2 decimals for floats."""
+    if value is None:
+        return NA
+    if isinstance(value, float):
+        return NA if not math.isfinite(value) else f"{value:.2f}"
+    return str(value)
+
+
+def tsv_text(columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> str:
+    lines = ["\t".join(columns)]
+    lines += ["\t".join(format_value(row.get(c)) for c in columns) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def parse_cell(text: str) -> object:
+    """TSV cell back to a value: int, float, NaN for 'n/a', else the text."""
+    if text == NA:
+        return math.nan
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def read_tsv(path: Path) -> list[dict[str, object]]:
+    """Rows of a TSV written by `tsv_text` (empty when missing or unreadable)."""
+    try:
+        with open(path, newline="") as f:
+            return [
+                {k: parse_cell(v) for k, v in row.items()}
+                for row in csv.DictReader(f, delimiter="\t")
+            ]
+    except (OSError, csv.Error):
+        return []
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass
+class ImageRecord:
+    """Everything participant level left about one source image."""
+
+    key: str  # source file name without extension; also the stamp's name
+    subject: str
+    session: str | None
+    suffix: str
+    stamp: dict = field(default_factory=dict)
+    qc: dict = field(default_factory=dict)
+    morphometry: list[dict[str, object]] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """Stamp status; 'incomplete' when QC files exist without a stamp (run interrupted)."""
+        return str(self.stamp.get("status") or "incomplete")
+
+    @property
+    def reason(self) -> str | None:
+        if self.stamp:
+            return self.stamp.get("reason")
+        return "no status stamp: the participant-level run did not finish this image"
+
+    @property
+    def source(self) -> str | None:
+        return self.stamp.get("source")
+
+    @property
+    def flags(self) -> list[dict[str, str]]:
+        return list(self.qc.get("flags") or [])
+
+    def sidecar(self, root: Path) -> dict:
+        """JSON sidecar of the final labels, when listed in the stamp."""
+        for rel in self.stamp.get("outputs") or []:
+            if rel.endswith(f"_seg-spine_desc-{self.suffix}_dseg.json"):
+                return read_json(root / rel)
+        return {}
+
+
+def _wanted(value: str | None, allowed: Sequence[str] | None) -> bool:
+    return allowed is None or (value is not None and value in allowed)
+
+
+def collect(
+    output_dir: Path,
+    participants: Sequence[str] | None = None,
+    sessions: Sequence[str] | None = None,
+) -> list[ImageRecord]:
+    """Every image found in stamps or QC files, filtered, sorted by subject, session, key."""
+    root = Path(output_dir)
+    records: dict[str, ImageRecord] = {}
+    for path in sorted((root / STATUS_DIR).glob("*.json")):
+        stamp = read_stamp(path)
+        if not stamp or not stamp.get("subject"):
+            continue
+        _, suffix = split_source(str(stamp.get("source") or path.stem))
+        records[path.stem] = ImageRecord(
+            key=path.stem,
+            subject=str(stamp["subject"]),
+            session=stamp.get("session"),
+            suffix=suffix,
+            stamp=stamp,
+        )
+    for path in sorted(root.glob("sub-*/**/*_seg-spine_desc-*_qc.json")):
+        qc = read_json(path)
+        if not qc.get("stem") or not qc.get("suffix") or not qc.get("subject"):
+            continue
+        key = f"{qc['stem']}_{qc['suffix']}"
+        rec = records.setdefault(
+            key,
+            ImageRecord(key, str(qc["subject"]), qc.get("session"), str(qc["suffix"])),
+        )
+        rec.qc = qc
+        rec.morphometry = read_tsv(
+            path.with_name(path.name[: -len("_qc.json")] + "_morphometry.tsv")
+        )
+    chosen = [
+        r
+        for r in records.values()
+        if _wanted(r.subject, participants) and (sessions is None or _wanted(r.session, sessions))
+    ]
+    return sorted(chosen, key=lambda r: (r.subject, r.session or "", r.key))

@@ -1,0 +1,169 @@
+"""Per-subject HTML report (`sub-<label>.html`), built only from what participant level wrote.
+
+The page links its previews relatively (`sub-<label>/figures/*.png`, checked to exist) and
+loads nothing else: no script, font or style sheet from the network, so it opens on an
+offline cluster or straight from a copied output folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+
+import jinja2
+from PIL import Image
+
+from bids_app import __version__
+from bids_app import labels as L
+from bids_app.bids.atomic import write_text_atomic
+from bids_app.qc.measures import COLUMN_BY_NAME
+from bids_app.qc.records import ImageRecord, collect, format_value, landmark_list
+
+CORD_CSA_WARNING = (
+    "Cord cross-sectional areas come from a segmentation that was not validated for cord "
+    "morphometry; do not use them as cord CSA measurements."
+)
+TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("abbreviation", "Level"),
+    ("volume_mm3", "Volume (mm³)"),
+    ("n_components", "Parts"),
+    ("disc_height_mm", "Disc height (mm)"),
+    ("disc_ap_depth_mm", "Disc AP depth (mm)"),
+    ("body_height_mm", "Body height (mm)"),
+    ("canal_csa_mm2", "Canal CSA (mm²)"),
+    ("cord_csa_mm2", "Cord CSA (mm², not validated)"),
+    ("fov_edge", "At FOV edge"),
+)
+
+
+@cache
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def figure(root: Path, rel: str | None, caption: str) -> dict | None:
+    """Template data of one preview, or None when the file is missing or unreadable."""
+    if not rel:
+        return None
+    try:
+        with Image.open(root / rel) as im:
+            width, height = im.size
+    except OSError:
+        return None
+    return {"src": rel, "alt": caption, "caption": caption, "width": width, "height": height}
+
+
+def _seconds(timings: Mapping[str, object]) -> str:
+    parts = [f"{k} {float(v):.1f} s" for k, v in timings.items() if isinstance(v, (int, float))]
+    return ", ".join(parts) or "n/a"
+
+
+def provenance(rec: ImageRecord, root: Path) -> list[tuple[str, str]]:
+    """(field, value) rows from the stamp and the final labels' sidecar."""
+    st = rec.stamp
+    model = st.get("model") or {}
+    side = rec.sidecar(root)
+    rows = [
+        ("SpineSeg version", st.get("app_version") or rec.qc.get("app_version")),
+        ("Model release", model.get("release")),
+        (
+            "Model SHA-256",
+            "; ".join(f"{k}: {str(v)[:12]}…" for k, v in (model.get("sha256") or {}).items()),
+        ),
+        ("Device", st.get("device") or side.get("Device")),
+        ("Test-time augmentation", side.get("TestTimeAugmentation")),
+        ("Timings", _seconds(st.get("timings") or {})),
+        ("Options", ", ".join(f"{k}={v}" for k, v in (st.get("options") or {}).items())),
+        ("Warnings", "; ".join(str(w) for w in st.get("warnings") or [])),
+        ("Finished", st.get("finished")),
+        ("QC generated", rec.qc.get("generated")),
+    ]
+    geo = rec.qc.get("geometry") or {}
+    if geo:
+        size = " x ".join(f"{v:g}" for v in geo.get("voxel_size_mm") or [])
+        shape = " x ".join(str(v) for v in geo.get("shape") or [])
+        rows.append(("Image grid", f"{shape} voxels of {size} mm, {geo.get('orientation')}"))
+    return [(k, str(v)) for k, v in rows if v not in (None, "", [])]
+
+
+def _table(rec: ImageRecord) -> list[list[str]]:
+    return [[format_value(row.get(name)) for name, _ in TABLE_COLUMNS] for row in rec.morphometry]
+
+
+def image_context(rec: ImageRecord, root: Path) -> dict:
+    figs = rec.qc.get("figures") or {}
+    figures = [
+        figure(root, figs.get("sagittal"), "Sagittal view through the canal"),
+        figure(root, figs.get("axial"), "Axial tiles at each disc"),
+    ]
+    labels = [
+        {
+            "abbreviation": L.LABEL_BY_ID[i].abbreviation,
+            "colour": L.label_hex(i),
+        }
+        for i in rec.qc.get("labels_present") or []
+        if i in L.LABEL_BY_ID
+    ]
+    return {
+        "key": rec.key,
+        "session": rec.session,
+        "source": rec.source,
+        "status": rec.status,
+        "reason": rec.reason,
+        "figures": [f for f in figures if f],
+        "previews_note": rec.qc.get("previews_note"),
+        "flags": rec.flags,
+        "has_qc": bool(rec.qc),
+        "labels": labels,
+        "levels": rec.qc.get("levels"),
+        "landmarks": landmark_list(rec.qc.get("landmarks") or rec.stamp.get("landmarks")),
+        "table": _table(rec),
+        "morphometry": rec.qc.get("morphometry"),
+        "provenance": provenance(rec, root),
+    }
+
+
+def table_columns() -> list[dict[str, str]]:
+    return [
+        {
+            "header": header,
+            "description": COLUMN_BY_NAME[name].description if name in COLUMN_BY_NAME else header,
+        }
+        for name, header in TABLE_COLUMNS
+    ]
+
+
+def write_subject_report(output_dir: Path, subject: str) -> Path:
+    """Write `sub-<subject>.html` from the subject's stamps and QC files; returns its path."""
+    root = Path(output_dir)
+    subject = subject.removeprefix("sub-")
+    records = collect(root, [subject])
+    images = [image_context(r, root) for r in records]
+    html = (
+        environment()
+        .get_template("subject.html.j2")
+        .render(
+            subject=subject,
+            images=images,
+            failed=[im for im in images if im["status"] in ("failed", "incomplete")],
+            columns=table_columns(),
+            cord_warning=CORD_CSA_WARNING,
+            app_version=__version__,
+            generated=now(),
+        )
+    )
+    path = root / f"sub-{subject}.html"
+    write_text_atomic(path, html)
+    return path
