@@ -7,6 +7,7 @@ standard library alone.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -114,7 +115,7 @@ def load_page(chromium: str, url: str, timeout: float = 60.0) -> PageLoad:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             pass_fds=(3, 4, to_child_r, from_child_w),
-            preexec_fn=wire_fds,  # noqa: PLW1509 - single-threaded test helper
+            preexec_fn=wire_fds,  # the test process is single-threaded
         )
         os.close(to_child_r)
         os.close(from_child_w)
@@ -144,9 +145,9 @@ def load_page(chromium: str, url: str, timeout: float = 60.0) -> PageLoad:
             for e in pipe.events:
                 method, p = e.get("method"), e.get("params", {})
                 if method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-                    load.errors.append("console: " + " ".join(
-                        str(a.get("value", a.get("description", ""))) for a in p.get("args", [])
-                    ))
+                    args = p.get("args", [])
+                    text = " ".join(str(a.get("value", a.get("description", ""))) for a in args)
+                    load.errors.append("console: " + text)
                 elif method == "Runtime.exceptionThrown":
                     load.errors.append("exception: " + p["exceptionDetails"].get("text", ""))
                 elif method == "Log.entryAdded" and p["entry"].get("level") == "error":
@@ -157,10 +158,8 @@ def load_page(chromium: str, url: str, timeout: float = 60.0) -> PageLoad:
                     load.requests.append(p["request"]["url"])
             return load
         finally:
-            try:
+            with contextlib.suppress(RuntimeError, OSError):
                 pipe.send("Browser.close")
-            except (RuntimeError, OSError):
-                pass
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
