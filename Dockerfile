@@ -19,7 +19,8 @@ FROM ${BASE_IMAGE}
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# Python 3.10+ with venv; bases that already have it (python:*, the CPU test base) skip apt.
+# Python 3.11+ (the locked numpy needs it) with venv; bases that already have it (python:*,
+# the CPU test base) skip apt.
 # DL3008 (apt versions unpinned): the packages come from the base image's own release, whose
 # archive drops superseded versions, so pins would break rebuilds; pin the base image instead.
 # hadolint ignore=DL3008
@@ -30,33 +31,37 @@ RUN if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
         && rm -rf /var/lib/apt/lists/*; \
     fi
 
-# torch first and alone, from its own index (or wheels in docker/local/wheels), then frozen
-# into a constraints file: every later pip call must keep exactly this build, so nnunetv2 ->
-# timm -> torchvision can never silently replace it with a different (e.g. CUDA 13) torch.
+# torch first, from its own index (or wheels in docker/local/wheels), then frozen into a
+# constraints file: every later pip call must keep exactly this build, so nnunetv2 -> timm ->
+# torchvision can never silently replace it with a different (e.g. CUDA 13) torch. The torch
+# index is an *extra* index: the local tag (+cu128, +cpu) makes its build win over PyPI's,
+# while torch's own dependencies resolve from PyPI at the versions of the image lock.
 # cu128 wheels need an NVIDIA driver >= 525 (CUDA 12 minor-version compatibility).
 ARG TORCH_SPEC="torch==2.13.0 torchvision==0.28.0"
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+COPY constraints.txt docker/constraints-image.txt /opt/spineseg/
 # TORCH_SPEC is left unquoted on purpose: it is a list of requirement specifiers.
 RUN --mount=type=bind,source=docker/local,target=/mnt/local \
     python3 -m venv /opt/spineseg/venv \
     && /opt/spineseg/venv/bin/pip install --no-cache-dir --find-links /mnt/local/wheels \
-        ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} $TORCH_SPEC \
+        ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+        -c /opt/spineseg/constraints.txt -c /opt/spineseg/constraints-image.txt $TORCH_SPEC \
     && /opt/spineseg/venv/bin/pip freeze | grep -E '^torch(vision)?==' \
         > /opt/spineseg/torch-constraints.txt \
     && grep -q '^torch==' /opt/spineseg/torch-constraints.txt
 
 # nnU-Net and its dependency tree (the slow, rarely changing layer), pinned by the project's
 # constraints.txt and the image lock docker/constraints-image.txt.
-COPY constraints.txt /opt/spineseg/constraints.txt
-COPY docker/constraints-image.txt /opt/spineseg/constraints-image.txt
 RUN /opt/spineseg/venv/bin/pip install --no-cache-dir \
         -c /opt/spineseg/torch-constraints.txt -c /opt/spineseg/constraints.txt \
         -c /opt/spineseg/constraints-image.txt "nnunetv2==2.8.1"
 
 # The app itself, built from a bind mount of the (allow-listed) context so no source copy
 # stays in the image; `rw` lets setuptools write its build folders, which are then discarded.
+# bids_app/VERSION is the package-data copy of `version` that an installed package reads.
 RUN --mount=type=bind,target=/mnt/src,rw \
-    /opt/spineseg/venv/bin/pip install --no-cache-dir \
+    cp /mnt/src/version /mnt/src/bids_app/VERSION \
+    && /opt/spineseg/venv/bin/pip install --no-cache-dir \
         -c /opt/spineseg/torch-constraints.txt -c /opt/spineseg/constraints.txt \
         -c /opt/spineseg/constraints-image.txt /mnt/src \
     && /opt/spineseg/venv/bin/pip check
@@ -75,9 +80,10 @@ ARG WEIGHTS_SOURCE=""
 RUN --mount=type=bind,target=/mnt/ctx \
     case "$WEIGHTS_SOURCE" in \
         "") spineseg weights --release "$WEIGHTS_RELEASE" --dest "$SPINESEG_WEIGHTS" ;; \
-        demo) spineseg weights --demo --dest "$SPINESEG_WEIGHTS" ;; \
+        demo) spineseg weights --release demo --dest "$SPINESEG_WEIGHTS" --from \
+                "$(python -c 'import bids_app.nnunet.weights as w; print(w.DEMO_DIR)')" ;; \
         *) spineseg weights --release "$WEIGHTS_RELEASE" --dest "$SPINESEG_WEIGHTS" \
-               --source "/mnt/ctx/$WEIGHTS_SOURCE" ;; \
+                --from "/mnt/ctx/$WEIGHTS_SOURCE" ;; \
     esac \
     && rm -f "$SPINESEG_WEIGHTS/.install.lock"
 
@@ -87,12 +93,18 @@ RUN chmod 0755 /opt/spineseg/bin/spineseg \
     && chmod -R a+rX,go-w /opt/spineseg /version \
     && spineseg --version \
     && spineseg --version | grep -qF "$(cat /version)" \
-    && python -c "import torch, nnunetv2, bids_app.nnunet.weights as w; print('torch', torch.__version__); print(w.resolve_weights())"
+    && python -c "import torch, nnunetv2; print('torch', torch.__version__)" \
+    && spineseg weights --verify
 
 # Runtime environment: no HOME (the entry script sends caches to $TMPDIR), no user site
 # packages from a bound host HOME, no .pyc writes on a read-only root.
+# NVIDIA_*: ask the container toolkit for the driver's compute libraries whatever the base,
+# and accept any CUDA 12 driver (>= 525): the cu128 wheels run there through CUDA's
+# minor-version compatibility, while nvidia/cuda:12.8 bases would demand a 12.8 driver.
 ENV PYTHONNOUSERSITE=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    NVIDIA_REQUIRE_CUDA="cuda>=12.0"
 
 ARG BASE_IMAGE
 ARG SPINESEG_VERSION=0.1.0

@@ -168,7 +168,7 @@ if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
         -v "$WORK/build-pip.conf:/etc/pip.conf:ro")
 fi
 build_image() {
-    nice -n 19 podman build --pull=never "${build_mounts[@]}" "${build_args[@]}" \
+    nice -n 19 podman build --pull=never --format docker "${build_mounts[@]}" "${build_args[@]}" \
         -t "$IMAGE" -f "$REPO/Dockerfile" "$REPO" >"$WORK/build.log" 2>&1 || {
         tail -n 40 "$WORK/build.log"
         fail "image build failed; full log in $WORK/build.log"

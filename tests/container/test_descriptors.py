@@ -139,13 +139,9 @@ def test_value_keys_are_bracketed_and_unique():
 
 
 def _cli_help() -> str:
-    from bids_app.cli.main import main
+    from bids_app.cli.parser import bids_app_parser
 
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as exc:
-        main(["--help"])
-    assert exc.value.code == 0
-    return buf.getvalue()
+    return bids_app_parser().format_help()
 
 
 @pytest.mark.parametrize("level", sorted(DESCRIPTORS))
@@ -158,3 +154,13 @@ def test_every_descriptor_flag_exists_in_the_cli(level):
         if "value-choices" in inp and inp["id"] != "analysis_level":
             for choice in inp["value-choices"]:
                 assert choice in help_text, f"{inp['id']}={choice}"
+
+
+def test_error_codes_are_the_apps_exit_codes():
+    from bids_app.cli.errors import ExitCode
+
+    app_codes = {int(c) for c in ExitCode if c != ExitCode.OK}
+    part = {e["code"] for e in _load(DESCRIPTORS["participant"])["error-codes"]}
+    group = {e["code"] for e in _load(DESCRIPTORS["group"])["error-codes"]}
+    assert part == app_codes
+    assert group <= app_codes
