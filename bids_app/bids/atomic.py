@@ -21,6 +21,7 @@ import nibabel as nib
 from filelock import FileLock
 
 LOCK_TIMEOUT_S = 600.0
+LOCK_NAME = ".spineseg.lock"  # one hidden lock per folder of shared files
 
 
 @cache
@@ -93,7 +94,7 @@ def write_shared(path: Path, data: bytes) -> bool:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path.parent / f".{path.name}.lock"), timeout=LOCK_TIMEOUT_S):
+    with FileLock(str(path.parent / LOCK_NAME), timeout=LOCK_TIMEOUT_S):
         if path.is_file() and path.read_bytes() == data:
             return False
         write_bytes_atomic(path, data)

@@ -461,7 +461,7 @@ class ParticipantRun:
             status, reason = PARTIAL, "; ".join(result.errors)
         elif "final" not in result.native and not self.args.step1_only:
             status, reason = PARTIAL, "no final labels returned"
-        qc_outputs, qc_error = qc_hooks.image_qc(self.out, job, outputs, result)
+        qc_outputs, qc_error = qc_hooks.image_qc(self.out, job, result)
         if qc_error:
             status = PARTIAL
             reason = "; ".join(filter(None, [reason, f"QC: {qc_error}"]))
@@ -523,36 +523,6 @@ def _remove_stale(output_dir: Path, old: dict | None, outputs: Sequence[str]) ->
             path.unlink(missing_ok=True)
 
 
-def reports_only(paths: Paths, selection: disc.Selection) -> list[StatusRow]:
-    """Regenerate QC and reports from the outputs recorded in the stamps (no segmentation)."""
-    rows = []
-    for job in selection.jobs:
-        t0 = time.monotonic()
-        stamp = read_stamp(stamp_path(paths.output_dir, job.name))
-        if not stamp or stamp.get("status") not in (OK, PARTIAL):
-            rows.append(
-                StatusRow(
-                    job.subject, job.session, job.name, SKIPPED, "no outputs to report on", 0.0
-                )
-            )
-            continue
-        _, error = qc_hooks.image_qc(paths.output_dir, job, stamp.get("outputs") or [], None)
-        rows.append(
-            StatusRow(
-                job.subject,
-                job.session,
-                job.name,
-                FAILED if error else OK,
-                error,
-                time.monotonic() - t0,
-            )
-        )
-    for subject in selection.subjects:
-        qc_hooks.subject_report(paths.output_dir, subject)
-    say("", "Status:", *status_table(rows))
-    return rows
-
-
 def run_participant(args, paths: Paths, engine_factory: EngineFactory) -> int:
     participants = expand_labels(args.participant_label, "sub-", "--participant-label")
     sessions = expand_labels(args.session_label, "ses-", "--session-label")
@@ -570,15 +540,16 @@ def run_participant(args, paths: Paths, engine_factory: EngineFactory) -> int:
         selection = select(args, paths, participants, sessions)
         say(*selection.describe())
         if args.reports_only:
-            rows = reports_only(paths, selection)
-        else:
-            weights, model = resolve_model(args.weights)
-            say(f"model: TotalSpineSeg {model.release} ({weights.root})")
-            with _writing(str(paths.output_dir)):
-                changed = write_dataset_files(paths.output_dir, paths.bids_dir, model)
-            if changed:
-                log.info("wrote %s", ", ".join(changed))
-            rows = ParticipantRun(args, paths, selection, weights, model, engine_factory).run()
+            written = qc_hooks.rebuild(paths.output_dir, paths.bids_dir, participants, sessions)
+            say(*(f"wrote {w}" for w in written))
+            return ExitCode.OK
+        weights, model = resolve_model(args.weights)
+        say(f"model: TotalSpineSeg {model.release} ({weights.root})")
+        with _writing(str(paths.output_dir)):
+            changed = write_dataset_files(paths.output_dir, paths.bids_dir, model)
+        if changed:
+            log.info("wrote %s", ", ".join(changed))
+        rows = ParticipantRun(args, paths, selection, weights, model, engine_factory).run()
     bad = [r for r in rows if r.status in (FAILED, PARTIAL)]
     return ExitCode.FAILED if bad else ExitCode.OK
 
