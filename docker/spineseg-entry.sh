@@ -6,19 +6,35 @@
 # Why: the image has no usable HOME (any UID, read-only root, HOME=/nonexistent or a
 # read-only bind), yet matplotlib, torch/inductor and friends write caches on import and die
 # or slow down when they cannot. Each cache variable the caller did not set is pointed at a
-# private folder under $TMPDIR (the scheduler's scratch, else /tmp). Nothing else is changed,
-# and `exec` keeps the app as PID 1's direct replacement so signals reach it.
+# private folder under the first writable of $TMPDIR, /tmp, /var/tmp (Python's own order for
+# temporary files), or at $SPINESEG_CACHE_DIR. Nothing else is changed, and `exec` makes the
+# app replace this shell so signals reach it directly.
 set -eu
 
-tmp_root="${TMPDIR:-/tmp}"
-cache="${SPINESEG_CACHE_DIR:-$tmp_root/spineseg-cache-$(id -u)}"
+# A folder of ours: created with mode 0700, reused only if we own it and can write to it (a
+# shared /tmp may hold another user's folder of the same name).
+usable() { mkdir -p "$1" 2>/dev/null && [ -O "$1" ] && [ -w "$1" ]; }
+
 umask 077
-# A folder left by another user (shared /tmp) or not writable: take a fresh one instead.
-if ! mkdir -p "$cache" 2>/dev/null || [ ! -O "$cache" ] || [ ! -w "$cache" ]; then
-    cache="$(mktemp -d "$tmp_root/spineseg-cache-XXXXXX")" || {
-        echo "spineseg: no writable temp folder at $tmp_root; bind one to /tmp or set TMPDIR" >&2
-        exit 73
-    }
+cache=""
+if [ -n "${SPINESEG_CACHE_DIR:-}" ]; then
+    usable "$SPINESEG_CACHE_DIR" && cache="$SPINESEG_CACHE_DIR"
+else
+    for root in "${TMPDIR:-}" /tmp /var/tmp; do
+        [ -n "$root" ] && [ -d "$root" ] && [ -w "$root" ] || continue
+        if usable "$root/spineseg-cache-$(id -u)"; then
+            cache="$root/spineseg-cache-$(id -u)"
+        else
+            cache="$(mktemp -d "$root/spineseg-cache-XXXXXX" 2>/dev/null)" || cache=""
+        fi
+        [ -n "$cache" ] && break
+    done
+fi
+if [ -z "$cache" ]; then
+    echo "spineseg: error: no writable temporary folder (TMPDIR=${TMPDIR:-unset}, /tmp," \
+        "/var/tmp${SPINESEG_CACHE_DIR:+, SPINESEG_CACHE_DIR=$SPINESEG_CACHE_DIR});" \
+        "bind a writable folder to /tmp" >&2
+    exit 73
 fi
 umask 022
 
