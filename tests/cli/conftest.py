@@ -12,6 +12,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bids"))
 from bidsapp_testkit import FakeEngineFactory, make_bids, make_weights
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "with_qc: run the real QC layer in a CLI test")
+
+
 @pytest.fixture
 def dataset(tmp_path):
     return make_bids(tmp_path / "ds")
@@ -25,3 +29,15 @@ def weights(tmp_path_factory):
 @pytest.fixture
 def factory():
     return FakeEngineFactory()
+
+
+@pytest.fixture(autouse=True)
+def no_qc(request, monkeypatch):
+    """QC (previews, reports) is tested in its own package; here it only costs time.
+
+    Tests marked `with_qc` keep it, to check the hand-over between the two layers.
+    """
+    if "with_qc" not in request.keywords:
+        from bids_app.cli import qc_hooks
+
+        monkeypatch.setattr(qc_hooks, "_qc", lambda function: None)

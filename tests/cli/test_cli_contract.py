@@ -237,6 +237,12 @@ def test_selection_is_printed_before_any_work(capsys, dataset, weights, tmp_path
     assert "Status:" in out
 
 
+def test_weights_from_the_environment(capsys, dataset, weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPINESEG_WEIGHTS", str(weights))
+    rc, out, _ = cli(capsys, dataset, tmp_path / "out", "participant", "--skip-bids-validation")
+    assert rc == 0 and f"({weights})" in out
+
+
 def test_missing_weights_exit_78(capsys, dataset, tmp_path):
     rc, _, err = participant(dataset, tmp_path / "out", weights=tmp_path / "none", capsys=capsys)
     assert rc == 78 and "weights folder not found" in err

@@ -13,6 +13,7 @@ from bidsapp_testkit import FakeEngineFactory, tree_digest
 from bids_app import __version__
 from bids_app.bids.derivatives import image_output_paths
 from bids_app.bids.stamps import read_stamp, stamp_path
+from bids_app.bids.validation import find_validator, validate
 from bids_app.cli import app
 from bids_app.cli.main import main
 
@@ -166,8 +167,11 @@ def test_input_is_never_modified_and_may_be_read_only(run, dataset):
             p.chmod(0o755 if p.is_dir() else 0o644)
 
 
-def test_localizer_is_segmented_first_and_guides_its_session(run):
-    rc, _, _, factory = run("--localizer-suffix", "T1w")
+@pytest.mark.parametrize(
+    "option", [["--localizer-suffix", "T1w"], ["--localizer", '{"suffix": "T1w"}']]
+)
+def test_localizer_is_segmented_first_and_guides_its_session(run, option):
+    rc, _, _, factory = run(*option)
     assert rc == 0
     calls = factory.calls
     assert calls.index(("sub-01_ses-01_T1w.nii.gz", False)) < calls.index(
@@ -211,6 +215,29 @@ def test_write_failure_stops_with_74_and_no_ok_stamp(run, monkeypatch):
         "spineseg: error: /out/sub-01/x.nii.gz: cannot write outputs (No space left on device)"
     )
     assert not list((run.out / "logs" / "status").glob("*.json"))
+
+
+@pytest.mark.with_qc
+def test_qc_reports_and_group_level_on_the_written_outputs(run, dataset, capsys):
+    rc, _, _, _ = run("--participant-label", "02")
+    assert rc == 0
+    s = stamp(run.out, "sub-02_run-1_T2w.nii.gz")
+    qc_json = "sub-02/anat/sub-02_run-1_seg-spine_desc-T2w_qc.json"
+    assert qc_json in s["outputs"]
+    assert any(o.startswith("sub-02/figures/") and o.endswith(".png") for o in s["outputs"])
+    assert all((run.out / o).is_file() for o in s["outputs"])
+    report = run.out / "sub-02.html"
+    assert "sub-02_run-1" in report.read_text()
+    report.unlink()
+    argv = [dataset, run.out, "participant", "--skip-bids-validation", "--reports-only"]
+    assert main([str(a) for a in argv]) == 0
+    assert report.is_file()
+    assert main([str(dataset), str(run.out), "group"]) == 0
+    assert (run.out / "group.html").is_file()
+    capsys.readouterr()
+    if find_validator() is not None:
+        result = validate(run.out)
+        assert result.errors == [], result.error_lines()
 
 
 def test_reports_only_needs_no_engine_and_no_weights(run, tmp_path, dataset, capsys):
