@@ -289,9 +289,24 @@ class LabelGeometry:
         return cl.tangents[cl.nearest(point)]
 
     def disc_axis(self, label: int) -> np.ndarray | None:
-        """Axis of a disc: its plate normal, else the canal tangent at its level."""
-        n = plate_normal(self.coords(label))
-        return n if n is not None else self.spine_axis_near(self.centroid(label))
+        """Axis of a disc: its plate normal when the voxels resolve it, else the canal tangent."""
+        return self.disc_frame(label)[0]
+
+    def disc_frame(self, label: int) -> tuple[np.ndarray | None, bool]:
+        """(axis, resolved) of a disc; `resolved` when it is >= 3 voxels thick along its normal.
+
+        The plate normal (smallest principal axis) follows the disc itself, wedge and tilt
+        included. On thick slices a thin disc spans one or two slices, whose plane would
+        pass for the disc's, so an unresolved disc takes the canal tangent at its level.
+        """
+        pts = self.coords(label)
+        normal = plate_normal(pts)
+        if normal is not None:
+            thickness = np.sqrt(12 * np.var((pts - pts.mean(0)) @ normal))
+            if thickness >= 3 * voxel_extent(self.affine, normal):
+                return normal, True
+        tangent = self.spine_axis_near(self.centroid(label))
+        return (tangent if tangent is not None else normal), False
 
     def neighbours(self, label: int) -> tuple[int | None, int | None]:
         """Present labels directly above and below `label` in the spine order."""

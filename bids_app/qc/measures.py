@@ -65,16 +65,17 @@ COLUMNS: tuple[Column, ...] = (
         "disc_height_mm",
         "Disc height",
         "Mean extent of the disc along its axis (the normal of the disc plate from a principal "
-        "component analysis, or the canal centreline tangent when the disc is not plate-like), "
-        "over lines within a core of radius one quarter of the AP depth (the AP standard "
-        "deviation) around the centroid.",
+        "component analysis; the canal centreline tangent at the disc's level when the disc is "
+        "less than three voxels thick along that normal), over lines within a core of radius "
+        "one quarter of the AP depth (the AP standard deviation) around the centroid.",
         "mm",
     ),
     Column(
         "disc_ap_depth_mm",
         "Disc antero-posterior depth",
-        "Extent of the disc along the anterior direction perpendicular to its axis, through the "
-        "centroid (median of 9 nearby parallel lines).",
+        "Antero-posterior extent of the disc perpendicular to its axis through the centroid: "
+        "median of 9 nearby parallel chords; for a disc less than three voxels thick, the AP "
+        "extent of its whole mid-sagittal section (median of three sections 1 mm apart).",
         "mm",
     ),
     Column(
@@ -127,27 +128,31 @@ def sidecar() -> dict[str, dict[str, str]]:
     return out
 
 
-def _line_lengths(
-    geom: LabelGeometry,
-    label: int,
-    origins: np.ndarray,
-    direction: np.ndarray,
-    t0: float,
-    t1: float,
-    *,
-    whole: bool = False,
-) -> np.ndarray:
-    """Length (mm) of `label` along lines origin + t * direction, t in [t0, t1] (one per origin).
+def _line_hits(
+    geom: LabelGeometry, label: int, origins: np.ndarray, direction: np.ndarray, t1: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which samples along lines origin + t * direction (t in [0, t1], STEP apart) are `label`.
 
-    With `whole`, a line that leaves the field of view gives NaN (its length would be cut).
+    Returns (hits, inside): boolean arrays (n_lines, n_samples), `inside` telling which samples
+    fall within the field of view.
     """
-    t = np.arange(t0 + STEP / 2, t1, STEP)
+    t = np.arange(STEP / 2, t1, STEP)
     pts = origins[:, None, :] + t[None, :, None] * direction
-    lengths = (sample(geom.data, geom.affine, pts, order=0) == label).sum(1) * STEP
-    if whole:
-        inside = inside_grid(geom.data.shape, geom.affine, pts).all(1)
-        lengths = np.where(inside, lengths, np.nan)
-    return lengths
+    hits = sample(geom.data, geom.affine, pts, order=0) == label
+    return hits, inside_grid(geom.data.shape, geom.affine, pts)
+
+
+def _run_length(hits: np.ndarray) -> np.ndarray:
+    """Per line, the labelled length (mm): the sum of its labelled samples."""
+    return hits.sum(1) * STEP
+
+
+def _extent(hits: np.ndarray) -> np.ndarray:
+    """Per line, first to last labelled sample (mm), so gaps of thick slices do not count."""
+    any_hit = hits.any(1)
+    first = np.argmax(hits, axis=1)
+    last = hits.shape[1] - 1 - np.argmax(hits[:, ::-1], axis=1)
+    return np.where(any_hit, (last - first + 1) * STEP, 0.0)
 
 
 def _disc_origins(centre: np.ndarray, e1: np.ndarray, e2: np.ndarray, radius: float) -> np.ndarray:
@@ -169,28 +174,37 @@ def _core_radius(pts: np.ndarray, centre: np.ndarray, ant: np.ndarray) -> float:
 
 
 def disc_size(geom: LabelGeometry, label: int) -> tuple[float, float]:
-    """(height, AP depth) of a disc in mm; NaN when its axis cannot be found."""
-    axis = geom.disc_axis(label)
+    """(height, AP depth) of a disc in mm; NaN when its axis cannot be found or it is cut.
+
+    The depth is the median AP chord of nine lines through the centre of a resolved disc. A
+    disc less than three voxels thick (thick slices) is spread over one or two slices that
+    a single line crosses only in part, so its depth is the AP extent of its whole
+    mid-sagittal section projected along the axis instead (median of three sections 1 mm
+    apart).
+    """
+    axis, resolved = geom.disc_frame(label)
     if axis is None:
         return math.nan, math.nan
     pts, c = geom.coords(label), geom.centroid(label)
     ant, right = anterior_frame(axis)
     pad = 2 * max(voxel_extent(geom.affine, axis), voxel_extent(geom.affine, ant)) + 2.0
-    thick = math.sqrt(12 * float(np.var((pts - c) @ axis)))
     reach_a = _half_extent(pts, c, ant) + pad
-    origins = np.array(
-        [c + t * axis + w * right for t in (-thick / 4, 0.0, thick / 4) for w in (-1.0, 0.0, 1.0)]
-    )
-    depths = _line_lengths(geom, label, origins - reach_a * ant, ant, 0.0, 2 * reach_a)
-    depths = depths[depths > 0]
-    if depths.size == 0:
-        return math.nan, math.nan
+    reach_n = _half_extent(pts, c, axis) + pad
+    if resolved:
+        thick = math.sqrt(12 * float(np.var((pts - c) @ axis)))
+        rows = [(w, np.array([t])) for w in (-1.0, 0.0, 1.0) for t in (-thick / 4, 0, thick / 4)]
+    else:
+        rows = [(w, np.arange(-reach_n, reach_n + 1e-9, 0.5)) for w in (-1.0, 0.0, 1.0)]
+    depths = []
+    for w, offsets in rows:
+        origins = c + w * right + offsets[:, None] * axis - reach_a * ant
+        hits = _line_hits(geom, label, origins, ant, 2 * reach_a)[0]
+        depths.append(float(_extent(hits.any(0, keepdims=True))[0]))
     depth = math.nan if geom.touches_edge(label, ant) else float(np.median(depths))
     if geom.touches_edge(label, axis):
         return math.nan, depth
-    reach_n = _half_extent(pts, c, axis) + pad
     core = _disc_origins(c - reach_n * axis, ant, right, _core_radius(pts, c, ant))
-    height = float(_line_lengths(geom, label, core, axis, 0.0, 2 * reach_n).mean())
+    height = float(_run_length(_line_hits(geom, label, core, axis, 2 * reach_n)[0]).mean())
     return height, depth
 
 
@@ -211,7 +225,10 @@ def body_height(geom: LabelGeometry, label: int) -> float:
     axis = unit(c_top - c_bot)
     ant, right = anterior_frame(axis)
     core = _disc_origins(c_bot, ant, right, radius)
-    return float(_line_lengths(geom, label, core, axis, 0.0, length, whole=True).mean())
+    hits, inside = _line_hits(geom, label, core, axis, length)
+    if not inside.all():  # the image cuts the body: its height would be too short
+        return math.nan
+    return float(_run_length(hits).mean())
 
 
 def cross_sections(geom: LabelGeometry, point: np.ndarray) -> tuple[float, float]:

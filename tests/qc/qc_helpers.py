@@ -1,0 +1,65 @@
+"""Ground-truth helpers for the QC tests.
+
+The ground truth of a length is computed from the phantom's continuous anatomy, not from its
+voxels: the spine frame of `bids_app.phantom` maps a world point to its arc length s along the
+canal, so the true extent of a body or disc along any line is the stretch of that line whose s
+lies within the segment's [s_top, s_bot).
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import (
+    apply_orientation,
+    axcodes2ornt,
+    inv_ornt_aff,
+    io_orientation,
+    ornt_transform,
+)
+
+from bids_app.phantom.anatomy import Anatomy, Segment
+
+
+def reorient(img: nib.Nifti1Image, axcodes: str) -> nib.Nifti1Image:
+    """The same voxels stored in another axis order (world positions unchanged)."""
+    data = np.asanyarray(img.dataobj)
+    xform = ornt_transform(io_orientation(img.affine), axcodes2ornt(tuple(axcodes)))
+    out = nib.Nifti1Image(
+        apply_orientation(data, xform), img.affine @ inv_ornt_aff(xform, data.shape)
+    )
+    out.set_qform(out.affine, code=1)
+    out.set_sform(out.affine, code=1)
+    return out
+
+
+def spine_s(anat: Anatomy, pts: np.ndarray) -> np.ndarray:
+    """Arc length s of world points (n, 3) in the phantom's spine frame."""
+    s, x, y, z = anat.s_table, anat.x_table, anat.y_table, anat.z_table
+    tang = np.stack([np.gradient(v, s) for v in (x, y, z)], 1)
+    tang /= np.linalg.norm(tang, axis=1, keepdims=True)
+    zq = -pts[:, 2]
+
+    def at(v: np.ndarray) -> np.ndarray:
+        return np.interp(zq, -z, v)
+
+    return at(s) + (pts[:, 0] - at(x)) * at(tang[:, 0]) + (pts[:, 1] - at(y)) * at(tang[:, 1])
+
+
+def true_length(anat: Anatomy, seg: Segment, point: np.ndarray, direction: np.ndarray) -> float:
+    """True extent (mm) of a body or disc along the line point + t * direction."""
+    t = np.arange(-60.0, 60.0, 0.01)
+    s = spine_s(anat, point + t[:, None] * direction)
+    return float(((s >= seg.s_top) & (s < seg.s_bot)).sum() * 0.01)
+
+
+def canal_radii(anat: Anatomy, s: float) -> tuple[float, float, float, float]:
+    """(canal AP, canal LR, cord AP, cord LR) radii in mm at arc length s (cord tapered)."""
+    k = anat.radius_knots_s
+    taper = float(np.clip((anat.cord_end_s - s) / (20 * anat.scale), 0, 1))
+    return (
+        float(np.interp(s, k, anat.canal_radii[:, 0])),
+        float(np.interp(s, k, anat.canal_radii[:, 1])),
+        float(np.interp(s, k, anat.cord_radii[:, 0])) * np.sqrt(taper),
+        float(np.interp(s, k, anat.cord_radii[:, 1])) * np.sqrt(taper),
+    )
