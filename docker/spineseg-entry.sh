@@ -13,7 +13,7 @@ set -eu
 
 # A folder of ours: created with mode 0700, reused only if we own it and can write to it (a
 # shared /tmp may hold another user's folder of the same name).
-usable() { mkdir -p "$1" 2>/dev/null && [ -O "$1" ] && [ -w "$1" ]; }
+usable() { mkdir -p "$1" 2>/dev/null && [ "$(stat -c %u "$1")" = "$(id -u)" ] && [ -w "$1" ]; }
 
 umask 077
 cache=""

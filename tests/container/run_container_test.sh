@@ -34,6 +34,9 @@ for arg in "$@"; do
 done
 
 skip() { echo "SKIP: $*"; exit 0; }
+json_get() {  # json_get FILE KEY: one top-level value of a JSON file
+    "$VENV_BIN/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$@"
+}
 fail() { echo "FAIL: $*" >&2; exit 1; }
 log() { printf '\n== %s\n' "$*"; }
 
@@ -46,7 +49,8 @@ timed() {
     start=$(date +%s.%N)
     "$@"
     end=$(date +%s.%N)
-    TIMES+=("$(awk -v n="$name" -v a="$start" -v b="$end" 'BEGIN{printf "%-38s %8.1f s", n, b - a}')")
+    TIMES+=("$(awk -v n="$name" -v a="$start" -v b="$end" \
+        'BEGIN{printf "%-38s %8.1f s", n, b - a}')")
 }
 print_times() {
     [ "${#TIMES[@]}" -gt 0 ] || return 0
@@ -104,14 +108,18 @@ make_debian() {
     local mirror
     mirror="$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null)"
     mirror="${mirror:-http://deb.debian.org/debian}"
-    nice -n 19 debootstrap --variant=minbase bookworm "$WORK/rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1 ||
+    nice -n 19 debootstrap --variant=minbase bookworm "$WORK/rootfs" "$mirror" \
+        >"$WORK/debootstrap.log" 2>&1 ||
         fail "debootstrap failed; see $WORK/debootstrap.log"
     if [ -f /etc/apt/sources.list.d/debian.sources ]; then
         cp /etc/apt/sources.list.d/debian.sources "$WORK/rootfs/etc/apt/sources.list.d/"
         rm -f "$WORK/rootfs/etc/apt/sources.list"
     fi
-    cp /etc/apt/apt.conf.d/99artifact-registry "$WORK/rootfs/etc/apt/apt.conf.d/" 2>/dev/null || true
-    tar -C "$WORK/rootfs" -c . | podman import -q --change 'CMD ["/bin/bash"]' - "$DEBIAN_IMAGE" >/dev/null
+    # The host's apt settings (e.g. a mirror's date checks) carry over when present.
+    cp /etc/apt/apt.conf.d/99artifact-registry "$WORK/rootfs/etc/apt/apt.conf.d/" 2>/dev/null ||
+        true
+    tar -C "$WORK/rootfs" -c . |
+        podman import -q --change 'CMD ["/bin/bash"]' - "$DEBIAN_IMAGE" >/dev/null
     rm -rf "$WORK/rootfs"
 }
 make_cpu_base() {
@@ -120,8 +128,9 @@ make_cpu_base() {
         -f "$REPO/tests/container/stand-in-base.Containerfile" "$WORK/empty" >/dev/null
 }
 if ! podman image exists "$DEBIAN_IMAGE"; then
-    [ "$(id -u)" -eq 0 ] && command -v debootstrap >/dev/null 2>&1 ||
+    if [ "$(id -u)" -ne 0 ] || ! command -v debootstrap >/dev/null 2>&1; then
         skip "$DEBIAN_IMAGE is missing and debootstrap (as root) is not available to make it"
+    fi
     log "base: debootstrap $DEBIAN_IMAGE"
     timed "base: debootstrap + import" make_debian
 fi
@@ -180,20 +189,34 @@ podman image inspect --format '{{.Size}}' "$IMAGE" |
     awk '{printf "image size: %.2f GB\n", $1 / 1e9}'
 
 # The way a cluster runs it: read-only root, any UID, no HOME, no network, no capabilities.
+# shellcheck disable=SC2054  # the commas are tmpfs mount options, not array separators
 RUN_OPTS=(--rm --pull=never --read-only --read-only-tmpfs=false --user 1000:1000
     -e HOME=/nonexistent --network=none --cap-drop=all --security-opt=no-new-privileges
     --tmpfs /tmp:rw,size=4g,mode=1777)
+version="$(cat "$REPO/version")"
 version_in_image="$(podman run "${RUN_OPTS[@]}" "$IMAGE" --version)"
 echo "spineseg --version in the image: $version_in_image"
-grep -qF "$(cat "$REPO/version")" <<<"$version_in_image" ||
-    fail "image reports '$version_in_image', the version file says $(cat "$REPO/version")"
+grep -qF "$version" <<<"$version_in_image" ||
+    fail "image reports '$version_in_image', the version file says $version"
+label="$(podman image inspect "$IMAGE" \
+    --format '{{index .Labels "org.opencontainers.image.version"}}')"
+[ "$label" = "$version" ] || fail "OCI version label is '$label', expected $version"
+# The baked weights verify against their manifest as an unprivileged user.
+podman run "${RUN_OPTS[@]}" "$IMAGE" weights --verify >"$WORK/weights-verify.log" 2>&1 || {
+    cat "$WORK/weights-verify.log"
+    fail "spineseg weights --verify failed in the image"
+}
+head -n 1 "$WORK/weights-verify.log"
 [ "$BUILD_ONLY" -eq 1 ] && { echo "PASS (build only)"; exit 0; }
 
 # ---------------------------------------------------------------------------------------------
 # Participant and group runs on a phantom dataset.
 log "data: phantom BIDS dataset (2 subjects)"
-timed "data: phantoms" "$HOST_SPINESEG" phantoms "$WORK/data" --subjects 2 >"$WORK/phantoms.log" 2>&1 ||
-    fail "spineseg phantoms failed; see $WORK/phantoms.log"
+make_phantoms() {
+    OMP_NUM_THREADS=1 nice -n 19 "$HOST_SPINESEG" phantoms "$WORK/data" --subjects 2 \
+        >"$WORK/phantoms.log" 2>&1 || fail "spineseg phantoms failed; see $WORK/phantoms.log"
+}
+timed "data: phantoms" make_phantoms
 chmod -R a+rX "$WORK/data"
 mkdir -p "$WORK/out"
 chown 1000:1000 "$WORK/out" 2>/dev/null || chmod 0777 "$WORK/out"
@@ -219,8 +242,8 @@ timed "run: group" run_level group
 # Checks a user would make: valid BIDS derivatives, every image segmented, stamps say ok,
 # reports and group files present, files owned by the UID the job ran as.
 log "check: outputs"
-"$VENV_BIN/bids-validator-deno" "$WORK/out" --format json >"$WORK/validator.json" 2>"$WORK/validator.err" ||
-    true
+"$VENV_BIN/bids-validator-deno" "$WORK/out" --format json \
+    >"$WORK/validator.json" 2>"$WORK/validator.err" || true
 "$VENV_BIN/python" - "$WORK/validator.json" <<'EOF' || fail "bids-validator-deno found errors"
 import json, sys
 report = json.load(open(sys.argv[1]))
@@ -248,10 +271,11 @@ while IFS= read -r src; do
     stamp="$WORK/out/logs/status/$name.json"
     expect "$stamp"
     if [ -f "$stamp" ]; then
-        status="$("$VENV_BIN/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["status"])' "$stamp")"
+        status="$(json_get "$stamp" status)"
         [ "$status" = ok ] || { echo "  $name: status $status"; missing=$((missing + 1)); }
     fi
-done < <(find "$WORK/data" -path '*/anat/*' \( -name '*_T1w.nii.gz' -o -name '*_T2w.nii.gz' \) | sort)
+done < <(find "$WORK/data" -path "$WORK/data/derivatives" -prune -o -path '*/anat/*' \
+    \( -name '*_T1w.nii.gz' -o -name '*_T2w.nii.gz' \) -print | sort)
 [ "$n_images" -gt 0 ] || fail "the phantom dataset has no T1w/T2w images"
 for sub in "$WORK"/data/sub-*/; do
     sub="$(basename "$sub")"
@@ -259,7 +283,7 @@ for sub in "$WORK"/data/sub-*/; do
     expect "$WORK/out/$sub/figures"
 done
 expect "$WORK/out/group.html"
-compgen -G "$WORK/out/group_*.tsv" >/dev/null || { echo "  missing: out/group_*.tsv"; missing=$((missing + 1)); }
+compgen -G "$WORK/out/group_*.tsv" >/dev/null || expect "$WORK/out/group_*.tsv"
 foreign="$(find "$WORK/out" ! -uid 1000 | head -n 3)"
 [ -z "$foreign" ] || { echo "  not owned by UID 1000: $foreign"; missing=$((missing + 1)); }
 [ "$missing" -eq 0 ] || fail "$missing expected outputs missing or not ok"
@@ -285,8 +309,8 @@ desc["container-image"].pop("index", None)
 (dst / "descriptor.json").write_text(json.dumps(desc, indent=2))
 EOF
 cp "$REPO/descriptors/invocations/participant.json" "$WORK/bosh/invocation.json"
-bids_name="$("$VENV_BIN/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["bids_dir"])' "$WORK/bosh/invocation.json")"
-out_name="$("$VENV_BIN/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["output_dir_name"])' "$WORK/bosh/invocation.json")"
+bids_name="$(json_get "$WORK/bosh/invocation.json" bids_dir)"
+out_name="$(json_get "$WORK/bosh/invocation.json" output_dir_name)"
 cp -r "$WORK/data" "$WORK/bosh/$bids_name"
 bosh_launch() {
     (cd "$WORK/bosh" && DOCKER_HOST="unix://$SOCK" "$VENV_BIN/bosh" exec launch --no-pull \
