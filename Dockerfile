@@ -56,14 +56,16 @@ RUN /opt/spineseg/venv/bin/pip install --no-cache-dir \
         -c /opt/spineseg/torch-constraints.txt -c /opt/spineseg/constraints.txt \
         -c /opt/spineseg/constraints-image.txt "nnunetv2==2.8.1"
 
-# The app itself, built from a bind mount of the (allow-listed) context so no source copy
-# stays in the image; `rw` lets setuptools write its build folders, which are then discarded.
+# The app itself, built from a copy of the (allow-listed) context taken from a read-only bind
+# mount, so no source stays in the image and the build never writes into the context.
 # bids_app/VERSION is the package-data copy of `version` that an installed package reads.
-RUN --mount=type=bind,target=/mnt/src,rw \
-    cp /mnt/src/version /mnt/src/bids_app/VERSION \
+RUN --mount=type=bind,target=/mnt/src \
+    cp -r /mnt/src /tmp/spineseg-src \
+    && cp /tmp/spineseg-src/version /tmp/spineseg-src/bids_app/VERSION \
     && /opt/spineseg/venv/bin/pip install --no-cache-dir \
         -c /opt/spineseg/torch-constraints.txt -c /opt/spineseg/constraints.txt \
-        -c /opt/spineseg/constraints-image.txt /mnt/src \
+        -c /opt/spineseg/constraints-image.txt /tmp/spineseg-src \
+    && rm -rf /tmp/spineseg-src \
     && /opt/spineseg/venv/bin/pip check
 
 COPY docker/spineseg-entry.sh /opt/spineseg/bin/spineseg

@@ -98,3 +98,10 @@ def test_entrypoint_is_exec_form_spineseg_without_cmd_or_home():
     assert not re.search(r"^CMD\b", text, re.M)
     assert not re.search(r"^ENV\b.*[\s=]HOME=", text, re.M)
     assert not re.search(r"^USER\b", text, re.M)
+
+
+def test_build_mounts_are_read_only():
+    # buildah writes a `rw` bind mount of the context straight into the user's checkout.
+    for line in DOCKERFILE.read_text().splitlines():
+        if "--mount=type=bind" in line:
+            assert not re.search(r"--mount=\S*\b(rw|readwrite)\b", line), line
