@@ -3,7 +3,7 @@
 # Default build: CUDA image with the official weights baked in (runs on CPU too when no GPU is
 # given to the container):
 #   docker build -t spineseg:0.1.0 .
-# CPU-only image from the same file (about 4 GB smaller):
+# CPU-only image from the same file (much smaller: no CUDA libraries):
 #   docker build --build-arg BASE_IMAGE=python:3.11-slim-bookworm \
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu \
 #     --build-arg TORCH_SPEC="torch==2.13.0+cpu torchvision==0.28.0+cpu" -t spineseg:0.1.0-cpu .

@@ -167,6 +167,7 @@ build_args=(
     --build-arg "TORCH_INDEX_URL=$torch_index"
     --build-arg "TORCH_SPEC=torch==${TORCH_VERSION}+cpu"
     --build-arg "WEIGHTS_SOURCE=demo"
+    --build-arg "WEIGHTS_RELEASE=demo"
     --build-arg "SPINESEG_VERSION=$(cat "$REPO/version")"
     --build-arg "VCS_REF=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 )
