@@ -53,11 +53,16 @@ class Picture:
     image: Image.Image
     tags: list[dict[str, object]] = field(default_factory=list)
     image_box: tuple[int, int, int, int] = (0, 0, 0, 0)  # x0, y0, x1, y1 of the view
+    # Sagittal view only: world z of its top edge, world y of its left (anterior) edge and
+    # its pixel size, so a pixel of the view can be mapped back to scanner mm.
+    world: dict[str, float] = field(default_factory=dict)
 
     def png_bytes(self) -> bytes:
         info = PngInfo()
         info.add_text("spineseg:tags", json.dumps(self.tags))
         info.add_text("spineseg:image_box", json.dumps(list(self.image_box)))
+        if self.world:
+            info.add_text("spineseg:world", json.dumps(self.world))
         buf = BytesIO()
         self.image.save(buf, format="PNG", pnginfo=info, optimize=True)
         return buf.getvalue()
@@ -237,7 +242,8 @@ def sagittal(
             disc_items.append((r, name, L.label_colour(colour_of)))
     put_tags(disc_items, "left")
     put_tags(vert_items, "right")
-    return Picture(canvas, tags, (MARGIN, HEADER, MARGIN + w, HEADER + h))
+    world = {"top_z_mm": float(hi[2]), "anterior_y_mm": float(hi[1]), "mm_per_pixel": d}
+    return Picture(canvas, tags, (MARGIN, HEADER, MARGIN + w, HEADER + h), world)
 
 
 def _tile(

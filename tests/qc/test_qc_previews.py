@@ -1,0 +1,186 @@
+"""Previews show the same anatomy the same way whatever the voxel order, size or obliquity."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+from qc_helpers import reorient
+
+from bids_app import labels as L
+from bids_app.qc.image import write_image_qc
+
+COMMON = (160, 400)  # width, height the views are compared at
+
+
+def _write(tmp_path, phantom_image, phantom_labels, name: str, levels=None, final=True) -> dict:
+    return write_image_qc(
+        phantom_image,
+        phantom_labels if final else None,
+        levels,
+        output_dir=tmp_path,
+        subject="01",
+        stem=f"sub-01_acq-{name}",
+        suffix="T2w",
+        landmarks=["C2-C3"],
+    )
+
+
+def _open(tmp_path, rel: str) -> tuple[Image.Image, list[dict], tuple, dict]:
+    im = Image.open(tmp_path / rel)
+    im.load()
+    meta = {k: json.loads(v) for k, v in im.text.items() if k.startswith("spineseg:")}
+    return (
+        im.convert("RGB"),
+        meta["spineseg:tags"],
+        tuple(meta["spineseg:image_box"]),
+        meta.get("spineseg:world", {}),
+    )
+
+
+def _coloured(view: np.ndarray) -> np.ndarray:
+    """Pixels carrying a label colour (grey pixels have R == G == B)."""
+    v = view.astype(int)
+    return (v[..., 0] != v[..., 1]) | (v[..., 1] != v[..., 2])
+
+
+def _exact(view: np.ndarray, colour) -> np.ndarray:
+    return np.all(view.astype(int) == np.array(colour), axis=-1)
+
+
+def _world_crop(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """Both views cropped to the world region they share, resized to one common size."""
+    boxes = []
+    for _, _, box, w in (a, b):
+        d = w["mm_per_pixel"]
+        top, ant = w["top_z_mm"], w["anterior_y_mm"]
+        boxes.append((top, top - (box[3] - box[1]) * d, ant, ant - (box[2] - box[0]) * d))
+    top = min(x[0] for x in boxes)
+    bottom = max(x[1] for x in boxes)
+    ant = min(x[2] for x in boxes)
+    post = max(x[3] for x in boxes)
+    out = []
+    for im, _, box, w in (a, b):
+        d = w["mm_per_pixel"]
+        x0 = box[0] + (w["anterior_y_mm"] - ant) / d
+        y0 = box[1] + (w["top_z_mm"] - top) / d
+        region = (x0, y0, x0 + (ant - post) / d, y0 + (top - bottom) / d)
+        crop = im.resize(COMMON, Image.Resampling.NEAREST, box=region)
+        out.append(np.asarray(crop))
+    return out[0], out[1]
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def _centre_mm(view, box, world, label) -> np.ndarray:
+    """World (z, y) mm of the centre of a label's opaque contour pixels in the view."""
+    rows_cols = np.argwhere(_exact(np.asarray(view.crop(box)), L.label_colour(label))) + 0.5
+    d = world["mm_per_pixel"]
+    r, c = rows_cols.mean(0)
+    return np.array([world["top_z_mm"] - r * d, world["anterior_y_mm"] - c * d])
+
+
+@pytest.fixture(scope="module")
+def views(tmp_path_factory, cervical, cervical_oblique, cervical_sag3):
+    """Sagittal previews of one spine seen through several grids."""
+    out = tmp_path_factory.mktemp("previews")
+    cases = {
+        "RAS": (cervical.image, cervical.labels),
+        "LPI": (reorient(cervical.image, "LPI"), reorient(cervical.labels, "LPI")),
+        "PSR": (reorient(cervical.image, "PSR"), reorient(cervical.labels, "PSR")),
+        "oblique": (cervical_oblique.image, cervical_oblique.labels),
+        "sag3": (cervical_sag3.image, cervical_sag3.labels),
+    }
+    result = {}
+    for name, (img, lab) in cases.items():
+        summary = _write(out, img, lab, name)
+        result[name] = (out, summary, _open(out, summary["figures"]["sagittal"]))
+    return result
+
+
+@pytest.mark.parametrize(
+    ("name", "min_dice"),
+    [("LPI", 0.98), ("PSR", 0.98), ("oblique", 0.9), ("sag3", 0.9)],
+)
+def test_same_picture_in_every_orientation(views, name, min_dice):
+    ref, other = views["RAS"][2], views[name][2]
+    a, b = _world_crop(ref, other)
+    dice = _dice(_coloured(a), _coloured(b))
+    print(f"{name}: colour-layer Dice vs RAS {dice:.3f}")
+    assert dice > min_dice, f"{name}: colour layer Dice {dice:.3f}"
+    names = {t["name"] for t in other[1]}
+    ref_names = {t["name"] for t in ref[1]}
+    assert len(names & ref_names) >= 14 and names >= ref_names - {"C1", "T2"}
+
+
+@pytest.mark.parametrize("name", ["RAS", "LPI", "PSR", "oblique", "sag3"])
+def test_superior_up_anterior_left_true_scale(views, name):
+    im, tags, box, world = views[name][2]
+    # Tags go down the spine in anatomical order on each side.
+    for side, expected in (("left", ["C2-C3", "C3-C4", "C4-C5"]), ("right", ["C2", "C3", "C4"])):
+        ys = {t["name"]: t["y"] for t in tags if t["side"] == side}
+        assert [ys[n] for n in expected] == sorted(ys[n] for n in expected)
+    # Discs lie in front of the cord: on its left. C2-C3 is above C7-T1.
+    cord = _centre_mm(im, box, world, L.CORD)
+    c23, c7t1 = (_centre_mm(im, box, world, d) for d in (63, 71))
+    assert c23[1] > cord[1] and c23[0] > c7t1[0]
+    # Square pixels at the true scale: distances in mm agree with the RAS view.
+    r_im, _, r_box, r_world = views["RAS"][2]
+    r_c23, r_c7t1 = (_centre_mm(r_im, r_box, r_world, d) for d in (63, 71))
+    r_cord = _centre_mm(r_im, r_box, r_world, L.CORD)
+    assert np.linalg.norm(c23 - c7t1) == pytest.approx(np.linalg.norm(r_c23 - r_c7t1), abs=2.0)
+    assert c23[1] - cord[1] == pytest.approx(r_c23[1] - r_cord[1], abs=2.0)
+
+
+def test_level_tags_drawn_in_label_colours(views, cervical):
+    """Each tag's text is drawn in its label's colour (anti-aliased on black: same hue)."""
+    im, tags, box, _ = views["RAS"][2]
+    present = set(np.unique(np.asanyarray(cervical.labels.dataobj)).tolist())
+    canvas = np.asarray(im).astype(float)
+    for tag in tags:
+        label = next(i for i in present if i in L.LABEL_BY_ID and L.level_name(i) == tag["name"])
+        x0, x1 = (0, box[0]) if tag["side"] == "left" else (box[2], im.width)
+        text = canvas[tag["y"] : tag["y"] + 13, x0:x1].reshape(-1, 3)
+        text = text[text.max(1) > 60]
+        colour = np.array(L.label_colour(label), float)
+        cos = text @ colour / (np.linalg.norm(text, axis=1) * np.linalg.norm(colour))
+        assert (cos > 0.995).sum() > 15, f"tag {tag['name']} not drawn in its colour"
+    discs = {L.level_name(i) for i in present if i in L.DISCS}
+    assert discs <= {t["name"] for t in tags if t["side"] == "left"}
+
+
+def test_axial_strip_one_tile_per_disc_anterior_up(views, cervical):
+    out, summary, _ = views["RAS"]
+    im, tags, _, _ = _open(out, summary["figures"]["axial"])
+    present = set(np.unique(np.asanyarray(cervical.labels.dataobj)).tolist())
+    assert [t["name"] for t in tags] == [L.level_name(i) for i in sorted(present & set(L.DISCS))]
+    tile = 200
+    for t in tags:
+        label = next(i for i in L.DISCS if L.level_name(i) == t["name"])
+        view = np.asarray(im.crop((t["x"], t["y"], t["x"] + tile, t["y"] + tile)))
+        disc = np.argwhere(_exact(view, L.label_colour(label)))
+        cord = np.argwhere(_exact(view, L.label_colour(L.CORD)))
+        assert disc[:, 0].mean() < cord[:, 0].mean(), f"{t['name']}: disc not anterior (up)"
+
+
+def test_markers_name_levels_without_final_labels(tmp_path, cervical):
+    """Step-1-only runs have level markers but no final labels: the markers are tagged."""
+    from bids_app.qc.geometry import LabelGeometry
+
+    geom = LabelGeometry.from_image(cervical.labels)
+    marks = np.zeros(cervical.labels.shape, np.uint8)
+    order = [63, 64, 65, 66, 67, 71]
+    for value, disc in enumerate(order, start=3):
+        ijk = geom.voxel_indices(disc)
+        marks[tuple(ijk[len(ijk) // 2])] = value
+    levels = nib.Nifti1Image(marks, cervical.labels.affine)
+    summary = _write(tmp_path, cervical.image, cervical.labels, "mark", levels=levels, final=False)
+    _, tags, _, _ = _open(tmp_path, summary["figures"]["sagittal"])
+    assert [t["name"] for t in tags] == ["C2-C3", "C3-C4", "C4-C5", "C5-C6", "C6-C7", "C7-T1"]
+    assert summary["figures"]["axial"] is None
+    assert [f["id"] for f in summary["flags"]] == ["no_segmentation"]
