@@ -121,6 +121,20 @@ def long_rows(records: Sequence[ImageRecord]) -> list[dict[str, object]]:
     return rows
 
 
+def judged_values(rec: ImageRecord) -> dict[str, float]:
+    """The measurements of an image that Tukey fences may judge.
+
+    Volumes of labels cut by the field of view (cord and canal nearly always) measure the
+    coverage, not the anatomy, so they are left out; lengths cut by the border are n/a already.
+    """
+    return {
+        measure_key(str(r["abbreviation"]), m): float(r[m])
+        for r in rec.morphometry
+        for m in MEASURE_COLUMNS
+        if _finite(r.get(m)) and not (m == "volume_mm3" and r.get("fov_edge") == 1)
+    }
+
+
 def _label_rank(label: object) -> int:
     return DISPLAY_ORDER.index(label) if label in DISPLAY_ORDER else len(DISPLAY_ORDER)
 
@@ -263,9 +277,10 @@ def plots(
 ) -> list:
     """One SVG strip plot per entry of PLOTS that has values."""
     names = {lab.index: lab.abbreviation for lab in L.FINAL_LABELS}
+    judged = {rec.key: judged_values(rec) for rec in records}
     out = []
     for measure, title, kinds in PLOTS:
-        points, per_cat = [], {}
+        points, per_cat, shown = [], {}, set()
         for rec in records:
             flagged = {m for m, *_ in outliers.get(rec.key, [])}
             for row in rec.morphometry:
@@ -273,7 +288,9 @@ def plots(
                     continue
                 cat, value = int(row["index"]), float(row[measure])
                 key = measure_key(str(row["abbreviation"]), measure)
-                per_cat.setdefault(cat, []).append(value)
+                if key in judged[rec.key]:
+                    per_cat.setdefault(cat, []).append(value)
+                shown.add(cat)
                 points.append(
                     Point(
                         category=cat,
@@ -289,7 +306,7 @@ def plots(
         fences = {
             c: tukey_fences(v, th.tukey_k) for c, v in per_cat.items() if len(v) >= th.tukey_min_n
         }
-        cats = [(c, names[c]) for c in DISPLAY_ORDER if c in per_cat]
+        cats = [(c, names[c]) for c in DISPLAY_ORDER if c in shown]
         units = COLUMN_BY_NAME[measure].units or ""
         out.append(strip_plot(title, units, cats, points, fences))
     return out
@@ -317,16 +334,7 @@ def run_group(
     th = Thresholds()
     records = collect(root, participants, sessions)
 
-    table = {
-        rec.key: {
-            measure_key(str(r["abbreviation"]), m): float(r[m])
-            for r in rec.morphometry
-            for m in MEASURE_COLUMNS
-            if _finite(r.get(m))
-        }
-        for rec in records
-    }
-    outliers = group_outliers(table, th)
+    outliers = group_outliers({rec.key: judged_values(rec) for rec in records}, th)
 
     write_text_atomic(
         root / "group_morphometry_long.tsv", tsv_text(LONG_COLUMNS, long_rows(records))

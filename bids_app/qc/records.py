@@ -20,6 +20,10 @@ from bids_app.bids.stamps import STATUS_DIR, read_stamp, source_stem
 
 NA = "n/a"
 _ENTITY_RE = re.compile(r"([A-Za-z]+)-([A-Za-z0-9]+)")
+_QC_FILE_RE = re.compile(
+    r"^(?P<stem>sub-.+?)_seg-spine_desc-(?P<suffix>[A-Za-z0-9]+)"
+    r"_(?P<kind>qc\.json|morphometry\.tsv)$"
+)
 
 
 def entities(stem: str) -> dict[str, str]:
@@ -196,19 +200,19 @@ def collect(
             suffix=suffix,
             stamp=stamp,
         )
-    for path in sorted(root.glob("sub-*/**/*_seg-spine_desc-*_qc.json")):
-        qc = read_json(path)
-        if not qc.get("stem") or not qc.get("suffix") or not qc.get("subject"):
+    for path in sorted(root.glob("sub-*/**/*_seg-spine_desc-*_*")):
+        m = _QC_FILE_RE.match(path.name)
+        ents = entities(m.group("stem")) if m else {}
+        if not m or "sub" not in ents:
             continue
-        key = f"{qc['stem']}_{qc['suffix']}"
+        key = f"{m.group('stem')}_{m.group('suffix')}"
         rec = records.setdefault(
-            key,
-            ImageRecord(key, str(qc["subject"]), qc.get("session"), str(qc["suffix"])),
+            key, ImageRecord(key, ents["sub"], ents.get("ses"), m.group("suffix"))
         )
-        rec.qc = qc
-        rec.morphometry = read_tsv(
-            path.with_name(path.name[: -len("_qc.json")] + "_morphometry.tsv")
-        )
+        if m.group("kind") == "qc.json":
+            rec.qc = read_json(path)
+        else:
+            rec.morphometry = read_tsv(path)
     chosen = [
         r
         for r in records.values()

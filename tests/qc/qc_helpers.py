@@ -63,3 +63,27 @@ def canal_radii(anat: Anatomy, s: float) -> tuple[float, float, float, float]:
         float(np.interp(s, k, anat.cord_radii[:, 0])) * np.sqrt(taper),
         float(np.interp(s, k, anat.cord_radii[:, 1])) * np.sqrt(taper),
     )
+
+
+def stamp_for(
+    subject: str, session: str | None, source: str, status: str, outputs: list[str], **extra
+) -> dict:
+    """A status stamp as the BIDS-App layer writes it (bids_app.bids.stamps)."""
+    return {
+        "status": status,
+        "reason": extra.pop("reason", None),
+        "source": source,
+        "subject": subject,
+        "session": session,
+        "app_version": "0.1.0",
+        "options_hash": "0123456789abcdef",
+        "options": {"step1_only": False, "iso": False, "localizer": None},
+        "model": {"release": "r20260730", "sha256": {"Dataset101.zip": "ab" * 32}},
+        "device": "cpu",
+        "timings": {"step1": 12.5, "step2": 20.0, "total": 41.2},
+        "landmarks": {"step1": ["C2-C3"], "step2": ["C2-C3"]},
+        "warnings": [],
+        "outputs": outputs,
+        "finished": "2026-11-22T10:00:00+00:00",
+        **extra,
+    }
