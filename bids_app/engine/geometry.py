@@ -7,6 +7,8 @@ function takes and returns nibabel images, whose affine states the grid (RAS mm)
 
 from __future__ import annotations
 
+import tempfile
+
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
@@ -30,12 +32,9 @@ def to_canonical(img: nib.Nifti1Image) -> nib.Nifti1Image:
 
 
 def _to_sitk(data: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    """A SimpleITK image of `data` on the grid of a RAS `affine`."""
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
-    out = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
-    out.SetSpacing(zooms.tolist())
-    out.SetDirection((_LPS @ affine[:3, :3] / zooms).flatten().tolist())
-    out.SetOrigin((_LPS @ affine[:3, 3]).tolist())
-    return out
+    return _sitk_from_geometry(data, (zooms, _LPS @ affine[:3, :3] / zooms, _LPS @ affine[:3, 3]))
 
 
 def _grid_affine(spacing: np.ndarray, direction: np.ndarray, origin: np.ndarray) -> np.ndarray:
@@ -46,21 +45,68 @@ def _grid_affine(spacing: np.ndarray, direction: np.ndarray, origin: np.ndarray)
     return aff
 
 
+def _itk_header_geometry(img: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spacing, LPS direction and LPS origin exactly as ITK reads this image's NIfTI header.
+
+    The reference saves every intermediate image and torchio reads it back through ITK, whose
+    spacing comes from pixdim and whose direction is re-orthonormalised; the rounding of that
+    round trip decides the size of the 1 mm grid (floor(n * 0.9999999999999999) = n - 1 on
+    oblique images). Reading a header-only file reproduces it without writing the volume.
+    """
+    hdr = img.header.copy()  # qform/sform and their codes decide what ITK reads
+    hdr.set_data_shape(img.shape[:3])
+    with tempfile.NamedTemporaryFile(suffix=".nii") as handle:
+        hdr.write_to(handle)
+        handle.flush()
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(handle.name)
+        reader.ReadImageInformation()
+        spacing = np.array(reader.GetSpacing(), float)
+        direction = np.array(reader.GetDirection(), float).reshape(3, 3)
+        origin = np.array(reader.GetOrigin(), float)
+    # torchio turns this into a RAS affine and back; its spacing is the column norm.
+    ras = _LPS @ direction * spacing
+    spacing = np.linalg.norm(ras, axis=0)
+    return spacing, _LPS @ (ras / spacing), origin
+
+
+def _sitk_from_geometry(
+    data: np.ndarray, geometry: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> sitk.Image:
+    spacing, direction, origin = geometry
+    out = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
+    out.SetSpacing(spacing.tolist())
+    out.SetDirection(direction.flatten().tolist())
+    out.SetOrigin(origin.tolist())
+    return out
+
+
 def iso_grid(img: nib.Nifti1Image) -> tuple[tuple[int, int, int], np.ndarray]:
     """Shape and RAS affine of the 1 mm grid torchio >= 0.20.11 `Resample(1)` builds.
 
     Size floor(n * spacing) per axis (at least 1), same direction, centred on the centre of
-    the input grid.
+    the input grid, all computed from the ITK view of the header as torchio does.
     """
     shape = np.array(img.shape[:3])
-    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
-    new = np.maximum(np.floor(shape * zooms), 1).astype(int)
-    direction = _LPS @ img.affine[:3, :3] / zooms
-    first = _LPS @ img.affine[:3, 3]
-    last = _LPS @ (img.affine[:3, :3] @ (shape - 1) + img.affine[:3, 3])
-    centre = (first + last) / 2
-    origin = centre - direction @ ((new - 1) / 2.0)
-    return (int(new[0]), int(new[1]), int(new[2])), _grid_affine(np.ones(3), direction, origin)
+    spacing, direction, origin = _itk_header_geometry(img)
+    ref = _sitk_from_geometry(np.zeros((1, 1, 1), np.uint8), (spacing, direction, origin))
+    last = np.array(ref.TransformIndexToPhysicalPoint([int(v) for v in shape - 1]), float)
+    centre = (last + origin) / 2
+    new = np.floor(shape * spacing)
+    new[shape == 1] = 1
+    new_origin = centre - direction @ ((new - 1) / 2)
+    affine = _grid_affine(np.ones(3), direction, new_origin)
+    return (int(new[0]), int(new[1]), int(new[2])), affine
+
+
+def _reference(shape: tuple[int, int, int], affine: np.ndarray, pixel_id: int) -> sitk.Image:
+    """An empty SimpleITK image defining the grid (`shape`, RAS `affine`) to resample onto."""
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    ref = sitk.Image([int(s) for s in shape], pixel_id)
+    ref.SetSpacing(zooms.tolist())
+    ref.SetDirection((_LPS @ affine[:3, :3] / zooms).flatten().tolist())
+    ref.SetOrigin((_LPS @ affine[:3, 3]).tolist())
+    return ref
 
 
 def resample(
@@ -77,11 +123,7 @@ def resample(
     the array is on the target grid in nibabel axis order.
     """
     src = _to_sitk(data.astype(np.float64) if not nearest else data, affine)
-    zooms = np.sqrt((target_affine[:3, :3] ** 2).sum(0))
-    ref = sitk.Image([int(s) for s in shape], src.GetPixelID())
-    ref.SetSpacing(zooms.tolist())
-    ref.SetDirection((_LPS @ target_affine[:3, :3] / zooms).flatten().tolist())
-    ref.SetOrigin((_LPS @ target_affine[:3, 3]).tolist())
+    ref = _reference(shape, target_affine, src.GetPixelID())
     interp = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
     out = sitk.Resample(src, ref, sitk.Transform(), interp, 0.0, src.GetPixelID())
     return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
@@ -89,10 +131,19 @@ def resample(
 
 def resample_to_iso(img: nib.Nifti1Image) -> nib.Nifti1Image:
     """The image on its 1 mm grid, linear, cast back to the input dtype by truncation."""
-    dtype = np.asanyarray(img.dataobj).dtype
+    data = np.asanyarray(img.dataobj)
     shape, aff = iso_grid(img)
-    data = resample(np.asanyarray(img.dataobj), img.affine, shape, aff, nearest=False)
-    return image_like(data.astype(dtype), aff, img)
+    src = _sitk_from_geometry(data.astype(np.float64), _itk_header_geometry(img))
+    out = sitk.Resample(
+        src,
+        _reference(shape, aff, src.GetPixelID()),
+        sitk.Transform(),
+        sitk.sitkLinear,
+        0.0,
+        src.GetPixelID(),
+    )
+    iso = sitk.GetArrayFromImage(out).transpose(2, 1, 0)
+    return image_like(iso.astype(data.dtype), aff, img)
 
 
 def labels_onto(seg: np.ndarray, seg_affine: np.ndarray, ref: nib.Nifti1Image) -> np.ndarray:
