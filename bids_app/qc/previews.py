@@ -64,7 +64,7 @@ class Picture:
         if self.world:
             info.add_text("spineseg:world", json.dumps(self.world))
         buf = BytesIO()
-        self.image.save(buf, format="PNG", pnginfo=info, optimize=True)
+        self.image.save(buf, format="PNG", pnginfo=info)
         return buf.getvalue()
 
     def save(self, path: Path) -> None:

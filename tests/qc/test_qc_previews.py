@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -184,3 +185,21 @@ def test_markers_name_levels_without_final_labels(tmp_path, cervical):
     assert [t["name"] for t in tags] == ["C2-C3", "C3-C4", "C4-C5", "C5-C6", "C6-C7", "C7-T1"]
     assert summary["figures"]["axial"] is None
     assert [f["id"] for f in summary["flags"]] == ["no_segmentation"]
+
+
+REAL = Path("/work/shared/data/TPTBox")
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="shared real-data folder not available")
+def test_real_scan_in_pir_orientation(tmp_path):
+    """A real T2w stored PIR at 1.5 mm with reference masks in TotalSpineSeg ids (C5-C7)."""
+    img = nib.load(REAL / "TPTBox/tests/sample_mri/sub-mri_label-6_T2w.nii.gz")
+    lab = nib.load(REAL / "derived/sub-mri_label-6_tss-style_dseg.nii.gz")
+    summary = _write(tmp_path, img, lab, "real")
+    im, tags, box, world = _open(tmp_path, summary["figures"]["sagittal"])
+    assert {t["name"] for t in tags} == {"C5", "C6", "C7", "C5-C6", "C6-C7"}
+    canal = _centre_mm(im, box, world, L.CANAL)
+    c56, c67 = (_centre_mm(im, box, world, d) for d in (66, 67))
+    assert c56[1] > canal[1] and c56[0] > c67[0]  # disc anterior (left), C5-C6 above C6-C7
+    strip_tags = _open(tmp_path, summary["figures"]["axial"])[1]
+    assert [t["name"] for t in strip_tags] == ["C5-C6", "C6-C7"]
