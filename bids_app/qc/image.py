@@ -14,7 +14,7 @@ from bids_app.bids.atomic import write_json_atomic, write_text_atomic
 from bids_app.qc import flags as F
 from bids_app.qc import measures, previews
 from bids_app.qc.flags import Thresholds
-from bids_app.qc.geometry import SPINE_ORDER, LabelGeometry, image_data
+from bids_app.qc.geometry import LabelGeometry, image_data
 from bids_app.qc.records import QCPaths, entities, tsv_text
 
 
@@ -65,6 +65,7 @@ def write_image_qc(
     suffix: str,
     landmarks: Sequence[str],
     thresholds: Thresholds | None = None,
+    missing_reason: str = "no final label image",
 ) -> dict:
     """Previews, morphometry TSV/JSON and qc.json of one image; returns a summary.
 
@@ -72,7 +73,8 @@ def write_image_qc(
     they are), `final` the final labels and `levels` the level markers, each on its own grid.
     `stem` is the output prefix without `_seg-...` ("sub-01_ses-01_acq-sag"). The summary
     holds the written files relative to output_dir ("outputs"), the figures, the flags and
-    the number of labels found.
+    the number of labels found. `missing_reason` explains a None `final` in its flag (for
+    example a step-1-only run).
     """
     th = thresholds or Thresholds()
     paths = QCPaths.of(output_dir, subject, stem, suffix)
@@ -98,9 +100,8 @@ def write_image_qc(
 
     ref = image if image is not None else final
     zooms = ref.header.get_zooms()[:3] if ref is not None else None
-    image_flags = F.image_flags(geom, zooms, landmarks, th)
+    image_flags = F.image_flags(geom, zooms, landmarks, th, missing_reason=missing_reason)
     present = geom.present if geom is not None else []
-    spine_levels = [x for x in SPINE_ORDER if x in present]
     qc = {
         "subject": subject,
         "session": entities(stem).get("ses"),
@@ -110,7 +111,7 @@ def write_image_qc(
         "app_version": __version__,
         "geometry": _geometry_summary(ref) if ref is not None else None,
         "labels_present": [int(x) for x in present],
-        "levels": F.level_range(spine_levels),
+        "levels": F.level_range(present),
         "n_labels": len(present),
         "landmarks": list(landmarks),
         "flags": image_flags,

@@ -27,6 +27,7 @@ def _write(tmp_path, phantom_image, phantom_labels, name: str, levels=None, fina
         stem=f"sub-01_acq-{name}",
         suffix="T2w",
         landmarks=["C2-C3"],
+        missing_reason="step-1-only run",
     )
 
 
@@ -184,7 +185,7 @@ def test_markers_name_levels_without_final_labels(tmp_path, cervical):
     _, tags, _, _ = _open(tmp_path, summary["figures"]["sagittal"])
     assert [t["name"] for t in tags] == ["C2-C3", "C3-C4", "C4-C5", "C5-C6", "C6-C7", "C7-T1"]
     assert summary["figures"]["axial"] is None
-    assert [f["id"] for f in summary["flags"]] == ["no_segmentation"]
+    assert summary["flags"] == [{"id": "no_segmentation", "reason": "step-1-only run"}]
 
 
 REAL = Path("/work/shared/data/TPTBox")
