@@ -32,28 +32,37 @@ def default_plan(n_subjects: int = 3) -> list[ScanPlan]:
 
     sub-01 has two sessions; orientations and voxel sizes vary like real sites do.
     """
+    sag, ax = 48.0, 90.0  # left-right extent (mm): a sagittal slab, a narrow axial FOV
+
+    def scan(
+        sub: str,
+        ses: str | None,
+        acq: str,
+        fov: str,
+        voxel: str,
+        codes: str,
+        contrast: str,
+        oblique: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    ) -> ScanPlan:
+        return ScanPlan(
+            sub,
+            ses,
+            acq,
+            Acquisition(fov, voxel, codes, oblique, contrast, ax if voxel == "ax4" else sag),
+        )
+
     plans = [
-        ScanPlan("01", "01", "sag", Acquisition("cervical", "iso1", "PSR", contrast="T2w")),
-        ScanPlan("01", "01", "sag", Acquisition("cervical", "iso1", "RAS", contrast="T1w")),
-        ScanPlan("01", "02", "sag", Acquisition("lumbar", "iso1", "LPI", contrast="T2w")),
-        ScanPlan("02", None, "sag", Acquisition("lumbar", "sag3", "PSR", contrast="T2w")),
-        ScanPlan("02", None, "sag", Acquisition("cervical", "iso1", "LAS", contrast="T1w")),
-        ScanPlan("03", None, "ax", Acquisition("cervical", "ax4", "LPS", contrast="T2w")),
-        ScanPlan(
-            "03",
-            None,
-            "sag",
-            Acquisition("cervical", "iso1", "RAS", (6.0, 0.0, 4.0), contrast="T2w"),
-        ),
+        scan("01", "01", "sag", "cervical", "iso1", "PSR", "T2w"),
+        scan("01", "01", "sag", "cervical", "iso1", "RAS", "T1w"),
+        scan("01", "02", "sag", "lumbar", "iso1", "LPI", "T2w"),
+        scan("02", None, "sag", "lumbar", "sag3", "PSR", "T2w"),
+        scan("02", None, "sag", "cervical", "iso1", "LAS", "T1w"),
+        scan("03", None, "ax", "cervical", "ax4", "LPS", "T2w"),
+        scan("03", None, "sag", "cervical", "iso1", "RAS", "T2w", (6.0, 0.0, 4.0)),
     ]
     subjects = sorted({p.subject for p in plans})[:n_subjects]
     extra = [
-        ScanPlan(
-            f"{i:02d}",
-            None,
-            "sag",
-            Acquisition("cervical" if i % 2 else "lumbar", "iso1", "RAS", contrast="T2w"),
-        )
+        scan(f"{i:02d}", None, "sag", "cervical" if i % 2 else "lumbar", "iso1", "RAS", "T2w")
         for i in range(4, n_subjects + 1)
     ]
     return [p for p in plans if p.subject in subjects] + extra
