@@ -290,7 +290,8 @@ def create_engine(factory: EngineFactory, weights, device: str, threads: int | N
             f"--device {device}: {_one_line(e)} (containers need `--gpus all` with Docker "
             "or `--nv` with Apptainer for CUDA)",
         ) from e
-    log.info("engine ready (device %s, threads %s)", device, threads or "default")
+    used = getattr(engine, "device", device)  # what "auto" became
+    log.info("engine ready (device %s, threads %s)", used, getattr(engine, "threads", threads))
     return engine
 
 
