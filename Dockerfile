@@ -51,10 +51,11 @@ RUN --mount=type=bind,source=docker/local,target=/mnt/local \
     && grep -q '^torch==' /opt/spineseg/torch-constraints.txt
 
 # nnU-Net and its dependency tree (the slow, rarely changing layer), pinned by the project's
-# constraints.txt and the image lock docker/constraints-image.txt.
+# constraints.txt and the image lock docker/constraints-image.txt, plus the BIDS validator
+# (a Deno binary) the app runs on its input: without it a BIDS App skips validation.
 RUN /opt/spineseg/venv/bin/pip install --no-cache-dir \
         -c /opt/spineseg/torch-constraints.txt -c /opt/spineseg/constraints.txt \
-        -c /opt/spineseg/constraints-image.txt "nnunetv2==2.8.1"
+        -c /opt/spineseg/constraints-image.txt "nnunetv2==2.8.1" "bids-validator-deno==3.0.2"
 
 # The app itself, built from a copy of the (allow-listed) context taken from a read-only bind
 # mount, so no source stays in the image and the build never writes into the context.

@@ -208,6 +208,9 @@ podman run "${RUN_OPTS[@]}" "$IMAGE" weights --verify >"$WORK/weights-verify.log
     fail "spineseg weights --verify failed in the image"
 }
 head -n 1 "$WORK/weights-verify.log"
+# The app validates its input with bids-validator-deno when present: it must run in here.
+podman run "${RUN_OPTS[@]}" --entrypoint bids-validator-deno "$IMAGE" --version ||
+    fail "bids-validator-deno does not run in the image"
 [ "$BUILD_ONLY" -eq 1 ] && { echo "PASS (build only)"; exit 0; }
 
 # ---------------------------------------------------------------------------------------------
