@@ -1,0 +1,41 @@
+"""nnU-Net data loaders that centre most foreground patches on the landmark classes.
+
+The landmark discs (C2-C3, C7-T1, T12-L1, L5-S), C1 and the sacrum are one structure each
+per image, so nnU-Net's uniform choice among present classes rarely shows them to the
+network. Fine-tuning with these loaders fixes that. Imported only after the nnU-Net
+environment variables are set (nnunetv2 reads them at import time); the classes live at
+module level so nnU-Net's spawned augmentation workers can unpickle them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
+LANDMARK_SHARE = 0.7
+
+
+class _LandmarkLoader(nnUNetDataLoader):
+    landmark_keys: tuple[int, ...] = ()
+
+    def get_bbox(
+        self,
+        data_shape,
+        force_fg,
+        class_locations,
+        overwrite_class=None,  # type: ignore[no-untyped-def]
+        verbose=False,
+    ):
+        if force_fg and class_locations and overwrite_class is None:
+            present = [k for k in self.landmark_keys if len(class_locations.get(k, ())) > 0]
+            if present and np.random.rand() < LANDMARK_SHARE:
+                overwrite_class = present[np.random.randint(len(present))]
+        return super().get_bbox(data_shape, force_fg, class_locations, overwrite_class, verbose)
+
+
+class Step1LandmarkLoader(_LandmarkLoader):
+    landmark_keys = (2, 3, 4, 5, 7)  # landmark discs and C1 (method.md §4.1)
+
+
+class Step2LandmarkLoader(_LandmarkLoader):
+    landmark_keys = (2, 3, 4, 5, 9)  # landmark discs and the sacrum (method.md §4.2)
