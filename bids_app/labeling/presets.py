@@ -1,0 +1,63 @@
+"""The reference tool's two labeling calls (method.md §1.4 steps 12 and 22.9)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bids_app.labeling.iterative import LabelingOutput, iterative_label
+from bids_app.labels import CANAL, CORD, LANDMARK_DISCS, SACRUM
+
+DISC_CLASSES = (1, 2, 3, 4, 5)  # generic disc + the four landmark discs, both steps
+LANDMARK_CLASSES = tuple(LANDMARK_DISCS)  # 2, 3, 4, 5
+LANDMARK_OUTPUTS = tuple(LANDMARK_DISCS.values())  # 63, 71, 91, 100
+# Landmarks tried without a localizer: C2-C3 and L5-S, then C7-T1, then T12-L1.
+OWN_LANDMARKS = (2, 5, 3, 4)
+# With a localizer only C2-C3 and L5-S are a fallback.
+LOCALIZER_FALLBACK = (2, 5)
+C1 = 11
+
+
+def label_step1(seg: np.ndarray, loc: np.ndarray | None = None) -> LabelingOutput:
+    """Label a step-1 raw map (§4.1) into discs, cord, canal, C1 and 50 for other bone.
+
+    `seg` and `loc` are on the same 1 mm RAS grid; the labels come back on it.
+    """
+    return iterative_label(
+        seg,
+        disc_labels=DISC_CLASSES,
+        disc_landmark_labels=LANDMARK_CLASSES,
+        disc_landmark_output_labels=LANDMARK_OUTPUTS,
+        selected_disc_landmarks=OWN_LANDMARKS if loc is None else LOCALIZER_FALLBACK,
+        canal_labels=(8,),
+        canal_output_label=CANAL,
+        cord_labels=(9,),
+        cord_output_label=CORD,
+        sacrum_labels=(6,),
+        sacrum_output_label=SACRUM,
+        map_input_dict={7: C1},
+        loc=loc,
+    )
+
+
+def label_step2(seg: np.ndarray, loc: np.ndarray | None = None) -> LabelingOutput:
+    """Label a step-2 raw map (§4.2) into the final labels (§4.5).
+
+    `seg` and `loc` are on the same 1 mm RAS grid (the step-2 crop); the labels come back on it.
+    """
+    return iterative_label(
+        seg,
+        disc_labels=DISC_CLASSES,
+        disc_landmark_labels=LANDMARK_CLASSES,
+        disc_landmark_output_labels=LANDMARK_OUTPUTS,
+        selected_disc_landmarks=OWN_LANDMARKS if loc is None else LOCALIZER_FALLBACK,
+        vertebrae_labels=(7, 8, 9),
+        vertebrae_landmark_output_labels=(13, 21, 41, SACRUM),
+        vertebrae_extra_labels=(6,),
+        canal_labels=(10,),
+        canal_output_label=CANAL,
+        cord_labels=(11,),
+        cord_output_label=CORD,
+        sacrum_labels=(9,),
+        sacrum_output_label=SACRUM,
+        loc=loc,
+    )
