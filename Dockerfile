@@ -61,7 +61,8 @@ RUN /opt/spineseg/venv/bin/pip install --no-cache-dir \
 # mount, so no source stays in the image and the build never writes into the context.
 # bids_app/VERSION is the package-data copy of `version` that an installed package reads.
 RUN --mount=type=bind,target=/mnt/src \
-    cp -r /mnt/src /tmp/spineseg-src \
+    mkdir /tmp/spineseg-src \
+    && tar -C /mnt/src --exclude=./docker -cf - . | tar -C /tmp/spineseg-src -xf - \
     && cp /tmp/spineseg-src/version /tmp/spineseg-src/bids_app/VERSION \
     && /opt/spineseg/venv/bin/pip install --no-cache-dir \
         -c /opt/spineseg/torch-constraints.txt -c /opt/spineseg/constraints.txt \
