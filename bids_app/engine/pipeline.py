@@ -49,6 +49,16 @@ def check_image(img: nib.Nifti1Image, name: str) -> None:
         raise EngineError(f"{name}: image is empty (all voxels are zero)")
 
 
+def _numbered(out: labeling.LabelingOutput) -> labeling.LabelingOutput:
+    """Refuse a labeling that numbered nothing (the reference then writes unlabelled bone)."""
+    if not out.landmarks:
+        raise labeling.LabelingError(
+            "the landmark disc was only found in fragments too small to be discs: "
+            "levels cannot be assigned"
+        )
+    return out
+
+
 class SpineSegEngine:
     """Both TotalSpineSeg steps with models loaded once (explicit device and threads)."""
 
@@ -109,7 +119,7 @@ class SpineSegEngine:
             if not raw1.any():
                 raise EngineError(f"{name}: step 1 found no spine structure in the image")
             try:
-                out1 = labeling.label_step1(raw1, loc_iso)
+                out1 = _numbered(labeling.label_step1(raw1, loc_iso))
             except labeling.LabelingError as err:
                 # Without a landmark the levels are unknown, but cord and canal are still
                 # meaningful: keep them so the user gets what can be trusted.
@@ -171,7 +181,9 @@ class SpineSegEngine:
         with stage("step2_labeling"):
             raw2 = labeling.largest_component(raw2)
             try:
-                out2 = labeling.label_step2(raw2, None if loc_iso is None else loc_iso[box])
+                out2 = _numbered(
+                    labeling.label_step2(raw2, None if loc_iso is None else loc_iso[box])
+                )
             except labeling.LabelingError as err:
                 res.errors.append(f"step 2 labeling: {err}")
                 return None

@@ -24,6 +24,12 @@ def _centroids_world(ph) -> dict[int, np.ndarray]:
     return {i: aff[:3, :3] @ np.array(c) + aff[:3, 3] for i, c in zip(ids, coms, strict=True)}
 
 
+def _touching_border(ph) -> set[int]:
+    lab = np.asarray(ph.labels.dataobj)
+    faces = [lab[0], lab[-1], lab[:, 0], lab[:, -1], lab[:, :, 0], lab[:, :, -1]]
+    return {int(v) for face in faces for v in np.unique(face)} - {0}
+
+
 def test_same_seed_same_phantom() -> None:
     a = render_phantom(5, Acquisition(fov="lumbar"))
     b = render_phantom(5, Acquisition(fov="lumbar"))
@@ -92,9 +98,11 @@ def test_acquisitions_share_anatomy_in_world_space(cervical, acq) -> None:
     ref, got = _centroids_world(cervical), _centroids_world(other)
     assert set(ref) == set(got)
     thick = max(np.sqrt((other.labels.affine[:3, :3] ** 2).sum(0)))
-    # Cord and canal run out of the field of view, where grids of other extents cut them.
-    for lab in set(ref) - {L.CORD, L.CANAL}:
-        assert np.linalg.norm(ref[lab] - got[lab]) < max(1.0, thick / 2), L.level_name(lab)
+    # Structures cut by the field of view (cord, canal, the last vertebra) are cut
+    # differently by grids of other extents: compare only those fully inside both. A thick
+    # slice samples thin lateral processes coarsely, hence one voxel of tolerance.
+    for lab in set(ref) - _touching_border(cervical) - _touching_border(other):
+        assert np.linalg.norm(ref[lab] - got[lab]) < max(1.0, thick), L.level_name(lab)
 
 
 def test_lumbar_variants() -> None:
