@@ -13,7 +13,7 @@ from bids_app.phantom.targets import step1_target, step2_target
 
 @pytest.fixture(scope="module")
 def cervical():
-    return render_phantom(11, Acquisition(fov="cervical", contrast="T2w"))
+    return render_phantom(11, Acquisition(fov="cervical", lr_extent=40.0, contrast="T2w"))
 
 
 def _centroids_world(ph) -> dict[int, np.ndarray]:
@@ -31,9 +31,9 @@ def _touching_border(ph) -> set[int]:
 
 
 def test_same_seed_same_phantom() -> None:
-    a = render_phantom(5, Acquisition(fov="lumbar"))
-    b = render_phantom(5, Acquisition(fov="lumbar"))
-    c = render_phantom(6, Acquisition(fov="lumbar"))
+    a = render_phantom(5, Acquisition(fov="lumbar", lr_extent=40.0))
+    b = render_phantom(5, Acquisition(fov="lumbar", lr_extent=40.0))
+    c = render_phantom(6, Acquisition(fov="lumbar", lr_extent=40.0))
     assert np.array_equal(a.image.get_fdata(), b.image.get_fdata())
     assert np.array_equal(np.asarray(a.labels.dataobj), np.asarray(b.labels.dataobj))
     assert np.allclose(a.image.affine, b.image.affine)
@@ -50,7 +50,7 @@ def test_labels_come_from_the_final_table_only(cervical) -> None:
 
 
 def test_every_disc_lies_between_its_two_vertebrae() -> None:
-    ph = render_phantom(12, Acquisition(fov="whole"))
+    ph = render_phantom(12, Acquisition(fov="whole", lr_extent=40.0))
     com = _centroids_world(ph)
     checked = 0
     for disc, below in L.VERTEBRA_BELOW_DISC.items():
@@ -74,8 +74,8 @@ def test_cord_inside_canal(cervical) -> None:
 
 
 def test_t2w_and_t1w_contrasts() -> None:
-    t2 = render_phantom(13, Acquisition(fov="cervical", contrast="T2w"))
-    t1 = render_phantom(13, Acquisition(fov="cervical", contrast="T1w"))
+    t2 = render_phantom(13, Acquisition(fov="cervical", lr_extent=40.0, contrast="T2w"))
+    t1 = render_phantom(13, Acquisition(fov="cervical", lr_extent=40.0, contrast="T1w"))
     lab = np.asarray(t2.labels.dataobj)
     for ph, csf_brighter in ((t2, True), (t1, False)):
         img = ph.image.get_fdata()
@@ -86,11 +86,11 @@ def test_t2w_and_t1w_contrasts() -> None:
 @pytest.mark.parametrize(
     "acq",
     [
-        Acquisition(fov="cervical", axcodes="LPI"),
-        Acquisition(fov="cervical", axcodes="PSR"),
-        Acquisition(fov="cervical", oblique_deg=(8.0, -5.0, 10.0)),
-        Acquisition(fov="cervical", voxel="sag3", axcodes="PSR"),
-        Acquisition(fov="cervical", voxel="ax4", axcodes="LAS"),
+        Acquisition(fov="cervical", lr_extent=40.0, axcodes="LPI"),
+        Acquisition(fov="cervical", lr_extent=40.0, axcodes="PSR"),
+        Acquisition(fov="cervical", lr_extent=40.0, oblique_deg=(8.0, -5.0, 10.0)),
+        Acquisition(fov="cervical", lr_extent=40.0, voxel="sag3", axcodes="PSR"),
+        Acquisition(fov="cervical", lr_extent=40.0, voxel="ax4", axcodes="LAS"),
     ],
 )
 def test_acquisitions_share_anatomy_in_world_space(cervical, acq) -> None:
@@ -107,10 +107,14 @@ def test_acquisitions_share_anatomy_in_world_space(cervical, acq) -> None:
 
 def test_lumbar_variants() -> None:
     four = np.unique(
-        np.asarray(render_phantom(14, Acquisition(fov="lumbar"), n_lumbar=4).labels.dataobj)
+        np.asarray(
+            render_phantom(14, Acquisition(fov="lumbar", lr_extent=40.0), n_lumbar=4).labels.dataobj
+        )
     )
     six = np.unique(
-        np.asarray(render_phantom(14, Acquisition(fov="lumbar"), n_lumbar=6).labels.dataobj)
+        np.asarray(
+            render_phantom(14, Acquisition(fov="lumbar", lr_extent=40.0), n_lumbar=6).labels.dataobj
+        )
     )
     assert 44 in four and 45 not in four and 100 in four
     assert {45, 46, 96, 100} <= set(six.tolist())
