@@ -2,7 +2,7 @@
 
 The landmark discs (C2-C3, C7-T1, T12-L1, L5-S), C1 and the sacrum are one structure each
 per image, so nnU-Net's uniform choice among present classes rarely shows them to the
-network. Fine-tuning with these loaders fixes that. Imported only after the nnU-Net
+network. Imported only after the nnU-Net
 environment variables are set (nnunetv2 reads them at import time); the classes live at
 module level so nnU-Net's spawned augmentation workers can unpickle them.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
-LANDMARK_SHARE = 0.7
+LANDMARK_SHARE = 0.6
 
 
 class _LandmarkLoader(nnUNetDataLoader):

@@ -32,10 +32,13 @@ MASTER_SEED = 20261122
 N_CASES = 36
 STEP1 = "Dataset101_TotalSpineSeg_step1"
 STEP2 = "Dataset102_TotalSpineSeg_step2"
-PATCH = [96, 64, 48]  # nnU-Net axis order (S, A, R on the 1 mm canonical grid)
+# The network works at 2 mm: nnU-Net's predictor resamples the 1 mm model input to the plans'
+# spacing and the outputs back, so the engine is unchanged, and a patch then sees 160 mm of
+# spine, enough context to tell the landmark discs apart.
+SPACING = [2.0, 2.0, 2.0]
+PATCH = [80, 48, 32]  # nnU-Net axis order (S, A, R), in voxels of SPACING
 FEATURES = [8, 16, 32, 64, 96]
-EPOCHS = 24
-FINETUNE_EPOCHS = 8
+EPOCHS = 30
 ITERS = 50
 TRAINER_NAME = "nnUNetTrainer"  # what the exported checkpoints say, so stock tools load them
 
@@ -129,6 +132,7 @@ def plan(ids: list[int]) -> None:
         plans = json.loads(path.read_text())
         plans["configurations"] = {"3d_fullres": plans["configurations"]["3d_fullres"]}
         cfg = plans["configurations"]["3d_fullres"]
+        cfg["spacing"] = SPACING
         cfg["patch_size"] = PATCH
         cfg["batch_size"] = 2
         kw = cfg["architecture"]["arch_kwargs"]
@@ -154,14 +158,10 @@ def plan(ids: list[int]) -> None:
     preprocess(ids, configurations=("3d_fullres",), num_processes=(2,))
 
 
-def train(dataset: str, threads: int, finetune: bool = False) -> None:
-    """Train fold 0 with nnU-Net's trainer on the CPU.
-
-    `finetune` continues from the trained weights for FINETUNE_EPOCHS with most foreground
-    patches centred on the landmark classes (see landmark_sampling.py).
-    """
+def train(dataset: str, threads: int) -> None:
+    """Train fold 0 with nnU-Net's trainer on the CPU."""
     import torch
-    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
+    from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
     from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as trainer_module
 
@@ -173,7 +173,8 @@ def train(dataset: str, threads: int, finetune: bool = False) -> None:
         """nnU-Net's trainer with a short CPU schedule, AdamW and no mirroring.
 
         Mirroring would teach the net that up and down look alike, and the disc landmarks
-        (C2-C3 at the top, L5-S at the bottom) are told apart by exactly that.
+        (C2-C3 at the top, L5-S at the bottom) are told apart by exactly that. Half the
+        patches are centred on foreground, most of those on a landmark class.
         """
 
         def __init__(
@@ -185,13 +186,12 @@ def train(dataset: str, threads: int, finetune: bool = False) -> None:
             device: torch.device = cpu,
         ) -> None:
             super().__init__(plans, configuration, fold, dataset_json, device)
-            self.num_epochs = FINETUNE_EPOCHS if finetune else EPOCHS
+            self.num_epochs = EPOCHS
             self.num_iterations_per_epoch = ITERS
             self.num_val_iterations_per_epoch = 4
-            self.initial_lr = 1e-3 if finetune else 2e-3
+            self.initial_lr = 2e-3
             self.save_every = 2
-            if finetune:
-                self.oversample_foreground_percent = 0.8
+            self.oversample_foreground_percent = 0.6
 
         def configure_optimizers(self):  # type: ignore[no-untyped-def]
             opt = torch.optim.AdamW(
@@ -207,28 +207,20 @@ def train(dataset: str, threads: int, finetune: bool = False) -> None:
             self.inference_allowed_mirroring_axes = None
             return rot, dummy_2d, initial, None
 
-    # The class name names the output folder: keep the fine-tuned run beside the base one.
-    DemoTrainer.__name__ = "DemoFinetuneTrainer" if finetune else "DemoTrainer"
     torch.manual_seed(MASTER_SEED)
     np.random.seed(MASTER_SEED)
     torch.set_num_threads(threads)
+    # What get_dataloaders instantiates: nnU-Net's loader, biased towards the landmarks.
+    trainer_module.nnUNetDataLoader = (
+        landmark_sampling.Step1LandmarkLoader
+        if dataset == STEP1
+        else landmark_sampling.Step2LandmarkLoader
+    )
     pre = Path(nnUNet_preprocessed) / dataset
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     plans["continue_training"] = False
     ds_json = json.loads((pre / "dataset.json").read_text())
-    trainer = DemoTrainer(plans, "3d_fullres", 0, ds_json, cpu)
-    if finetune:
-        loader = (
-            landmark_sampling.Step1LandmarkLoader
-            if dataset == STEP1
-            else landmark_sampling.Step2LandmarkLoader
-        )
-        trainer_module.nnUNetDataLoader = loader  # what get_dataloaders instantiates
-        base = Path(nnUNet_results) / dataset / "DemoTrainer__nnUNetPlans__3d_fullres" / "fold_0"
-        ckpt = torch.load(base / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-        trainer.initialize()
-        trainer.network.load_state_dict(ckpt["network_weights"])
-    trainer.run_training()
+    DemoTrainer(plans, "3d_fullres", 0, ds_json, cpu).run_training()
 
 
 def export(results: Path, dest: Path) -> None:
@@ -236,12 +228,7 @@ def export(results: Path, dest: Path) -> None:
     import torch
 
     for dataset in (STEP1, STEP2):
-        # The landmark fine-tuning, when it ran, continues the base training.
-        runs = [
-            results / dataset / f"{t}__nnUNetPlans__3d_fullres"
-            for t in ("DemoFinetuneTrainer", "DemoTrainer")
-        ]
-        src = next(r for r in runs if r.exists())
+        src = results / dataset / "DemoTrainer__nnUNetPlans__3d_fullres"
         ckpt_path = src / "fold_0" / "checkpoint_final.pth"
         if not ckpt_path.exists():
             ckpt_path = src / "fold_0" / "checkpoint_latest.pth"
@@ -265,7 +252,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "stage",
-        choices=["data", "plan", "train1", "train2", "finetune1", "finetune2", "export", "all"],
+        choices=["data", "plan", "train1", "train2", "export", "all"],
     )
     ap.add_argument(
         "--work", type=Path, required=True, help="nnU-Net raw/preprocessed/results root"
@@ -290,10 +277,6 @@ def main() -> None:
         train(STEP1, args.threads)
     if args.stage in ("train2", "all"):
         train(STEP2, args.threads)
-    if args.stage in ("finetune1", "all"):
-        train(STEP1, args.threads, finetune=True)
-    if args.stage in ("finetune2", "all"):
-        train(STEP2, args.threads, finetune=True)
     if args.stage in ("export", "all"):
         export(work / "results", args.dest)
 
