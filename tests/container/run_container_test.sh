@@ -11,7 +11,9 @@
 #   --build-only  stop after building the image and checking `spineseg --version` in it
 #   --keep        keep the temporary folder (data, outputs, logs) even when everything passed
 # Environment: SPINESEG_TEST_IMAGE (default localhost/spineseg:cpu-test), SPINESEG_HOST_BIN
-# (host `spineseg` used to write the phantom dataset; default .venv/bin/spineseg).
+# (host `spineseg` used to write the phantom dataset; default .venv/bin/spineseg),
+# SPINESEG_TEST_WEIGHTS (a weights folder or zip to bake instead of the package's demo models;
+# copied into the git-ignored docker/local/test-weights) with SPINESEG_TEST_WEIGHTS_RELEASE.
 # Exit status: 0 passed or skipped (prints SKIP and why), 1 failed.
 set -euo pipefail
 
@@ -28,7 +30,7 @@ for arg in "$@"; do
     case "$arg" in
         --build-only) BUILD_ONLY=1 ;;
         --keep) KEEP=1 ;;
-        -h | --help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h | --help) sed -n '2,19p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 64 ;;
     esac
 done
@@ -162,12 +164,29 @@ else
     echo "no local torch ${TORCH_VERSION}+cpu wheel; the build downloads it"
     torch_index="https://download.pytorch.org/whl/cpu"
 fi
+weights_source=demo
+weights_release=demo
+if [ -n "${SPINESEG_TEST_WEIGHTS:-}" ]; then
+    [ -e "$SPINESEG_TEST_WEIGHTS" ] || fail "SPINESEG_TEST_WEIGHTS=$SPINESEG_TEST_WEIGHTS not found"
+    local_weights="$REPO/docker/local/test-weights"
+    if [ "$(realpath "$SPINESEG_TEST_WEIGHTS")" != "$(realpath -m "$local_weights")" ]; then
+        rm -rf "$local_weights"
+        mkdir -p "$local_weights"
+        if [ -d "$SPINESEG_TEST_WEIGHTS" ]; then  # an unpacked release: its contents
+            cp -r "$SPINESEG_TEST_WEIGHTS"/. "$local_weights"/
+        else  # a release zip, kept under its own name
+            cp "$SPINESEG_TEST_WEIGHTS" "$local_weights"/
+        fi
+    fi
+    weights_source=docker/local/test-weights
+    weights_release="${SPINESEG_TEST_WEIGHTS_RELEASE:-demo}"
+fi
 build_args=(
     --build-arg "BASE_IMAGE=$CPU_BASE"
     --build-arg "TORCH_INDEX_URL=$torch_index"
     --build-arg "TORCH_SPEC=torch==${TORCH_VERSION}+cpu"
-    --build-arg "WEIGHTS_SOURCE=demo"
-    --build-arg "WEIGHTS_RELEASE=demo"
+    --build-arg "WEIGHTS_SOURCE=$weights_source"
+    --build-arg "WEIGHTS_RELEASE=$weights_release"
     --build-arg "SPINESEG_VERSION=$(cat "$REPO/version")"
     --build-arg "VCS_REF=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 )
