@@ -14,6 +14,7 @@ held-out seeds >= 5000.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -227,6 +228,7 @@ def export(results: Path, dest: Path) -> None:
     """Official layout, optimiser state stripped, trainer name a stock nnU-Net one."""
     import torch
 
+    epochs: dict[str, int | None] = {}
     for dataset in (STEP1, STEP2):
         src = results / dataset / "DemoTrainer__nnUNetPlans__3d_fullres"
         ckpt_path = src / "fold_0" / "checkpoint_final.pth"
@@ -245,7 +247,25 @@ def export(results: Path, dest: Path) -> None:
         shutil.copy(src / "plans.json", out / "plans.json")
         shutil.copy(src / "dataset.json", out / "dataset.json")
         torch.save(slim, out / "fold_0" / "checkpoint_final.pth")
+        epochs[dataset] = slim["current_epoch"]
         print(f"exported {dataset} from {ckpt_path.name} (epoch {slim['current_epoch']})")
+    files = sorted(p for p in dest.glob("Dataset10*/*/**/*") if p.is_file())
+    sums = [
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(dest).as_posix()}"
+        for p in files
+    ]
+    trained = [
+        f"- {name}: exported after {n} epochs of {ITERS} iterations." for name, n in epochs.items()
+    ]
+    _replace_block(dest / "README.md", "demo-sha", "```\n" + "\n".join(sums) + "\n```")
+    _replace_block(dest / "README.md", "demo-training", "\n".join(trained))
+
+
+def _replace_block(path: Path, marker: str, text: str) -> None:
+    """Rewrite the lines between `<!-- marker:start -->` and `<!-- marker:end -->`."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    head, rest = path.read_text().split(start, 1)
+    path.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
 
 
 def main() -> None:
