@@ -82,10 +82,14 @@ class SpineSegEngine:
         step1_only: bool = False,
         iso: bool = False,
         loc: nib.Nifti1Image | None = None,
+        top_disc: int | None = None,
         name: str = "image",
         progress: Callable[[str], None] | None = None,
     ) -> EngineResult:
         """Segment one image; see `EngineResult` for the grids of what comes back.
+
+        `top_disc` (a final disc label, off by default like the reference) numbers the discs
+        from the most superior one when neither a landmark nor the localizer is found.
 
         Raises EngineError when nothing can be produced; a failure after step 1 (e.g. step-2
         labeling) is recorded in `result.errors` and the step-1 outputs are still returned.
@@ -119,7 +123,7 @@ class SpineSegEngine:
             if not raw1.any():
                 raise EngineError(f"{name}: step 1 found no spine structure in the image")
             try:
-                out1 = _numbered(labeling.label_step1(raw1, loc_iso))
+                out1 = _numbered(labeling.label_step1(raw1, loc_iso, top_disc))
             except labeling.LabelingError as err:
                 # Without a landmark the levels are unknown, but cord and canal are still
                 # meaningful: keep them so the user gets what can be trusted.
@@ -144,7 +148,7 @@ class SpineSegEngine:
             iso_out["levels"] = levels
 
         if not step1_only and not res.errors:
-            final = self._step2(data, step1, loc_iso, res, stage)
+            final = self._step2(data, step1, loc_iso, top_disc, res, stage)
             if final is not None:
                 iso_out["final"] = final
 
@@ -162,6 +166,7 @@ class SpineSegEngine:
         data: np.ndarray,
         step1: np.ndarray,
         loc_iso: np.ndarray | None,
+        top_disc: int | None,
         res: EngineResult,
         stage,
     ) -> np.ndarray | None:  # type: ignore[no-untyped-def]
@@ -182,7 +187,7 @@ class SpineSegEngine:
             raw2 = labeling.largest_component(raw2)
             try:
                 out2 = _numbered(
-                    labeling.label_step2(raw2, None if loc_iso is None else loc_iso[box])
+                    labeling.label_step2(raw2, None if loc_iso is None else loc_iso[box], top_disc)
                 )
             except labeling.LabelingError as err:
                 res.errors.append(f"step 2 labeling: {err}")

@@ -335,8 +335,13 @@ def iterative_label(
     loc_disc_labels: Sequence[int] = range(63, 101),
     min_component_size: int = 200,
     min_landmark_size: int = 200,
+    default_superior_disc: int | None = None,
 ) -> LabelingOutput:
     """Label discs (and vertebrae) by counting from landmark discs or a localizer (§3.2).
+
+    `default_superior_disc` is the reference's `disc_default_superior_output`: the final label
+    given to the most superior disc when neither landmarks nor a localizer number any disc.
+    The reference always leaves it off (None here), and so does SpineSeg unless asked.
 
     `seg` is a raw class map on the 1 mm RAS grid (axis 2 = superior, axis 1 = anterior);
     `loc`, if given, is a final-label localizer already resampled onto the same grid. The
@@ -376,6 +381,9 @@ def iterative_label(
             disc_landmark_output_labels,
             min_landmark_size,
         )
+    if not landmarks and default_superior_disc and disc_order:
+        landmarks = {disc_order[0]: default_superior_disc}
+        prefix = "assumed top disc "
     if not landmarks:
         wanted = [
             out

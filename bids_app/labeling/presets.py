@@ -17,10 +17,14 @@ LOCALIZER_FALLBACK = (2, 5)
 C1 = 11
 
 
-def label_step1(seg: np.ndarray, loc: np.ndarray | None = None) -> LabelingOutput:
+def label_step1(
+    seg: np.ndarray, loc: np.ndarray | None = None, top_disc: int | None = None
+) -> LabelingOutput:
     """Label a step-1 raw map (§4.1) into discs, cord, canal, C1 and 50 for other bone.
 
-    `seg` and `loc` are on the same 1 mm RAS grid; the labels come back on it.
+    `seg` and `loc` are on the same 1 mm RAS grid; the labels come back on it. `top_disc`
+    (off by default, as in the reference) numbers the discs from the most superior one when
+    no landmark is found.
     """
     return iterative_label(
         seg,
@@ -36,10 +40,13 @@ def label_step1(seg: np.ndarray, loc: np.ndarray | None = None) -> LabelingOutpu
         sacrum_output_label=SACRUM,
         map_input_dict={7: C1},
         loc=loc,
+        default_superior_disc=top_disc,
     )
 
 
-def label_step2(seg: np.ndarray, loc: np.ndarray | None = None) -> LabelingOutput:
+def label_step2(
+    seg: np.ndarray, loc: np.ndarray | None = None, top_disc: int | None = None
+) -> LabelingOutput:
     """Label a step-2 raw map (§4.2) into the final labels (§4.5).
 
     `seg` and `loc` are on the same 1 mm RAS grid (the step-2 crop); the labels come back on it.
@@ -60,4 +67,5 @@ def label_step2(seg: np.ndarray, loc: np.ndarray | None = None) -> LabelingOutpu
         sacrum_labels=(9,),
         sacrum_output_label=SACRUM,
         loc=loc,
+        default_superior_disc=top_disc,
     )

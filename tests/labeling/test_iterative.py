@@ -139,6 +139,15 @@ def test_no_landmark_is_a_clear_error():
     assert isinstance(err.value, ValueError)
 
 
+def test_assumed_top_disc_numbers_from_the_most_superior_disc():
+    # Off by default (as in the reference); asked for, the top disc becomes C2-C3 and the
+    # rest count down from it, and the landmark name says it was an assumption.
+    col = draw_column([GENERIC_DISC] * 10)
+    out = label_step1(col.seg, top_disc=63)
+    assert col.disc_labels(out.labels) == [63, 64, 65, 66, 67, 71, 72, 73, 74, 75]
+    assert out.landmarks == ["assumed top disc C2-C3"]
+
+
 def test_missing_canal_and_missing_discs_are_errors():
     col = draw_column(raw_discs(FULL_DISCS[:5]))
     no_canal = np.where(np.isin(col.seg, (8, 9)), 0, col.seg).astype(np.uint8)
