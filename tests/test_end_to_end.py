@@ -103,6 +103,14 @@ def test_participant_resume_group_and_validator(phantom_ds, tmp_path):
         labels = set(np.unique(np.asarray(final.dataobj)).astype(int)) - {0}
         assert labels <= FINAL_IDS
         assert labels & set(VERTEBRAE) and labels & set(DISCS), (rel, sorted(labels))
+        # The levels must be the right ones (a cervical image labelled lumbar is wrong):
+        # most vertebrae found are in the phantom's ground truth.
+        prefix = Path(rel).name.rsplit("_", 1)[0]
+        truth_path = phantom_ds / "derivatives" / "truth" / Path(rel).parent
+        truth = nib.load(truth_path / f"{prefix}_seg-truth_desc-{suffix}_dseg.nii.gz")
+        truth_vertebrae = set(np.unique(np.asarray(truth.dataobj)).astype(int)) & set(VERTEBRAE)
+        found = labels & set(VERTEBRAE)
+        assert len(found & truth_vertebrae) >= len(found) / 2, (rel, sorted(found))
     guided = read_stamp(stamp_path(out, "sub-01_ses-01_acq-sag_T2w.nii.gz"))
     assert guided["options"]["localizer"].endswith(
         "sub-01_ses-01_acq-sag_seg-spine_desc-T1w_dseg.nii.gz"
