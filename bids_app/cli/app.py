@@ -295,7 +295,15 @@ def create_engine(factory: EngineFactory, weights, device: str, threads: int | N
     return engine
 
 
-def segment_image(engine, path: Path, *, loc_path: Path | None, step1_only: bool, iso: bool):
+def segment_image(
+    engine,
+    path: Path,
+    *,
+    loc_path: Path | None,
+    step1_only: bool,
+    iso: bool,
+    top_disc: int | None = None,
+):
     """Run the engine on one file; every per-image problem becomes an ImageFailure.
 
     The input is opened read-only by nibabel and never written.
@@ -312,6 +320,7 @@ def segment_image(engine, path: Path, *, loc_path: Path | None, step1_only: bool
             step1_only=step1_only,
             iso=iso,
             loc=loc,
+            top_disc=top_disc,
             name=name,
             progress=lambda stage: log.debug("%s: %s", name, stage),
         )
@@ -393,7 +402,12 @@ class ParticipantRun:
     def process(self, job: disc.ImageJob) -> StatusRow:
         t0 = time.monotonic()
         loc_rel, loc_warning = self.localizer_labels(job)
-        options = {"step1_only": self.args.step1_only, "iso": self.args.iso, "localizer": loc_rel}
+        options = {
+            "step1_only": self.args.step1_only,
+            "iso": self.args.iso,
+            "localizer": loc_rel,
+            "assume_top_disc": self.args.assume_top_disc,
+        }
         opts_hash = options_hash(options)
         spath = stamp_path(self.out, job.name)
         old = read_stamp(spath)
@@ -494,6 +508,7 @@ class ParticipantRun:
             loc_path=self.out / loc_rel if loc_rel else None,
             step1_only=self.args.step1_only,
             iso=self.args.iso,
+            top_disc=self.args.assume_top_disc,
         )
 
     def subject_report(self, subject: str, rows: Sequence[StatusRow]) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bids_app import __version__
 from bids_app.cli.errors import EXIT_CODE_HELP, ExitCode
+from bids_app.labels import DISCS
 
 PROG = "spineseg"
 LEVELS = ("participant", "group")
@@ -52,6 +53,17 @@ def device(text: str) -> str:
     return text.strip().lower()
 
 
+def disc_level(value: str) -> int:
+    """A disc name (C2-C3, T12-L1, L5-S...) as its final label id."""
+    by_name = {name.upper(): label for label, name in DISCS.items()}
+    try:
+        return by_name[value.strip().upper()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"unknown disc {value!r} (use a level name such as C2-C3, T12-L1 or L5-S)"
+        ) from None
+
+
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
@@ -67,6 +79,14 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--iso", action="store_true", help="also write the outputs on the 1 mm model grid"
+    )
+    parser.add_argument(
+        "--assume-top-disc",
+        metavar="DISC",
+        type=disc_level,
+        help="when neither a landmark disc (C2-C3, C7-T1, T12-L1, L5-S) nor a localizer numbers "
+        "the discs, number them from the most superior one as DISC (e.g. C2-C3 for scans that "
+        "start at C1); off by default, as in TotalSpineSeg",
     )
 
 

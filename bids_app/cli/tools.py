@@ -34,7 +34,14 @@ def run_segment(args, engine_factory: EngineFactory) -> int:
     weights, model = resolve_model(args.weights)
     engine = create_engine(engine_factory, weights, args.device, args.omp_nthreads)
     try:
-        result = segment_image(engine, src, loc_path=args.loc, step1_only=args.step1, iso=args.iso)
+        result = segment_image(
+            engine,
+            src,
+            loc_path=args.loc,
+            step1_only=args.step1,
+            iso=args.iso,
+            top_disc=args.assume_top_disc,
+        )
     except ImageFailure as e:
         raise UserError(ExitCode.FAILED, str(e)) from e
     uri = src.resolve().as_uri()

@@ -188,14 +188,14 @@ def geometry_flags(zooms: Sequence[float], th: Thresholds) -> list[dict[str, str
 
 
 def landmark_flags(landmarks: Sequence[str]) -> list[dict[str, str]]:
-    if landmarks:
+    """Levels are only relative when no landmark was seen; an assumed top disc says so too."""
+    assumed = [name for name in landmarks if name.startswith("assumed top disc ")]
+    if landmarks and len(assumed) < len(landmarks):
         return []
-    return [
-        _flag(
-            "no_landmark",
-            "no landmark disc found (C2-C3, C7-T1, T12-L1, L5-S): levels are relative only",
-        )
-    ]
+    reason = "no landmark disc found (C2-C3, C7-T1, T12-L1, L5-S): levels are relative only"
+    if assumed:
+        reason += f" to the {assumed[0]} given with --assume-top-disc"
+    return [_flag("no_landmark", reason)]
 
 
 def image_flags(

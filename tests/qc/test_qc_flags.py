@@ -81,6 +81,8 @@ def test_cord_outside_canal(labels):
 def test_no_landmark_and_no_segmentation(labels):
     data, affine = labels
     assert set(_flags(data, affine, landmarks=())) == {"no_landmark"}
+    assumed = _flags(data, affine, landmarks=["assumed top disc C2-C3"])
+    assert set(assumed) == {"no_landmark"} and "--assume-top-disc" in assumed["no_landmark"]
     flags = image_flags(None, (1, 1, 1), ["C2-C3"], TH, missing_reason="step 2 failed")
     assert flags == [{"id": "no_segmentation", "reason": "step 2 failed"}]
     empty = np.zeros((8, 8, 8), np.uint8)
