@@ -28,7 +28,7 @@ from bids_app.nnunet.weights import DEMO_DIR
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-# sub-02's T2w (0.8 x 0.8 x 3 mm, lumbar) is left out to keep the CPU time down: the filter
+# sub-02's T2w (0.8 x 0.8 x 3 mm) is left out to keep the CPU time down: the filter
 # keeps T2w images that have a session, so the run covers sub-01 (two sessions, T2w + T1w)
 # and sub-02 (T1w, no session).
 FILTER = {"t2w": {"session": "*"}}
@@ -82,6 +82,9 @@ def test_participant_resume_group_and_validator(phantom_ds, tmp_path):
         "T1w",
         "--nprocs",
         "2",
+        # The demo models do not detect the landmark discs; every phantom starts at C1.
+        "--assume-top-disc",
+        "C2-C3",
     ]
 
     t0 = time.monotonic()

@@ -51,18 +51,28 @@ def default_plan(n_subjects: int = 3) -> list[ScanPlan]:
             Acquisition(fov, voxel, codes, oblique, contrast, ax if voxel == "ax4" else sag),
         )
 
+    # Every field of view starts at C1: the demo models do not find the landmark discs, and
+    # the demo numbers discs from the top one (--assume-top-disc C2-C3), see the README.
     plans = [
         scan("01", "01", "sag", "cervical", "iso1", "PSR", "T2w"),
-        scan("01", "01", "sag", "cervical", "iso1", "RAS", "T1w"),
-        scan("01", "02", "sag", "lumbar", "iso1", "LPI", "T2w"),
-        scan("02", None, "sag", "lumbar", "sag3", "PSR", "T2w"),
+        scan("01", "01", "sag", "cervicothoracic", "iso1", "RAS", "T1w"),
+        scan("01", "02", "sag", "cervical", "iso1", "LPI", "T2w"),
+        scan("02", None, "sag", "cervical", "sag3", "PSR", "T2w"),
         scan("02", None, "sag", "cervical", "iso1", "LAS", "T1w"),
         scan("03", None, "ax", "cervical", "ax4", "LPS", "T2w"),
         scan("03", None, "sag", "cervical", "iso1", "RAS", "T2w", (6.0, 0.0, 4.0)),
     ]
     subjects = sorted({p.subject for p in plans})[:n_subjects]
     extra = [
-        scan(f"{i:02d}", None, "sag", "cervical" if i % 2 else "lumbar", "iso1", "RAS", "T2w")
+        scan(
+            f"{i:02d}",
+            None,
+            "sag",
+            "cervical" if i % 2 else "cervicothoracic",
+            "iso1",
+            "RAS",
+            "T2w",
+        )
         for i in range(4, n_subjects + 1)
     ]
     return [p for p in plans if p.subject in subjects] + extra
