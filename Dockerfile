@@ -89,12 +89,17 @@ RUN --mount=type=bind,target=/mnt/ctx \
         *) spineseg weights --release "$WEIGHTS_RELEASE" --dest "$SPINESEG_WEIGHTS" \
                 --from "/mnt/ctx/$WEIGHTS_SOURCE" ;; \
     esac \
-    && rm -f "$SPINESEG_WEIGHTS/.install.lock"
+    && rm -f "$SPINESEG_WEIGHTS/.install.lock" \
+    && chmod -R a+rX,go-w "$SPINESEG_WEIGHTS"
 
 # Any UID must be able to read code and weights (Apptainer and CBRAIN run as the user, Docker
-# users pass -u); nothing in the image is writable by them. Build-time self-test last.
+# users pass -u) and none may write there. This is checked, not forced with a recursive chmod:
+# that would copy every file of the venv into a new layer and double the image size.
+# Build-time self-test last.
 RUN chmod 0755 /opt/spineseg/bin/spineseg \
-    && chmod -R a+rX,go-w /opt/spineseg /version \
+    && bad="$(find /opt/spineseg /version ! -type l \( ! -perm -a+r -o -perm /go+w \
+        -o -type d ! -perm -a+x \) -print -quit)" \
+    && if [ -n "$bad" ]; then echo "not world-readable or writable by others: $bad"; exit 1; fi \
     && spineseg --version \
     && spineseg --version | grep -qF "$(cat /version)" \
     && python -c "import torch, nnunetv2; print('torch', torch.__version__)" \
