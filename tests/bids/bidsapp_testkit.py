@@ -105,7 +105,7 @@ class FakeEngine:
     """Stands in for SpineSegEngine: same call, same result shapes, no network.
 
     `fail` holds file names for which `segment` raises EngineError; `calls` records
-    (name, loc given) in call order.
+    (name, loc given) in call order and `top_discs` the top_disc of each call.
     """
 
     def __init__(
@@ -118,9 +118,13 @@ class FakeEngine:
         self.weights, self.device, self.threads = weights, device, threads
         self.fail = set(fail)
         self.calls: list[tuple[str, bool]] = []
+        self.top_discs: list[int | None] = []
 
-    def segment(self, img, *, step1_only=False, iso=False, loc=None, name="", progress=None):
+    def segment(
+        self, img, *, step1_only=False, iso=False, loc=None, top_disc=None, name="", progress=None
+    ):
         self.calls.append((name, loc is not None))
+        self.top_discs.append(top_disc)
         if name in self.fail:
             raise EngineError(f"{name}: step 1 found no spine structure in the image")
         data = np.asanyarray(img.dataobj)  # reads the data, as the real engine does

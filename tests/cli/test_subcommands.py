@@ -126,3 +126,14 @@ def test_phantoms_refuses_an_unrelated_folder_and_passes_its_options(tmp_path, c
     assert main(["phantoms", str(tmp_path / "new"), "--subjects", "2", "--seed", "5"]) == 0
     assert seen == {"out": (tmp_path / "new").resolve(), "n": 2, "seed": 5}
     assert "wrote 2 phantom images" in capsys.readouterr().out
+
+
+def test_assume_top_disc_reaches_the_engine_and_bad_names_are_usage_errors(
+    scan, tmp_path, weights, capsys
+):
+    factory = FakeEngineFactory()
+    args = ["segment", str(scan), str(tmp_path / "o"), "--weights", str(weights)]
+    assert main([*args, "--assume-top-disc", "c2-c3"], engine_factory=factory) == 0
+    assert factory.engines[0].top_discs == [63]
+    assert main([*args, "--assume-top-disc", "C9-C10"], engine_factory=factory) == 64
+    assert "unknown disc 'C9-C10'" in capsys.readouterr().err
