@@ -33,7 +33,8 @@ def _ids(img: nib.Nifti1Image) -> set[int]:
 
 
 def test_phantom_end_to_end(engine, phantom) -> None:
-    res = engine.segment(phantom.image, iso=True, name="phantom")
+    # The demo models find no landmark disc; the phantom starts at C1 (see demo README).
+    res = engine.segment(phantom.image, iso=True, top_disc=63, name="phantom")
     assert not res.errors, res.errors
     for key in ("final", "step1", "cord_soft", "canal_soft", "levels"):
         out = res.native[key]
@@ -45,14 +46,28 @@ def test_phantom_end_to_end(engine, phantom) -> None:
     assert {L.CORD, L.CANAL} <= _ids(res.native["final"])
     cord_dice = 2 * ((final == 1) & (truth == 1)).sum() / ((final == 1).sum() + (truth == 1).sum())
     assert cord_dice > 0.6
+    for level in (12, 14, 16, 64, 66):  # C2, C4, C6, C3-C4, C5-C6 at the right place
+        pred, true = final == level, truth == level
+        assert 2 * (pred & true).sum() / (pred.sum() + true.sum()) > 0.6, L.level_name(level)
     soft = np.asarray(res.native["cord_soft"].dataobj)
     assert soft.dtype == np.float32 and soft.min() >= 0 and soft.max() <= 1
     # --iso outputs live on the 1 mm canonical grid.
     iso = res.iso["final"]
     assert nib.aff2axcodes(iso.affine) == ("R", "A", "S")
     assert np.allclose(np.sqrt((iso.affine[:3, :3] ** 2).sum(0)), 1.0)
-    assert res.landmarks["step1"]
+    assert res.landmarks["step1"] == ["assumed top disc C2-C3"]
     assert set(res.timings) >= {"preprocess", "step1_network", "step2_network", "to_native"}
+
+
+def test_without_a_landmark_cord_and_canal_still_come_out(engine, phantom) -> None:
+    res = engine.segment(phantom.image, name="phantom.nii.gz")
+    assert res.errors == [
+        "step 1 labeling: no landmark disc (C2-C3, C7-T1, T12-L1 or L5-S) found and no "
+        "localizer given: levels cannot be assigned"
+    ]
+    assert "final" not in res.native and "levels" not in res.native
+    assert _ids(res.native["step1"]) == {L.CORD, L.CANAL}
+    assert np.asarray(res.native["cord_soft"].dataobj).max() > 0.5
 
 
 def test_models_are_loaded_once(engine, phantom) -> None:
