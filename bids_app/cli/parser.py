@@ -86,7 +86,7 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
         type=disc_level,
         help="when neither a landmark disc (C2-C3, C7-T1, T12-L1, L5-S) nor a localizer numbers "
         "the discs, number them from the most superior one as DISC (e.g. C2-C3 for scans that "
-        "start at C1); off by default, as in TotalSpineSeg",
+        "start at C1), and let step 2 keep that numbering; off by default, as in TotalSpineSeg",
     )
 
 

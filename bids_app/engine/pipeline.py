@@ -89,7 +89,8 @@ class SpineSegEngine:
         """Segment one image; see `EngineResult` for the grids of what comes back.
 
         `top_disc` (a final disc label, off by default like the reference) numbers the discs
-        from the most superior one when neither a landmark nor the localizer is found.
+        from the most superior one when neither a landmark nor the localizer is found in
+        step 1; step 2 then follows step 1's numbering.
 
         Raises EngineError when nothing can be produced; a failure after step 1 (e.g. step-2
         labeling) is recorded in `result.errors` and the step-1 outputs are still returned.
@@ -185,14 +186,19 @@ class SpineSegEngine:
             raw2, _ = self.model("step2").predict(channels)
         with stage("step2_labeling"):
             raw2 = labeling.largest_component(raw2)
+            # An assumed top disc numbers step 1; step 2 then keeps that numbering (step 1
+            # as its localizer) rather than trust a landmark the user chose to overrule.
+            loc2 = loc_iso if loc_iso is not None or top_disc is None else step1
             try:
                 out2 = _numbered(
-                    labeling.label_step2(raw2, None if loc_iso is None else loc_iso[box], top_disc)
+                    labeling.label_step2(raw2, None if loc2 is None else loc2[box], top_disc)
                 )
             except labeling.LabelingError as err:
                 res.errors.append(f"step 2 labeling: {err}")
                 return None
-            res.landmarks["step2"] = out2.landmarks
+            # Numbering that came from step 1 under an assumption keeps that provenance.
+            from_step1 = loc2 is step1
+            res.landmarks["step2"] = res.landmarks["step1"] if from_step1 else out2.landmarks
             final = np.zeros(step1.shape, np.uint8)
             final[box] = labeling.fill_canal(out2.labels)
         return final

@@ -55,7 +55,7 @@ def test_phantom_end_to_end(engine, phantom) -> None:
     iso = res.iso["final"]
     assert nib.aff2axcodes(iso.affine) == ("R", "A", "S")
     assert np.allclose(np.sqrt((iso.affine[:3, :3] ** 2).sum(0)), 1.0)
-    assert res.landmarks["step1"] == ["assumed top disc C2-C3"]
+    assert res.landmarks["step1"] == res.landmarks["step2"] == ["assumed top disc C2-C3"]
     assert set(res.timings) >= {"preprocess", "step1_network", "step2_network", "to_native"}
 
 
