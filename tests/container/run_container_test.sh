@@ -189,6 +189,7 @@ build_args=(
     --build-arg "WEIGHTS_RELEASE=$weights_release"
     --build-arg "SPINESEG_VERSION=$(cat "$REPO/version")"
     --build-arg "VCS_REF=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    --build-arg "BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 )
 build_mounts=()
 if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
@@ -204,7 +205,7 @@ build_image() {
     }
 }
 log "build: $IMAGE"
-timed "build: app image (CPU, demo weights)" build_image
+timed "build: app image (CPU, $weights_source weights)" build_image
 podman image inspect --format '{{.Size}}' "$IMAGE" |
     awk '{printf "image size: %.2f GB\n", $1 / 1e9}'
 
