@@ -34,6 +34,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -237,6 +238,7 @@ class Case:
     name: str  # file-name-safe id, also the image file name stem
     image: Path
     truth: Path | None = None
+    loc: Path | None = None  # localizer labels given to both tools (`--loc`)
 
 
 def _safe(text: str) -> str:
@@ -250,11 +252,36 @@ def real_scans(manifest: Path = DATA / "MANIFEST.tsv") -> list[str]:
     return [f"real:{r['local_path']}" for r in rows if r["label_values"].startswith("image")]
 
 
-def prepare_case(spec: str, inputs: Path) -> Case:
+def _phantom_options(parts: list[str], spec: str) -> tuple[dict, bool]:
+    """Positional FOV/VOXEL/AXCODES/CONTRAST, then `lr=MM`, `oblique=X,Y,Z` (degrees) and
+    `loc` (give the exact labels to both tools as a localizer) in any order."""
+    positional = [p for p in parts if "=" not in p and p != "loc"]
+    acq: dict = dict(zip(("fov", "voxel", "axcodes", "contrast"), positional, strict=False))
+    if len(positional) > 4:
+        raise SystemExit(f"error: {spec}: too many fields")
+    for part in (p for p in parts if "=" in p):
+        key, _, value = part.partition("=")
+        try:
+            if key == "lr":
+                acq["lr_extent"] = float(value)
+            elif key == "oblique":
+                acq["oblique_deg"] = tuple(float(v) for v in value.split(","))
+                if len(acq["oblique_deg"]) != 3:
+                    raise ValueError("three angles expected")
+            else:
+                raise SystemExit(f"error: {spec}: unknown option {key!r} (lr=, oblique=, loc)")
+        except ValueError as err:
+            raise SystemExit(f"error: {spec}: {part}: {err}") from None
+    return acq, "loc" in parts
+
+
+def prepare_case(spec: str, inputs: Path, truth_dir: Path | None = None) -> Case:
     """Materialise a case spec into inputs/<name>.nii.gz.
 
-    Specs: `phantom:SEED[:FOV[:VOXEL[:AXCODES[:CONTRAST]]]]` (defaults whole, iso1, RAS, T2w),
-    `real:<path under shared/data>`, `file:<path>`.
+    Specs: `phantom:SEED[:FOV[:VOXEL[:AXCODES[:CONTRAST]]]][:lr=MM][:oblique=X,Y,Z][:loc]`
+    (defaults whole, iso1, RAS, T2w), `real:<path under shared/data>`, `file:<path>`.
+    A phantom's exact labels go to `truth_dir` (default: beside the image) as
+    `<name>_truth.nii.gz`; with `loc` the same file is the localizer of both tools.
     """
     inputs.mkdir(parents=True, exist_ok=True)
     kind, _, rest = spec.partition(":")
@@ -263,14 +290,15 @@ def prepare_case(spec: str, inputs: Path) -> Case:
 
         parts = rest.split(":")
         seed = int(parts[0])
-        keys = ("fov", "voxel", "axcodes", "contrast")
-        acq = Acquisition(**dict(zip(keys, parts[1:], strict=False)))
+        acq, use_loc = _phantom_options(parts[1:], spec)
         name = _safe(f"phantom_{rest}")
-        ph = render_phantom(seed, acq)
-        image, truth = inputs / f"{name}.nii.gz", inputs / f"{name}_truth.nii.gz"
+        ph = render_phantom(seed, Acquisition(**acq))
+        truth_dir = truth_dir or inputs
+        truth_dir.mkdir(parents=True, exist_ok=True)
+        image, truth = inputs / f"{name}.nii.gz", truth_dir / f"{name}_truth.nii.gz"
         nib.save(ph.image, image)
         nib.save(ph.labels, truth)
-        return Case(spec, name, image, truth)
+        return Case(spec, name, image, truth, truth if use_loc else None)
     if kind in ("real", "file"):
         src = DATA / rest if kind == "real" else Path(rest)
         if not src.is_file():
@@ -328,9 +356,11 @@ def reference_data_dir(weights: Path, dest: Path) -> Path:
 
 
 def _ref_env(setup: Setup, run_dir: Path) -> dict[str, str]:
-    home, tmp = run_dir / "home", run_dir / "tmp"
+    """Own HOME and TMPDIR. TMPDIR is a short folder under /tmp: the forkserver puts its
+    socket there, and a socket path over 107 bytes fails (`AF_UNIX path too long`)."""
+    home = run_dir / "home"
     home.mkdir(parents=True, exist_ok=True)
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="cmpref-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TOTALSPINESEG", "nnUNet"))}
     env.update(HOME=str(home), TMPDIR=str(tmp), MPLCONFIGDIR=str(home / "mpl"))
     return env
@@ -354,7 +384,11 @@ if __name__ == "__main__":
 '''
 
 
-def reference_command(setup: Setup, tool: str, src: Path, out: Path, run_dir: Path) -> list[str]:
+def reference_command(
+    setup: Setup, tool: str, src: Path, out: Path, run_dir: Path, loc: Path | None = None
+) -> list[str]:
+    """`loc`: one localizer file (used for every image) or a folder whose files are named
+    like the images (the reference matches `X.nii.gz` to image `X_0000.nii.gz`)."""
     args = [
         str(src),
         str(out),
@@ -364,6 +398,8 @@ def reference_command(setup: Setup, tool: str, src: Path, out: Path, run_dir: Pa
         "--device",
         "cuda" if setup.device.startswith("cuda") else "cpu",
     ]
+    if loc is not None:
+        args += ["--loc", str(loc)]
     if setup.step1_only:
         args.append("--step1")
     if tool == "ref":
@@ -373,13 +409,17 @@ def reference_command(setup: Setup, tool: str, src: Path, out: Path, run_dir: Pa
     return [str(setup.refenv / "bin" / "python"), str(wrapper), *args]
 
 
-def run_reference(setup: Setup, tool: str, src: Path, names: list[str], run_dir: Path) -> RunRecord:
+def run_reference(
+    setup: Setup, tool: str, src: Path, names: list[str], run_dir: Path, loc: Path | None = None
+) -> RunRecord:
     """Reference on a file or folder; success = every expected output file (see `judge`)."""
     out = run_dir / "out"
     shutil.rmtree(out, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = reference_command(setup, tool, src, out, run_dir)
-    rec = run_measured(cmd, _ref_env(setup, run_dir), run_dir / "log.txt", setup.timeout, tool)
+    cmd = reference_command(setup, tool, src, out, run_dir, loc)
+    env = _ref_env(setup, run_dir)
+    rec = run_measured(cmd, env, run_dir / "log.txt", setup.timeout, tool)
+    shutil.rmtree(env["TMPDIR"], ignore_errors=True)
     judge(
         rec,
         names,
@@ -470,14 +510,19 @@ def run_spineseg(setup: Setup, case: Case, run_dir: Path) -> RunRecord:
     ]
     if setup.step1_only:
         cmd.append("--step1")
+    if case.loc is not None:
+        cmd += ["--loc", str(case.loc)]
     env = _our_env(run_dir, setup.threads)
     rec = run_measured(cmd, env, run_dir / "log.txt", setup.timeout, "spineseg")
     _collect_ours(rec, out, [case.name], setup.step1_only)
     return rec
 
 
-def run_spineseg_batch(setup: Setup, in_dir: Path, names: list[str], run_dir: Path) -> RunRecord:
-    """All images through one engine in one process (models loaded once)."""
+def run_spineseg_batch(
+    setup: Setup, in_dir: Path, names: list[str], run_dir: Path, loc_dir: Path | None = None
+) -> RunRecord:
+    """All images through one engine in one process (models loaded once); `loc_dir` holds
+    each image's localizer under the image's own file name."""
     out = run_dir / "out"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [
@@ -495,6 +540,8 @@ def run_spineseg_batch(setup: Setup, in_dir: Path, names: list[str], run_dir: Pa
     ]
     if setup.step1_only:
         cmd.append("--step1")
+    if loc_dir is not None:
+        cmd += ["--engine-loc", str(loc_dir)]
     env = _our_env(run_dir, setup.threads)
     rec = run_measured(cmd, env, run_dir / "log.txt", setup.timeout, "spineseg")
     _collect_ours(rec, out, names, setup.step1_only)
@@ -502,7 +549,13 @@ def run_spineseg_batch(setup: Setup, in_dir: Path, names: list[str], run_dir: Pa
 
 
 def engine_batch(
-    in_dir: Path, out: Path, weights: Path, device: str, threads: int, step1_only: bool
+    in_dir: Path,
+    out: Path,
+    weights: Path,
+    device: str,
+    threads: int,
+    step1_only: bool,
+    loc_dir: Path | None = None,
 ) -> int:
     """Child-process entry of the batch mode: one SpineSegEngine for every image of a folder,
     outputs named like `spineseg segment` names them."""
@@ -515,8 +568,10 @@ def engine_batch(
     failures = 0
     for path in sorted(in_dir.glob("*.nii.gz")):
         name = path.name.removesuffix(".nii.gz")
+        loc_path = loc_dir / path.name if loc_dir is not None else None
+        loc = nib.load(loc_path) if loc_path is not None and loc_path.exists() else None
         try:
-            res = engine.segment(nib.load(path), step1_only=step1_only, name=path.name)
+            res = engine.segment(nib.load(path), step1_only=step1_only, loc=loc, name=path.name)
         except EngineError as err:
             print(f"Error: {path.name}, {err}", flush=True)
             failures += 1
@@ -662,7 +717,7 @@ def run_case(setup: Setup, case: Case, tools: list[str]) -> dict:
         if tool == "spineseg":
             rec = run_spineseg(setup, case, run_dir)
         else:
-            rec = run_reference(setup, tool, case.image, [case.name], run_dir)
+            rec = run_reference(setup, tool, case.image, [case.name], run_dir, case.loc)
         state = "ok" if rec.ok else "FAILED " + "; ".join(rec.errors)
         print(
             f"[{case.name}] {tool}: {rec.wall_s:.1f} s, peak RSS {rec.peak_rss_mib:.0f} MiB, "
@@ -674,7 +729,10 @@ def run_case(setup: Setup, case: Case, tools: list[str]) -> dict:
         "case": case.spec,
         "name": case.name,
         "image": str(case.image),
+        "localizer": str(case.loc) if case.loc else None,
         "shape": list(nib.load(case.image).shape),
+        "zooms": [round(float(z), 4) for z in nib.load(case.image).header.get_zooms()[:3]],
+        "axcodes": "".join(nib.aff2axcodes(nib.load(case.image).affine)),
         "runs": {t: asdict(r) for t, r in runs.items()},
         "compare": {},
     }
@@ -693,27 +751,38 @@ def run_case(setup: Setup, case: Case, tools: list[str]) -> dict:
     return result
 
 
-def run_batch(setup: Setup, n: int, tools: list[str]) -> dict:
-    """N small phantoms (alternating cervical/lumbar FOV) in one call per tool."""
-    in_dir = setup.work / "batch" / "inputs"
-    shutil.rmtree(in_dir, ignore_errors=True)
-    cases = [
-        prepare_case(f"phantom:{5200 + i}:{'cervical' if i % 2 == 0 else 'lumbar'}", in_dir)
-        for i in range(n)
+DEFAULT_BATCH_CASE = "phantom:{seed}:{fov}"
+
+
+def run_batch(setup: Setup, n: int, tools: list[str], template: str = DEFAULT_BATCH_CASE) -> dict:
+    """N phantoms in one call per tool. `template` is a phantom spec with `{seed}` (5200+i)
+    and optionally `{fov}` (cervical/lumbar alternating); with `:loc` every image gets its
+    exact labels as localizer (reference: a folder matched by name; SpineSeg: the same)."""
+    root = setup.work / "batch"
+    in_dir, truth_dir, loc_dir = root / "inputs", root / "truth", root / "loc"
+    for folder in (in_dir, truth_dir, loc_dir):
+        shutil.rmtree(folder, ignore_errors=True)
+    specs = [
+        template.format(seed=5200 + i, fov="cervical" if i % 2 == 0 else "lumbar") for i in range(n)
     ]
-    for case in cases:  # the folder must hold only the images
-        if case.truth is not None:
-            case.truth.rename(setup.work / "batch" / case.truth.name)
-            case.truth = setup.work / "batch" / case.truth.name
+    # The input folder must hold only the images: the truth goes to its own folder.
+    cases = [prepare_case(spec, in_dir, truth_dir) for spec in specs]
+    use_loc = any(c.loc is not None for c in cases)
+    if use_loc:
+        loc_dir.mkdir(parents=True)
+        for case in cases:
+            if case.loc is not None:
+                shutil.copyfile(case.loc, loc_dir / case.image.name)
     names = [c.name for c in cases]
     runs: dict[str, RunRecord] = {}
     for tool in tools:
         run_dir = setup.work / "batch" / tool
         print(f"[batch x{n}] {tool} ...", flush=True)
+        loc = loc_dir if use_loc else None
         if tool == "spineseg":
-            rec = run_spineseg_batch(setup, in_dir, names, run_dir)
+            rec = run_spineseg_batch(setup, in_dir, names, run_dir, loc)
         else:
-            rec = run_reference(setup, tool, in_dir, names, run_dir)
+            rec = run_reference(setup, tool, in_dir, names, run_dir, loc)
         print(
             f"[batch x{n}] {tool}: {rec.wall_s:.1f} s, peak RSS {rec.peak_rss_mib:.0f} MiB, "
             f"{'ok' if rec.ok else 'FAILED ' + '; '.join(rec.errors[:3])}",
@@ -732,12 +801,86 @@ def run_batch(setup: Setup, n: int, tools: list[str]) -> dict:
             }
             for name in names
         }
+    truth = {
+        tool: {c.name: (truth_dice(r, c) or {}).get("mean_dice_over_truth_labels") for c in cases}
+        for tool, r in runs.items()
+    }
     return {
         "n": n,
+        "specs": specs,
+        "localizer": str(loc_dir) if use_loc else None,
         "images": names,
+        "truth_mean_dice": truth,
         "runs": {t: asdict(r) for t, r in runs.items()},
         "agreement_pct": agreement,
     }
+
+
+def _agree(cmp: dict, kind: str) -> str:
+    """`agree % (n differing voxels)` for labels, `same / total` positions for levels."""
+    d = cmp.get(kind, {})
+    if "missing" in d or "error" in d:
+        return _cell(d, "")
+    if kind == "levels":
+        return f"{d['same_position']} / {d['n_levels']}"
+    return f"{d['agreement_pct']} % ({d['n_diff']})"
+
+
+def summary_lines(report: dict) -> list[str]:
+    """One row per case: agreement with the reference and each tool's cost; batch ratios."""
+    tools = report["meta"]["tools"]
+    head = "| case | grid | loc | pair | final | step-1 | levels same | " + " | ".join(
+        f"{t} wall s / RSS / PSS MiB" for t in tools
+    )
+    lines = [
+        "## Summary",
+        "",
+        "Agreement = % of voxels with the same label (number of differing voxels) on the "
+        "native grid; levels = markers at the same voxel / levels found by either tool. "
+        "`failed` = the tool wrote no final labels.",
+        "",
+        head + " |",
+        "|" + "---|" * (7 + len(tools)),
+    ]
+    for case in report["cases"]:
+        grid = "x".join(str(v) for v in case.get("zooms", [])) + f" {case.get('axcodes', '')}"
+        pairs = case["compare"] or {"–": {}}
+        costs = []
+        for t in tools:
+            r = case["runs"].get(t)
+            costs.append(
+                "–"
+                if r is None
+                else f"{r['wall_s']:.0f} / {r['peak_rss_mib']:,.0f} / {r['peak_pss_mib']:,.0f}"
+                + ("" if r["ok"] else " failed")
+            )
+        for pair, cmp in pairs.items():
+            cells = [_agree(cmp, k) if cmp else "–" for k in ("final", "step1", "levels")]
+            lines.append(
+                f"| {case['name']} | {grid} | {'yes' if case.get('localizer') else 'no'} | "
+                f"{pair} | " + " | ".join(cells + costs) + " |"
+            )
+    b = report.get("batch")
+    if b and b["runs"]:
+        base = "ref" if "ref" in b["runs"] else "ref-preload"
+        lines += [
+            "",
+            f"Batch of {b['n']} (`{b['specs'][0]}` …, seeds {b['specs'][0].split(':')[1]}+): "
+            + "; ".join(
+                f"{t} {r['wall_s']:.0f} s, {r['peak_rss_mib']:,.0f} MiB RSS, "
+                f"{r['peak_pss_mib']:,.0f} MiB PSS{'' if r['ok'] else ' (FAILED)'}"
+                for t, r in b["runs"].items()
+            )
+            + ".",
+        ]
+        ours, ref = b["runs"].get("spineseg"), b["runs"].get(base)
+        if ours and ref:
+            lines.append(
+                f"SpineSeg / {base}: wall {ours['wall_s'] / ref['wall_s']:.2f}, "
+                f"peak RSS {ours['peak_rss_mib'] / ref['peak_rss_mib']:.2f}, "
+                f"peak PSS {ours['peak_pss_mib'] / ref['peak_pss_mib']:.2f}."
+            )
+    return [*lines, ""]
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
@@ -755,6 +898,7 @@ def markdown(report: dict) -> str:
         "nnU-Net preloaded into its forkserver. Memory = peak of the sum over the whole process "
         "tree, polled every 0.2 s.",
         "",
+        *summary_lines(report),
         "## Cost per image",
         "",
         "| case | tool | ok | wall (s) | peak RSS (MiB) | peak PSS (MiB) | processes | errors |",
@@ -828,6 +972,8 @@ def markdown(report: dict) -> str:
                 f"{_fmt(r['wall_s'] / b['n'])} | {_fmt(r['peak_rss_mib'])} | "
                 f"{_fmt(r['peak_pss_mib'])} | {r['max_processes']} |"
             )
+    if report.get("notes"):
+        lines += ["", report["notes"].rstrip()]
     lines.append("")
     return "\n".join(lines)
 
@@ -857,7 +1003,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="case specs: phantom:SEED[:FOV[:VOXEL[:AXCODES[:CONTRAST]]]]"
+        epilog="case specs: phantom:SEED[:FOV[:VOXEL[:AXCODES[:CONTRAST]]]][:lr=MM]"
+        "[:oblique=X,Y,Z][:loc] (loc: the phantom's exact labels are both tools' localizer)"
         ", real:<path under shared/data>, file:<path>; "
         "'all-real' = every image of shared/data/MANIFEST.tsv",
     )
@@ -889,6 +1036,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="phantoms in the batch run (0: no batch run; default 10)",
     )
+    p.add_argument(
+        "--batch-case",
+        default=DEFAULT_BATCH_CASE,
+        metavar="TEMPLATE",
+        help="phantom spec of the batch images with {seed} and optionally {fov} (cervical/lumbar "
+        f"alternating); default {DEFAULT_BATCH_CASE!r}",
+    )
     p.add_argument("--batch-only", action="store_true", help="skip the per-image cases")
     p.add_argument("--step1", action="store_true", help="step 1 only for every tool")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per run (default 1800)")
@@ -904,15 +1058,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
     p.add_argument(
+        "--notes",
+        type=Path,
+        help="Markdown file appended to the report (and kept in the JSON): findings written "
+        "after looking at the outputs",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rewrite the Markdown (and notes) from the existing JSON",
+    )
+    p.add_argument(
         "--engine-batch", nargs=2, type=Path, metavar=("IN_DIR", "OUT_DIR"), help=argparse.SUPPRESS
     )
+    p.add_argument("--engine-loc", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.engine_batch:
-        return engine_batch(*args.engine_batch, args.weights, args.device, args.threads, args.step1)
+        return engine_batch(
+            *args.engine_batch, args.weights, args.device, args.threads, args.step1, args.engine_loc
+        )
+    json_path, md_path = args.out / "compare_reference.json", args.out / "compare_reference.md"
+    if args.report_only:
+        report = json.loads(json_path.read_text())
+        if args.notes:
+            report["notes"] = args.notes.read_text()
+        _write_atomic(json_path, json.dumps(report, indent=1) + "\n")
+        _write_atomic(md_path, markdown(report))
+        print(f"wrote {json_path} and {md_path}")
+        return 0
     tools = [t for t in args.tools.split(",") if t]
     unknown = set(tools) - set(TOOLS)
     if unknown:
@@ -954,14 +1131,14 @@ def main(argv: list[str] | None = None) -> int:
         },
         "cases": [],
         "batch": None,
+        "notes": args.notes.read_text() if args.notes else None,
     }
-    json_path, md_path = args.out / "compare_reference.json", args.out / "compare_reference.md"
     for spec in specs:
         case = prepare_case(spec, work / "inputs")
         report["cases"].append(run_case(setup, case, tools))
         _write_atomic(json_path, json.dumps(report, indent=1) + "\n")
     if args.batch > 0:
-        report["batch"] = run_batch(setup, args.batch, tools)
+        report["batch"] = run_batch(setup, args.batch, tools, args.batch_case)
     _write_atomic(json_path, json.dumps(report, indent=1) + "\n")
     _write_atomic(md_path, markdown(report))
     print(f"wrote {json_path} and {md_path}")
