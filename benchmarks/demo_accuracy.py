@@ -71,7 +71,9 @@ def update_readme(summary: dict) -> None:
         "",
         f"_{summary['when']}, {summary['machine']}, {summary['device']}; "
         f"`python benchmarks/demo_accuracy.py --cases {len(summary['cases'])} "
-        f"--fov {summary['fov']}`._",
+        f"--fov {summary['fov']}"
+        + (f" --assume-top-disc {summary['assume_top_disc']}" if summary["assume_top_disc"] else "")
+        + "`._",
     ]
     head, rest = text.split(start, 1)
     tail = rest.split(end, 1)[1]
@@ -85,6 +87,13 @@ def main() -> None:
     ap.add_argument("--contrast", default="T2w")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--weights", default="demo")
+    ap.add_argument(
+        "--assume-top-disc",
+        type=int,
+        default=None,
+        metavar="LABEL",
+        help="final label of the top disc when no landmark is found (63 = C2-C3)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     args = ap.parse_args()
     engine = SpineSegEngine(resolve_weights(args.weights), device=args.device)
@@ -93,7 +102,7 @@ def main() -> None:
         seed = 5000 + k
         ph = render_phantom(seed, Acquisition(fov=args.fov, contrast=args.contrast))
         t0 = time.perf_counter()
-        res = engine.segment(ph.image, name=f"seed {seed}")
+        res = engine.segment(ph.image, top_disc=args.assume_top_disc, name=f"seed {seed}")
         seconds = time.perf_counter() - t0
         truth = np.asarray(ph.labels.dataobj)
         if "final" in res.native:
@@ -119,6 +128,7 @@ def main() -> None:
         "machine": f"{platform.machine()} {len(os.sched_getaffinity(0))} CPUs",
         "device": args.device,
         "fov": args.fov,
+        "assume_top_disc": args.assume_top_disc,
         "cases": cases,
         "mean_dice": float(np.mean([c["mean_dice"] for c in cases])),
         "level_accuracy": sum(c["levels_correct"] for c in cases) / max(total, 1),

@@ -3,8 +3,9 @@
     python benchmarks/make_geometry_goldens.py --refenv /work/refenv
 
 Writes small NIfTI inputs (as the reference would have them after `as_closest_canonical`),
-runs torchio `Resample((1, 1, 1))` on each inside the reference tool's virtual environment
-and stores input and expected output in `tests/engine/golden/resample_cases.npz`.
+runs torchio `Resample((1, 1, 1))` on each the way the reference does, inside the reference
+tool's virtual environment, and stores input and expected output in
+`tests/engine/golden/resample_cases.npz`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ from bids_app.phantom.render import Acquisition, _rotation, render_phantom
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "engine" / "golden"
 OUT = GOLDEN / "resample_cases.npz"
 TORCHIO = """
-import sys, numpy as np, nibabel as nib, torchio as tio
+import sys, numpy as np, nibabel as nib, torch, torchio as tio
+# As totalspineseg/utils/resample.py does: nibabel reads the saved file, torchio gets the
+# float64 array and the nibabel affine.
 for path in sys.argv[1:]:
-    dtype = np.asanyarray(nib.load(path).dataobj).dtype
-    out = tio.Resample((1, 1, 1))(tio.ScalarImage(path))
+    img = nib.load(path)
+    dtype = np.asanyarray(img.dataobj).dtype
+    data = torch.from_numpy(np.asanyarray(img.dataobj).astype(np.float64)[None])
+    out = tio.Resample((1, 1, 1))(tio.ScalarImage(tensor=data, affine=img.affine))
     np.savez(path + ".npz", data=out.data.numpy()[0].astype(dtype), affine=out.affine)
 """
 

@@ -7,8 +7,6 @@ function takes and returns nibabel images, whose affine states the grid (RAS mm)
 
 from __future__ import annotations
 
-import tempfile
-
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
@@ -45,29 +43,17 @@ def _grid_affine(spacing: np.ndarray, direction: np.ndarray, origin: np.ndarray)
     return aff
 
 
-def _itk_header_geometry(img: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Spacing, LPS direction and LPS origin exactly as ITK reads this image's NIfTI header.
+def _torchio_geometry(img: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spacing, LPS direction and LPS origin exactly as the reference's torchio sees them.
 
-    The reference saves every intermediate image and torchio reads it back through ITK, whose
-    spacing comes from pixdim and whose direction is re-orthonormalised; the rounding of that
-    round trip decides the size of the 1 mm grid (floor(n * 0.9999999999999999) = n - 1 on
-    oblique images). Reading a header-only file reproduces it without writing the volume.
+    The reference saves the canonical image (sform stored as float32), reloads it with
+    nibabel and builds `tio.ScalarImage(tensor, affine)`, whose spacing is the column norm of
+    that float32-rounded affine. The rounding decides the size of the 1 mm grid on oblique
+    images (floor(n * 0.99999999) = n - 1), so it is reproduced here.
     """
-    hdr = img.header.copy()  # qform/sform and their codes decide what ITK reads
-    hdr.set_data_shape(img.shape[:3])
-    with tempfile.NamedTemporaryFile(suffix=".nii") as handle:
-        hdr.write_to(handle)
-        handle.flush()
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(handle.name)
-        reader.ReadImageInformation()
-        spacing = np.array(reader.GetSpacing(), float)
-        direction = np.array(reader.GetDirection(), float).reshape(3, 3)
-        origin = np.array(reader.GetOrigin(), float)
-    # torchio turns this into a RAS affine and back; its spacing is the column norm.
-    ras = _LPS @ direction * spacing
-    spacing = np.linalg.norm(ras, axis=0)
-    return spacing, _LPS @ (ras / spacing), origin
+    affine = img.affine.astype(np.float32).astype(np.float64)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    return spacing, _LPS @ (affine[:3, :3] / spacing), _LPS @ affine[:3, 3]
 
 
 def _sitk_from_geometry(
@@ -85,10 +71,10 @@ def iso_grid(img: nib.Nifti1Image) -> tuple[tuple[int, int, int], np.ndarray]:
     """Shape and RAS affine of the 1 mm grid torchio >= 0.20.11 `Resample(1)` builds.
 
     Size floor(n * spacing) per axis (at least 1), same direction, centred on the centre of
-    the input grid, all computed from the ITK view of the header as torchio does.
+    the input grid, all computed from the affine as the reference's torchio does.
     """
     shape = np.array(img.shape[:3])
-    spacing, direction, origin = _itk_header_geometry(img)
+    spacing, direction, origin = _torchio_geometry(img)
     ref = _sitk_from_geometry(np.zeros((1, 1, 1), np.uint8), (spacing, direction, origin))
     last = np.array(ref.TransformIndexToPhysicalPoint([int(v) for v in shape - 1]), float)
     centre = (last + origin) / 2
@@ -133,7 +119,7 @@ def resample_to_iso(img: nib.Nifti1Image) -> nib.Nifti1Image:
     """The image on its 1 mm grid, linear, cast back to the input dtype by truncation."""
     data = np.asanyarray(img.dataobj)
     shape, aff = iso_grid(img)
-    src = _sitk_from_geometry(data.astype(np.float64), _itk_header_geometry(img))
+    src = _sitk_from_geometry(data.astype(np.float64), _torchio_geometry(img))
     out = sitk.Resample(
         src,
         _reference(shape, aff, src.GetPixelID()),

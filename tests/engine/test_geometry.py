@@ -27,10 +27,12 @@ def test_iso_resampling_is_bit_identical_to_torchio(case: str) -> None:
 
 
 def test_oblique_grid_loses_a_voxel_like_torchio() -> None:
-    # torchio's float round trip makes floor(n * 0.9999999999999999) = n - 1 on one axis.
+    # The float32 affine's column norms fall just below 1 mm on an oblique image, and
+    # torchio's floor(n * spacing) then drops a voxel on those axes.
     img = nib.load(HERE / "oblique_phantom_header.nii.gz")
-    assert iso_grid(img)[0] == GOLDEN["oblique_phantom_header/expected"].shape
-    assert img.shape[0] - 1 == iso_grid(img)[0][0]
+    expected = GOLDEN["oblique_phantom_header/expected"].shape
+    assert iso_grid(img)[0] == expected
+    assert any(e == n - 1 for e, n in zip(expected, img.shape, strict=True))
 
 
 def test_labels_and_points_go_back_to_the_native_grid() -> None:
