@@ -57,13 +57,13 @@ RUN /opt/spineseg/venv/bin/pip install --no-cache-dir \
         -c /opt/spineseg/torch-constraints.txt -c /opt/spineseg/constraints.txt \
         -c /opt/spineseg/constraints-image.txt "nnunetv2==2.8.1" "bids-validator-deno==3.0.2"
 
-# The app itself, built from a copy of the (allow-listed) context taken from a read-only bind
-# mount, so no source stays in the image and the build never writes into the context.
+# The app itself. COPY (not a bind mount) so that any change to the sources invalidates this
+# layer: buildah/podman key a RUN's cache on its text only, not on what it mounts, and would
+# otherwise reinstall stale code. The staging copy (a few MB) is removed after the install.
 # bids_app/VERSION is the package-data copy of `version` that an installed package reads.
-RUN --mount=type=bind,target=/mnt/src \
-    mkdir /tmp/spineseg-src \
-    && tar -C /mnt/src --exclude=./docker -cf - . | tar -C /tmp/spineseg-src -xf - \
-    && cp /tmp/spineseg-src/version /tmp/spineseg-src/bids_app/VERSION \
+COPY pyproject.toml version README.md /tmp/spineseg-src/
+COPY bids_app /tmp/spineseg-src/bids_app
+RUN cp /tmp/spineseg-src/version /tmp/spineseg-src/bids_app/VERSION \
     && /opt/spineseg/venv/bin/pip install --no-cache-dir \
         -c /opt/spineseg/torch-constraints.txt -c /opt/spineseg/constraints.txt \
         -c /opt/spineseg/constraints-image.txt /tmp/spineseg-src \
@@ -78,7 +78,9 @@ ENV PATH=/opt/spineseg/bin:/opt/spineseg/venv/bin:$PATH \
 # Weights, installed and hashed by the app's own command into a fixed folder with a SHA-256
 # manifest that every run re-checks. WEIGHTS_SOURCE: empty = download the release from
 # GitHub; "demo" = the tiny demo models shipped in the package (CPU test image only); else a
-# folder or zip inside the build context (docker/local/...).
+# folder or zip inside the build context (docker/local/...). The zips are bind-mounted, not
+# copied, to keep them out of the layers; podman/buildah do not notice a changed zip with the
+# same name, so rebuild with --no-cache after replacing one.
 ARG WEIGHTS_RELEASE=r20260730
 ARG WEIGHTS_SOURCE=""
 RUN --mount=type=bind,target=/mnt/ctx \
