@@ -90,7 +90,7 @@ class SpineSegEngine:
 
         `top_disc` (a final disc label, off by default like the reference) numbers the discs
         from the most superior one when neither a landmark nor the localizer is found in
-        step 1; step 2 then follows step 1's numbering.
+        step 1; step 2 then follows step 1's numbering. Found landmarks always win.
 
         Raises EngineError when nothing can be produced; a failure after step 1 (e.g. step-2
         labeling) is recorded in `result.errors` and the step-1 outputs are still returned.
@@ -186,9 +186,10 @@ class SpineSegEngine:
             raw2, _ = self.model("step2").predict(channels)
         with stage("step2_labeling"):
             raw2 = labeling.largest_component(raw2)
-            # An assumed top disc numbers step 1; step 2 then keeps that numbering (step 1
-            # as its localizer) rather than trust a landmark the user chose to overrule.
-            loc2 = loc_iso if loc_iso is not None or top_disc is None else step1
+            # When step 1 had to number from the assumed top disc, step 2 keeps that
+            # numbering (step 1 as its localizer); otherwise it labels as the reference does.
+            assumed = any(n.startswith("assumed") for n in res.landmarks.get("step1", []))
+            loc2 = step1 if loc_iso is None and assumed else loc_iso
             try:
                 out2 = _numbered(
                     labeling.label_step2(raw2, None if loc2 is None else loc2[box], top_disc)
