@@ -9,7 +9,7 @@
 #     --build-arg TORCH_SPEC="torch==2.13.0+cpu torchvision==0.28.0+cpu" -t spineseg:0.1.0-cpu .
 # Weights from local zips (no GitHub access at build time), placed in docker/local/weights/:
 #   docker build --build-arg WEIGHTS_SOURCE=docker/local/weights -t spineseg:0.1.0 .
-# See docker/README-container.md for running it with Docker, Apptainer, SLURM and CBRAIN.
+# See README.md (Container image) for running it with Docker, Apptainer, SLURM and CBRAIN.
 
 # The torch wheels carry their own CUDA runtime and cuDNN, so the base only has to supply the
 # NVIDIA container settings (NVIDIA_VISIBLE_DEVICES, driver capabilities); a *-runtime or
