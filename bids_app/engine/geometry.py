@@ -29,10 +29,15 @@ def to_canonical(img: nib.Nifti1Image) -> nib.Nifti1Image:
     return nib.as_closest_canonical(img)
 
 
+def _affine_geometry(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spacing, LPS direction and LPS origin of a RAS `affine`, as SimpleITK wants them."""
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    return zooms, _LPS @ affine[:3, :3] / zooms, _LPS @ affine[:3, 3]
+
+
 def _to_sitk(data: np.ndarray, affine: np.ndarray) -> sitk.Image:
     """A SimpleITK image of `data` on the grid of a RAS `affine`."""
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
-    return _sitk_from_geometry(data, (zooms, _LPS @ affine[:3, :3] / zooms, _LPS @ affine[:3, 3]))
+    return _sitk_from_geometry(data, _affine_geometry(affine))
 
 
 def _grid_affine(spacing: np.ndarray, direction: np.ndarray, origin: np.ndarray) -> np.ndarray:
@@ -87,11 +92,11 @@ def iso_grid(img: nib.Nifti1Image) -> tuple[tuple[int, int, int], np.ndarray]:
 
 def _reference(shape: tuple[int, int, int], affine: np.ndarray, pixel_id: int) -> sitk.Image:
     """An empty SimpleITK image defining the grid (`shape`, RAS `affine`) to resample onto."""
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    spacing, direction, origin = _affine_geometry(affine)
     ref = sitk.Image([int(s) for s in shape], pixel_id)
-    ref.SetSpacing(zooms.tolist())
-    ref.SetDirection((_LPS @ affine[:3, :3] / zooms).flatten().tolist())
-    ref.SetOrigin((_LPS @ affine[:3, 3]).tolist())
+    ref.SetSpacing(spacing.tolist())
+    ref.SetDirection(direction.flatten().tolist())
+    ref.SetOrigin(origin.tolist())
     return ref
 
 
