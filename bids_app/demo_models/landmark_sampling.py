@@ -2,7 +2,10 @@
 
 The landmark discs (C2-C3, C7-T1, T12-L1, L5-S), C1 and the sacrum are one structure each
 per image, so nnU-Net's uniform choice among present classes rarely shows them to the
-network. Imported only after the nnU-Net
+network. A patch forced onto a class is also moved by a random offset: nnU-Net centres it on
+the chosen voxel, and a small network trained that way learns "the landmark sits in the middle
+of the patch", a cue that the sliding window at inference does not give (the landmark heads
+then fire only when a window happens to be centred on them). Imported only after the nnU-Net
 environment variables are set (nnunetv2 reads them at import time); the classes live at
 module level so nnU-Net's spawned augmentation workers can unpickle them.
 """
@@ -13,6 +16,7 @@ import numpy as np
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
 LANDMARK_SHARE = 0.6
+EDGE = 6  # voxels: a shifted class voxel stays this far inside the final patch
 
 
 class _LandmarkLoader(nnUNetDataLoader):
@@ -30,7 +34,17 @@ class _LandmarkLoader(nnUNetDataLoader):
             present = [k for k in self.landmark_keys if len(class_locations.get(k, ())) > 0]
             if present and np.random.rand() < LANDMARK_SHARE:
                 overwrite_class = present[np.random.randint(len(present))]
-        return super().get_bbox(data_shape, force_fg, class_locations, overwrite_class, verbose)
+        lbs, ubs = super().get_bbox(data_shape, force_fg, class_locations, overwrite_class, verbose)
+        if not force_fg:
+            return lbs, ubs
+        # Same sampling range as nnU-Net's random crops: the image padded by need_to_pad.
+        patch = np.asarray(self.patch_size)
+        pad = np.maximum(self.need_to_pad, patch - np.asarray(data_shape))
+        low, high = -(pad // 2), np.asarray(data_shape) + pad // 2 + pad % 2 - patch
+        reach = np.maximum(np.asarray(self.final_patch_size) // 2 - EDGE, 0)
+        shift = np.array([np.random.randint(-r, r + 1) for r in reach])
+        moved = np.clip(np.asarray(lbs) + shift, low, np.maximum(low, high))
+        return [int(v) for v in moved], [int(v) for v in moved + patch]
 
 
 class Step1LandmarkLoader(_LandmarkLoader):
