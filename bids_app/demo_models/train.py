@@ -41,10 +41,12 @@ STEP2 = "Dataset102_TotalSpineSeg_step2"
 SPACING = [2.0, 2.0, 2.0]
 PATCH = [80, 48, 32]  # nnU-Net axis order (S, A, R), in voxels of SPACING
 FEATURES = [8, 16, 32, 64, 96]
-# Step 1: 60 epochs with the shifted landmark patches of landmark_sampling.py; step 2: 80
-# epochs, trained before that change (demo README says which run made each model).
+# Step 1: 60 epochs with the shifted landmark patches of landmark_sampling.py (the shipped
+# model then had 30 epochs of fine-tuning, --init); step 2: 80 epochs, trained before that
+# change. The demo README gives the exact runs.
 EPOCHS = {STEP1: 60, STEP2: 80}
 ITERS = 50
+LR = 2e-3  # initial AdamW learning rate
 TRAINER_NAME = "nnUNetTrainer"  # what the exported checkpoints say, so stock tools load them
 
 
@@ -176,7 +178,7 @@ def train(
     dataset: str,
     threads: int,
     epochs: int | None = None,
-    lr: float = 2e-3,
+    lr: float = LR,
     init: Path | None = None,
 ) -> None:
     """Train fold 0 with nnU-Net's trainer on the CPU.
@@ -310,7 +312,7 @@ def main() -> None:
     ap.add_argument("--dest", type=Path, default=HERE, help="where the exported models go")
     ap.add_argument("--cases", type=int, default=N_CASES, help="data: training phantoms")
     ap.add_argument("--epochs", type=int, help="override the stage's number of epochs (EPOCHS)")
-    ap.add_argument("--lr", type=float, default=2e-3, help="initial AdamW learning rate")
+    ap.add_argument("--lr", type=float, default=LR, help="initial AdamW learning rate")
     ap.add_argument("--init", type=Path, help="train1/train2: start from this checkpoint")
     args = ap.parse_args()
     work = args.work.resolve()
