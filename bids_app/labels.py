@@ -84,6 +84,42 @@ STEP2_REGIONS: dict[str, tuple[int, ...]] = {
     "cord": (11,),
 }
 
+
+def own_classes(regions: dict[str, tuple[int, ...]], name: str, *narrower: str) -> tuple[int, ...]:
+    """Raw classes of region `name` that belong to none of the `narrower` regions.
+
+    Region-based nnU-Net models write a class per region; e.g. the step-1 canal region is
+    {canal, cord}, so the voxels of the canal alone are canal minus cord.
+    """
+    inner = {c for n in narrower for c in regions[n]}
+    return tuple(c for c in regions[name] if c not in inner)
+
+
+def head_index(regions: dict[str, tuple[int, ...]], name: str) -> int:
+    """Output head of a region: nnU-Net orders region heads as dataset.json lists them."""
+    return list(regions).index(name)
+
+
+# Step-1 raw classes, by what they hold (derived from the regions, never typed twice).
+STEP1_CORD = own_classes(STEP1_REGIONS, "cord")
+STEP1_CANAL = own_classes(STEP1_REGIONS, "canal", "cord")
+STEP1_C1 = own_classes(STEP1_REGIONS, "vertebrae_C1")
+STEP1_OTHER_BONE = own_classes(STEP1_REGIONS, "vertebrae", "vertebrae_C1")
+# Step-2 raw classes.
+STEP2_CORD = own_classes(STEP2_REGIONS, "cord")
+STEP2_CANAL = own_classes(STEP2_REGIONS, "canal", "cord")
+STEP2_SACRUM = own_classes(STEP2_REGIONS, "sacrum")
+STEP2_VERTEBRAE = (*STEP2_REGIONS["vertebrae_odd"], *STEP2_REGIONS["vertebrae_even"], *STEP2_SACRUM)
+STEP2_VERTEBRA_EXTRA = own_classes(
+    STEP2_REGIONS, "vertebrae", "vertebrae_odd", "vertebrae_even", "sacrum"
+)
+DISC_CLASSES = STEP1_REGIONS["disc"]  # generic disc + the four landmark discs, both steps
+
+# Discs that mark a level (the L5-L6 disc of a transitional spine, 96, does not), in level
+# order; the first one, C2-C3, is level 3.
+LEVEL_DISCS: tuple[int, ...] = tuple(d for d in sorted(DISCS) if d != 96)
+FIRST_DISC_LEVEL = 3
+
 # Vertebra directly below each disc (method.md §3.2 step 8).
 VERTEBRA_BELOW_DISC: dict[int, int] = {
     **{63 + i: 13 + i for i in range(5)},

@@ -23,7 +23,16 @@ import nibabel as nib
 from bids_app import __version__
 from bids_app.bids.atomic import json_text, save_nifti_atomic, write_json_atomic, write_shared
 from bids_app.bids.stamps import source_stem
-from bids_app.labels import CANAL, CORD, DISCS, FINAL_LABELS, VERTEBRAE, label_hex
+from bids_app.labels import (
+    CANAL,
+    CORD,
+    DISCS,
+    FINAL_LABELS,
+    FIRST_DISC_LEVEL,
+    LEVEL_DISCS,
+    VERTEBRAE,
+    label_hex,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +49,6 @@ BIDSIGNORE = (
     "*_qc.json",
     "group_*",
 )
-# Discs that receive a level marker, in level order from 3 (method.md §2.6: 96 is ignored).
-MARKER_DISCS = tuple(d for d in sorted(DISCS) if d != 96)
 ISO_RESOLUTION = "1 mm isotropic resampling of the source image on the RAS model grid"
 _DOI_RE = re.compile(r"^(?:doi:|https?://doi\.org/)?(10\.\d+/\S+)$", re.IGNORECASE)
 
@@ -203,8 +210,8 @@ def marker_levels() -> dict[int, tuple[str, int]]:
     """Level value -> (level name, label id whose colour it takes), method.md §4.6."""
     c1, c2 = sorted(VERTEBRAE)[:2]
     levels = {1: ("C1", c1), 2: ("C1-C2", c2)}
-    for i, disc in enumerate(MARKER_DISCS):
-        levels[3 + i] = (DISCS[disc], disc)
+    for i, disc in enumerate(LEVEL_DISCS):
+        levels[FIRST_DISC_LEVEL + i] = (DISCS[disc], disc)
     return levels
 
 

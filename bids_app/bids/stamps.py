@@ -14,12 +14,21 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 
 from bids_app.bids.atomic import write_json_atomic
 
 STATUS_DIR = Path("logs") / "status"
-OK, PARTIAL, FAILED = "ok", "partial", "failed"
+
+
+class Status(StrEnum):
+    """An image's outcome: in stamps, status tables, reports and group tables."""
+
+    OK = "ok"  # every output written
+    PARTIAL = "partial"  # step-1 outputs (cord, canal) written, final labels missing
+    FAILED = "failed"  # nothing usable written; the reason says why
+    SKIPPED = "skipped"  # done by an earlier run with the same version, options and model
 
 
 def source_stem(name: str) -> str:
@@ -81,7 +90,7 @@ def resume_decision(
     if stamp is None:
         return Decision(True, "no previous result")
     status = stamp.get("status")
-    if status != OK:
+    if status != Status.OK:
         why = stamp.get("reason") or "no reason recorded"
         return Decision(True, f"previous run ended '{status}' ({why})")
     if stamp.get("app_version") != app_version:

@@ -10,9 +10,10 @@ import sys
 from collections.abc import Sequence
 
 from bids_app.cli import parser as cli_parser
-from bids_app.cli.app import EngineFactory, default_engine_factory, run_bids_app
-from bids_app.cli.errors import ExitCode, UserError
-from bids_app.cli.logs import console_logging
+from bids_app.cli.app import run_bids_app
+from bids_app.errors import ExitCode, UserError
+from bids_app.logs import console_logging
+from bids_app.participant import EngineFactory, default_engine_factory
 
 
 def main(

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from bids_app import __version__
-from bids_app.cli.errors import EXIT_CODE_HELP, ExitCode
+from bids_app.errors import EXIT_CODE_HELP, ExitCode
 from bids_app.labels import DISCS
 
 PROG = "spineseg"

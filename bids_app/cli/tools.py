@@ -9,16 +9,18 @@ from pathlib import Path
 
 from bids_app.bids.derivatives import write_outputs
 from bids_app.bids.stamps import source_stem
-from bids_app.cli.app import (
+from bids_app.engine.options import SegmentOptions
+from bids_app.errors import ExitCode, UserError
+from bids_app.logs import say
+from bids_app.participant import (
     EngineFactory,
     ImageFailure,
-    _make_dir,
     create_engine,
+    load_image,
+    make_dir,
     resolve_model,
     segment_image,
 )
-from bids_app.cli.errors import ExitCode, UserError
-from bids_app.cli.logs import say
 
 
 def run_segment(args, engine_factory: EngineFactory) -> int:
@@ -30,18 +32,16 @@ def run_segment(args, engine_factory: EngineFactory) -> int:
         if path is not None and not path.is_file():
             raise UserError(ExitCode.NO_INPUT, f"{path}: {what} not found")
     out = args.output_dir.expanduser().resolve()
-    _make_dir(out, "output folder")
+    make_dir(out, "output folder")
     weights, model = resolve_model(args.weights)
     engine = create_engine(engine_factory, weights, args.device, args.omp_nthreads)
+    options = SegmentOptions(
+        step1_only=args.step1, iso=args.iso, assume_top_disc=args.assume_top_disc
+    )
     try:
-        result = segment_image(
-            engine,
-            src,
-            loc_path=args.loc,
-            step1_only=args.step1,
-            iso=args.iso,
-            top_disc=args.assume_top_disc,
-        )
+        img = load_image(src)
+        loc = load_image(args.loc) if args.loc else None
+        result = segment_image(engine, img, options, name=src.name, loc=loc)
     except ImageFailure as e:
         raise UserError(ExitCode.FAILED, str(e)) from e
     uri = src.resolve().as_uri()

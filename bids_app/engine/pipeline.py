@@ -16,12 +16,24 @@ import numpy as np
 
 from bids_app import labeling
 from bids_app.engine import geometry as geo
+from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import EngineError, EngineResult
+from bids_app.labels import (
+    CANAL,
+    CORD,
+    STEP1_CANAL,
+    STEP1_CORD,
+    STEP1_REGIONS,
+    STEP2_REGIONS,
+    head_index,
+)
 from bids_app.nnunet.model import NnUNetModel, default_threads, resolve_device
-from bids_app.nnunet.weights import WeightSet
+from bids_app.nnunet.weights import WeightsError, WeightSet
 
 # Step-1 region heads holding the canal (canal + cord) and cord probabilities (§2.5).
-CANAL_HEAD, CORD_HEAD = 7, 8
+CANAL_HEAD, CORD_HEAD = head_index(STEP1_REGIONS, "canal"), head_index(STEP1_REGIONS, "cord")
+# Output heads each step's network must have: one per region of the label tables.
+HEADS = {"step1": len(STEP1_REGIONS), "step2": len(STEP2_REGIONS)}
 CROP_MARGIN = 10
 
 
@@ -72,23 +84,27 @@ class SpineSegEngine:
         """The step's model, loaded on first use and kept for the life of the engine."""
         if step not in self._models:
             folder = self.weights.step1 if step == "step1" else self.weights.step2
-            self._models[step] = NnUNetModel.load(folder, self.device, threads=self.threads)
+            model = NnUNetModel.load(folder, self.device, threads=self.threads)
+            if model.num_outputs != HEADS[step]:
+                raise WeightsError(
+                    f"{folder}: the network has {model.num_outputs} outputs, the {step} regions "
+                    f"of TotalSpineSeg need {HEADS[step]}: these are not {step} weights"
+                )
+            self._models[step] = model
         return self._models[step]
 
     def segment(
         self,
         img: nib.Nifti1Image,
+        options: SegmentOptions,
         *,
-        step1_only: bool = False,
-        iso: bool = False,
         loc: nib.Nifti1Image | None = None,
-        top_disc: int | None = None,
         name: str = "image",
         progress: Callable[[str], None] | None = None,
     ) -> EngineResult:
         """Segment one image; see `EngineResult` for the grids of what comes back.
 
-        `top_disc` (a final disc label, off by default like the reference) numbers the discs
+        `options.assume_top_disc` (off by default like the reference) numbers the discs
         from the most superior one when neither a landmark nor the localizer is found in
         step 1; step 2 then follows step 1's numbering. Found landmarks always win.
 
@@ -96,6 +112,7 @@ class SpineSegEngine:
         labeling) is recorded in `result.errors` and the step-1 outputs are still returned.
         """
         res = EngineResult(device=str(self.device))
+        top_disc = options.assume_top_disc
         check_image(img, name)
 
         @contextmanager
@@ -129,14 +146,16 @@ class SpineSegEngine:
                 # Without a landmark the levels are unknown, but cord and canal are still
                 # meaningful: keep them so the user gets what can be trusted.
                 res.errors.append(f"step 1 labeling: {err}")
-                step1 = np.where(raw1 == 9, 1, np.where(raw1 == 8, 2, 0)).astype(np.uint8)
+                step1 = np.select(
+                    [np.isin(raw1, STEP1_CORD), np.isin(raw1, STEP1_CANAL)], [CORD, CANAL], 0
+                ).astype(np.uint8)
             else:
                 step1 = out1.labels
                 res.landmarks["step1"] = out1.landmarks
             step1 = labeling.fill_canal(step1)
             assert prob1 is not None
-            canal_soft = labeling.extract_soft(prob1[CANAL_HEAD], step1, (1, 2))
-            cord_soft = labeling.extract_soft(prob1[CORD_HEAD], step1, (1,))
+            canal_soft = labeling.extract_soft(prob1[CANAL_HEAD], step1, (CORD, CANAL))
+            cord_soft = labeling.extract_soft(prob1[CORD_HEAD], step1, (CORD,))
             del prob1
             levels = None
             if not res.errors:
@@ -148,13 +167,13 @@ class SpineSegEngine:
         if levels is not None:
             iso_out["levels"] = levels
 
-        if not step1_only and not res.errors:
+        if not options.step1_only and not res.errors:
             final = self._step2(data, step1, loc_iso, top_disc, res, stage)
             if final is not None:
                 iso_out["final"] = final
 
         with stage("to_native"):
-            self._to_native(iso_out, src, res, keep_iso=iso)
+            self._to_native(iso_out, src, res, keep_iso=options.iso)
         return res
 
     def _prepare(self, img: nib.Nifti1Image) -> _Iso:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import nibabel as nib
+
+from bids_app.engine.options import SegmentOptions
 
 
 class EngineError(Exception):
@@ -30,3 +34,22 @@ class EngineResult:
     errors: list[str] = field(default_factory=list)  # non-fatal failures (e.g. step 2 labeling)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     device: str = "cpu"
+
+
+class Engine(Protocol):
+    """What the participant run needs of an engine (the real one, or a test's fake)."""
+
+    device: object  # where the networks run ("cpu", "cuda:0"; a torch.device for the real one)
+    threads: int
+
+    def segment(
+        self,
+        img: nib.Nifti1Image,
+        options: SegmentOptions,
+        *,
+        loc: nib.Nifti1Image | None = None,
+        name: str = "image",
+        progress: Callable[[str], None] | None = None,
+    ) -> EngineResult:
+        """Segment one image (see `EngineResult` for the grids); raises EngineError."""
+        ...

@@ -10,10 +10,8 @@ from scipy.spatial import cKDTree
 
 from bids_app.labeling.components import label_mask
 from bids_app.labeling.errors import LabelingError
+from bids_app.labels import FIRST_DISC_LEVEL, LEVEL_DISCS
 
-# Discs that get a level marker, top to bottom (no L5-L6): level 3 + position.
-LEVEL_DISCS = (*range(63, 68), *range(71, 83), *range(91, 96), 100)
-FIRST_DISC_LEVEL = 3
 C1_MARKER, C1_C2_MARKER = 1, 2
 MIN_C1_VOXELS = 500  # levels 1 and 2 need more C1 voxels than this
 SMOOTHING = 8000.0  # centreline spline smoothing of the reference (SCT bspline)

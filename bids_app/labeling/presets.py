@@ -5,9 +5,23 @@ from __future__ import annotations
 import numpy as np
 
 from bids_app.labeling.iterative import LabelingOutput, iterative_label
-from bids_app.labels import CANAL, CORD, LANDMARK_DISCS, SACRUM
+from bids_app.labels import (
+    CANAL,
+    CORD,
+    DISC_CLASSES,
+    LANDMARK_DISCS,
+    SACRUM,
+    STEP1_C1,
+    STEP1_CANAL,
+    STEP1_CORD,
+    STEP1_OTHER_BONE,
+    STEP2_CANAL,
+    STEP2_CORD,
+    STEP2_SACRUM,
+    STEP2_VERTEBRA_EXTRA,
+    STEP2_VERTEBRAE,
+)
 
-DISC_CLASSES = (1, 2, 3, 4, 5)  # generic disc + the four landmark discs, both steps
 LANDMARK_CLASSES = tuple(LANDMARK_DISCS)  # 2, 3, 4, 5
 LANDMARK_OUTPUTS = tuple(LANDMARK_DISCS.values())  # 63, 71, 91, 100
 # Landmarks tried without a localizer: C2-C3 and L5-S, then C7-T1, then T12-L1.
@@ -32,13 +46,13 @@ def label_step1(
         disc_landmark_labels=LANDMARK_CLASSES,
         disc_landmark_output_labels=LANDMARK_OUTPUTS,
         selected_disc_landmarks=OWN_LANDMARKS if loc is None else LOCALIZER_FALLBACK,
-        canal_labels=(8,),
+        canal_labels=STEP1_CANAL,
         canal_output_label=CANAL,
-        cord_labels=(9,),
+        cord_labels=STEP1_CORD,
         cord_output_label=CORD,
-        sacrum_labels=(6,),
+        sacrum_labels=STEP1_OTHER_BONE,
         sacrum_output_label=SACRUM,
-        map_input_dict={7: C1},
+        map_input_dict=dict.fromkeys(STEP1_C1, C1),
         loc=loc,
         default_superior_disc=top_disc,
     )
@@ -57,14 +71,14 @@ def label_step2(
         disc_landmark_labels=LANDMARK_CLASSES,
         disc_landmark_output_labels=LANDMARK_OUTPUTS,
         selected_disc_landmarks=OWN_LANDMARKS if loc is None else LOCALIZER_FALLBACK,
-        vertebrae_labels=(7, 8, 9),
+        vertebrae_labels=STEP2_VERTEBRAE,
         vertebrae_landmark_output_labels=(13, 21, 41, SACRUM),
-        vertebrae_extra_labels=(6,),
-        canal_labels=(10,),
+        vertebrae_extra_labels=STEP2_VERTEBRA_EXTRA,
+        canal_labels=STEP2_CANAL,
         canal_output_label=CANAL,
-        cord_labels=(11,),
+        cord_labels=STEP2_CORD,
         cord_output_label=CORD,
-        sacrum_labels=(9,),
+        sacrum_labels=STEP2_SACRUM,
         sacrum_output_label=SACRUM,
         loc=loc,
         default_superior_disc=top_disc,

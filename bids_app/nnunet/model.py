@@ -24,6 +24,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from bids_app.errors import one_line
 from bids_app.nnunet.weights import WeightsError, find_checkpoint
 
 
@@ -56,25 +57,22 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device("cuda")
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-
-
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as e:
         raise WeightsError(f"{path}: missing") from e
     except (OSError, ValueError) as e:
-        raise WeightsError(f"{path}: unreadable JSON ({_one_line(e)})") from e
+        raise WeightsError(f"{path}: unreadable JSON ({one_line(e, with_type=True)})") from e
 
 
 def _load_checkpoint(path: Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises many types for damaged files; all mean the same here
-        raise WeightsError(f"{path}: corrupt or truncated checkpoint ({_one_line(e)})") from e
+        raise WeightsError(
+            f"{path}: corrupt or truncated checkpoint ({one_line(e, with_type=True)})"
+        ) from e
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise WeightsError(f"{path}: not an nnU-Net checkpoint (no network_weights)")
     return checkpoint
@@ -134,7 +132,8 @@ class NnUNetModel:
             )
         except Exception as e:  # malformed plans/dataset JSON surface as any exception type
             raise WeightsError(
-                f"{trainer_dir}: plans.json/dataset.json do not describe a network ({_one_line(e)})"
+                f"{trainer_dir}: plans.json/dataset.json do not describe a network "
+                f"({one_line(e, with_type=True)})"
             ) from e
         if max(label_manager.all_labels) > 255:
             raise WeightsError(f"{trainer_dir}/dataset.json: labels above 255 do not fit uint8")
@@ -142,7 +141,8 @@ class NnUNetModel:
             network.load_state_dict(checkpoint["network_weights"])
         except (RuntimeError, TypeError, AttributeError) as e:
             raise WeightsError(
-                f"{checkpoint_path}: weights do not fit the network in plans.json ({_one_line(e)})"
+                f"{checkpoint_path}: weights do not fit the network in plans.json "
+                f"({one_line(e, with_type=True)})"
             ) from e
 
         if device.type == "cuda":

@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import EngineError, EngineResult
 
 SHAPE = (8, 10, 12)
@@ -105,7 +106,7 @@ class FakeEngine:
     """Stands in for SpineSegEngine: same call, same result shapes, no network.
 
     `fail` holds file names for which `segment` raises EngineError; `calls` records
-    (name, loc given) in call order and `top_discs` the top_disc of each call.
+    (name, loc given) in call order and `top_discs` the assumed top disc of each call.
     """
 
     def __init__(
@@ -120,18 +121,17 @@ class FakeEngine:
         self.calls: list[tuple[str, bool]] = []
         self.top_discs: list[int | None] = []
 
-    def segment(
-        self, img, *, step1_only=False, iso=False, loc=None, top_disc=None, name="", progress=None
-    ):
+    def segment(self, img, options: SegmentOptions, *, loc=None, name="", progress=None):
+        step1_only = options.step1_only
         self.calls.append((name, loc is not None))
-        self.top_discs.append(top_disc)
+        self.top_discs.append(options.assume_top_disc)
         if name in self.fail:
             raise EngineError(f"{name}: step 1 found no spine structure in the image")
         data = np.asanyarray(img.dataobj)  # reads the data, as the real engine does
         labels = fake_labels(data.shape)
         res = EngineResult(device=self.device)
         res.native = self._images(labels, img.affine, step1_only)
-        if iso:
+        if options.iso:
             res.iso = self._images(labels, np.eye(4), step1_only)
         res.landmarks = {"step1": ["C2-C3"]} | ({} if step1_only else {"step2": ["C2-C3"]})
         res.timings = {"step1_network": 0.01}

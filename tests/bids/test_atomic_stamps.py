@@ -94,7 +94,7 @@ def _ok_stamp(tmp_path: Path) -> dict:
     (tmp_path / "sub-01").mkdir(exist_ok=True)
     (tmp_path / "sub-01" / "a_dseg.nii.gz").write_bytes(b"x")
     record = {
-        "status": st.OK,
+        "status": st.Status.OK,
         "reason": None,
         "app_version": "1.0",
         "options_hash": "h",
@@ -145,7 +145,7 @@ def test_resume_recomputes_incomplete_or_failed_results(tmp_path):
     (tmp_path / "sub-01" / "a_dseg.nii.gz").unlink()
     decision = st.resume_decision(stamp, **kwargs)
     assert decision.run and "missing" in decision.reason
-    failed = {**stamp, "status": st.FAILED, "reason": "bad header"}
+    failed = {**stamp, "status": st.Status.FAILED, "reason": "bad header"}
     assert "bad header" in st.resume_decision(failed, **kwargs).reason
     corrupt = tmp_path / "logs" / "status" / "broken.json"
     corrupt.write_text('{"status": "o')

@@ -13,6 +13,7 @@ from bidsapp_testkit import FakeEngine, make_bids, tiny_image
 
 from bids_app.bids import derivatives as d
 from bids_app.bids.validation import find_validator, validate
+from bids_app.engine.options import SegmentOptions
 from bids_app.labels import FINAL_LABELS, label_hex
 
 MODEL = d.ModelInfo(
@@ -140,7 +141,9 @@ def test_root_files_are_written_once_and_not_rewritten(tmp_path):
 
 
 def _result(iso: bool = False, step1_only: bool = False):
-    return FakeEngine().segment(tiny_image(), iso=iso, step1_only=step1_only, name="x")
+    return FakeEngine().segment(
+        tiny_image(), SegmentOptions(iso=iso, step1_only=step1_only), name="x"
+    )
 
 
 def test_image_outputs_and_sidecars(tmp_path):

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bids"))
 
 from bidsapp_testkit import FakeEngineFactory, make_bids, make_weights
+
+# Stands in for `bids_app.qc` in the participant run: writes nothing, reports nothing.
+NO_QC = SimpleNamespace(
+    write_image_qc=lambda *args, **kwargs: {"outputs": []},
+    write_subject_report=lambda *args, **kwargs: None,
+    rebuild_reports=lambda *args, **kwargs: [],
+)
 
 
 def pytest_configure(config):
@@ -38,6 +46,6 @@ def no_qc(request, monkeypatch):
     Tests marked `with_qc` keep it, to check the hand-over between the two layers.
     """
     if "with_qc" not in request.keywords:
-        from bids_app.cli import qc_hooks
+        from bids_app import participant
 
-        monkeypatch.setattr(qc_hooks, "_qc", lambda function: None)
+        monkeypatch.setattr(participant, "qc", NO_QC)

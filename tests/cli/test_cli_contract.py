@@ -10,8 +10,8 @@ from bidsapp_testkit import FakeEngineFactory, make_bids
 
 from bids_app.bids.validation import find_validator
 from bids_app.cli.app import expand_labels
-from bids_app.cli.errors import UserError
 from bids_app.cli.main import main
+from bids_app.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 

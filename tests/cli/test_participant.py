@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 from bidsapp_testkit import FakeEngineFactory, tree_digest
 
-from bids_app import __version__
+from bids_app import __version__, participant
 from bids_app.bids.derivatives import image_output_paths
 from bids_app.bids.stamps import read_stamp, stamp_path
 from bids_app.bids.validation import find_validator, validate
-from bids_app.cli import app
 from bids_app.cli.main import main
 
 IMAGES = {
@@ -208,7 +207,7 @@ def test_write_failure_stops_with_74_and_no_ok_stamp(run, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "/out/sub-01/x.nii.gz")
 
-    monkeypatch.setattr(app, "write_image_outputs", disk_full)
+    monkeypatch.setattr(participant, "write_image_outputs", disk_full)
     rc, _, stderr, _ = run()
     assert rc == 74
     assert stderr.strip().splitlines()[-1] == (

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bids_app import labels as L
+from bids_app.engine.options import SegmentOptions
 from bids_app.engine.pipeline import SpineSegEngine
 from bids_app.engine.result import EngineError
 from bids_app.nnunet.weights import resolve_weights
@@ -34,7 +35,9 @@ def _ids(img: nib.Nifti1Image) -> set[int]:
 
 def test_phantom_end_to_end(engine, phantom) -> None:
     # The demo models find no landmark disc; the phantom starts at C1 (see demo README).
-    res = engine.segment(phantom.image, iso=True, top_disc=63, name="phantom")
+    res = engine.segment(
+        phantom.image, SegmentOptions(iso=True, assume_top_disc=63), name="phantom"
+    )
     assert not res.errors, res.errors
     for key in ("final", "step1", "cord_soft", "canal_soft", "levels"):
         out = res.native[key]
@@ -60,7 +63,7 @@ def test_phantom_end_to_end(engine, phantom) -> None:
 
 
 def test_without_a_landmark_cord_and_canal_still_come_out(engine, phantom) -> None:
-    res = engine.segment(phantom.image, name="phantom.nii.gz")
+    res = engine.segment(phantom.image, SegmentOptions(), name="phantom.nii.gz")
     assert res.errors == [
         "step 1 labeling: no landmark disc (C2-C3, C7-T1, T12-L1 or L5-S) found and no "
         "localizer given: levels cannot be assigned"
@@ -72,14 +75,14 @@ def test_without_a_landmark_cord_and_canal_still_come_out(engine, phantom) -> No
 
 def test_models_are_loaded_once(engine, phantom) -> None:
     first = engine.model("step1")
-    engine.segment(phantom.image, step1_only=True)
+    engine.segment(phantom.image, SegmentOptions(step1_only=True))
     assert engine.model("step1") is first
 
 
 def test_step1_only_and_4d_input(engine, phantom) -> None:
     data = np.asanyarray(phantom.image.dataobj)
     four_d = nib.Nifti1Image(np.stack([data, data], -1), phantom.image.affine)
-    res = engine.segment(four_d, step1_only=True, name="4d")
+    res = engine.segment(four_d, SegmentOptions(step1_only=True), name="4d")
     assert "final" not in res.native
     assert res.native["step1"].shape == phantom.image.shape
     assert _ids(res.native["step1"]) <= L.FINAL_IDS
@@ -88,7 +91,7 @@ def test_step1_only_and_4d_input(engine, phantom) -> None:
 def test_real_scan_keeps_its_grid(engine) -> None:
     img = nib.load(REAL_T2)
     try:
-        res = engine.segment(img, name=REAL_T2.name)
+        res = engine.segment(img, SegmentOptions(), name=REAL_T2.name)
     except EngineError as err:  # demo models are not made for real MRI: a clean refusal is fine
         assert REAL_T2.name in str(err) and "\n" not in str(err)
         return
@@ -112,6 +115,6 @@ def test_real_scan_keeps_its_grid(engine) -> None:
 def test_bad_inputs_are_one_line_errors(engine, data, problem) -> None:
     img = nib.Nifti1Image(data, np.eye(4))
     with pytest.raises(EngineError) as err:
-        engine.segment(img, name="bad.nii.gz")
+        engine.segment(img, SegmentOptions(), name="bad.nii.gz")
     assert "bad.nii.gz" in str(err.value) and problem in str(err.value)
     assert "\n" not in str(err.value)

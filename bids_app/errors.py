@@ -1,4 +1,5 @@
-"""Exit codes (BIDS execution-spec reserved codes, sysexits) and the one-line user error."""
+"""Exit codes (BIDS execution-spec reserved codes, sysexits), the one-line user error and
+the one-line form of any exception; a leaf module every layer may import."""
 
 from __future__ import annotations
 
@@ -39,3 +40,15 @@ class UserError(Exception):
     def __init__(self, code: ExitCode, message: str):
         super().__init__(message)
         self.code = code
+
+
+def one_line(error: BaseException, *, with_type: bool = False) -> str:
+    """The first line of an exception's message (its type name when the message is empty).
+
+    Every per-image reason and every console error is one line; `with_type` keeps the class
+    name for errors that are not ours (QC bugs, library errors), so the line says what broke.
+    """
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    return f"{type(error).__name__}: {lines[0]}" if with_type else lines[0]

@@ -1,0 +1,59 @@
+"""The run configuration: built once from the command line, frozen and typed.
+
+`cli/` turns argv into a `RunConfig`; everything below reads this object and never the
+argparse namespace, so the participant run, the SLURM writer and tests share one description
+of a run (MRIQC's `config.py` idea, without global state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bids_app.engine.options import SegmentOptions
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Which images: labels (without `sub-`/`ses-`; None = all) and the pybids queries."""
+
+    participants: tuple[str, ...] | None = None
+    sessions: tuple[str, ...] | None = None
+    suffixes: tuple[str, ...] | None = None
+    filter_file: Path | None = None
+    localizer_suffix: str | None = None
+    localizer_query: str | None = None  # inline JSON or a JSON file
+    skip_validation: bool = False
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Where and with how much: the device spec and the CPU budget (None = what we may use)."""
+
+    device: str = "auto"
+    nprocs: int | None = None
+    omp_nthreads: int | None = None
+
+    @property
+    def network_threads(self) -> int | None:
+        """Threads per network: --omp-nthreads, else --nprocs, never above --nprocs."""
+        threads = self.omp_nthreads or self.nprocs
+        if self.nprocs and threads:
+            threads = min(threads, self.nprocs)
+        return threads
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One BIDS-App run: paths, selection, what to compute and with what."""
+
+    bids_dir: Path
+    output_dir: Path
+    level: str
+    work_dir: Path | None = None
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    options: SegmentOptions = field(default_factory=SegmentOptions)
+    resources: Resources = field(default_factory=Resources)
+    weights: str | None = None
+    overwrite: bool = False
+    reports_only: bool = False

@@ -1,0 +1,1 @@
+"""The segmentation engine: one image in memory in, labelled images on stated grids out."""
