@@ -121,6 +121,9 @@ ARG BASE_IMAGE
 ARG SPINESEG_VERSION=0.1.0
 ARG VCS_REF=unknown
 ARG BUILD_DATE=unknown
+# What the image calls itself in every output's GeneratedBy.Container (the builder names it).
+ARG IMAGE_TAG="spineseg:${SPINESEG_VERSION}"
+ENV SPINESEG_CONTAINER_TAG="${IMAGE_TAG}"
 LABEL org.opencontainers.image.title="SpineSeg" \
       org.opencontainers.image.description="Whole-spine MRI segmentation (TotalSpineSeg method, nnU-Net) as a BIDS App" \
       org.opencontainers.image.version="${SPINESEG_VERSION}" \

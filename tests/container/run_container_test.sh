@@ -188,6 +188,7 @@ build_args=(
     --build-arg "WEIGHTS_SOURCE=$weights_source"
     --build-arg "WEIGHTS_RELEASE=$weights_release"
     --build-arg "SPINESEG_VERSION=$(cat "$REPO/version")"
+    --build-arg "IMAGE_TAG=$IMAGE"
     --build-arg "VCS_REF=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
     --build-arg "BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 )
@@ -286,6 +287,9 @@ missing=0
 expect() { [ -e "$1" ] || { echo "  missing: ${1#"$WORK"/}"; missing=$((missing + 1)); }; }
 expect "$WORK/out/dataset_description.json"
 expect "$WORK/out/seg-spine_dseg.tsv"
+# The image names itself in the provenance of what it writes.
+grep -qF "\"Tag\": \"$IMAGE\"" "$WORK/out/dataset_description.json" \
+    || { echo "  GeneratedBy.Container.Tag is not $IMAGE"; missing=$((missing + 1)); }
 n_images=0
 while IFS= read -r src; do
     n_images=$((n_images + 1))
