@@ -21,7 +21,7 @@ REFERENCE = "totalspineseg==20260807"
 TOOLS = ("ref", "ref-preload", "spineseg")
 
 
-# Output names per tool and kind. Reference: <out>/<folder>/<name>.nii.gz (method.md §6.2);
+# Output names per tool and kind. Reference: <out>/<folder>/<name>.nii.gz (docs/method.md §6.2);
 # SpineSeg segment CLI: <out>/<name>_<suffix>.nii.gz.
 REF_OUTPUTS = {
     "final": "step2_output",

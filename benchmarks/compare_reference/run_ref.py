@@ -17,7 +17,7 @@ def reference_data_dir(weights: Path, dest: Path) -> Path:
     """Lay a weights folder out as the reference expects: <dest>/nnUNet/results/Dataset10x_*.
 
     `weights` may hold the Dataset folders directly or one release folder deeper; the links
-    keep the reference from copying gigabytes (it finds custom weights there, method.md §1.4).
+    keep the reference from copying gigabytes (it finds custom weights there, docs/method.md §1.4).
     """
     results = dest / "nnUNet" / "results"
     results.mkdir(parents=True, exist_ok=True)
