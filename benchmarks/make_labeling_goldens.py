@@ -1,8 +1,8 @@
 """Build golden cases for SpineSeg's labeling tests from the reference tool's own utilities.
 
-Hand-made raw step-1 / step-2 label maps (method.md §4.1/§4.2, 1 mm RAS, uint8) are run through
+Hand-made raw step-1 / step-2 label maps (docs/method.md §4.1/§4.2, 1 mm RAS, uint8) are run through
 the reference console scripts (PyPI totalspineseg==20260807, installed by reference_env.sh in its
-own venv) with exactly the arguments its pipeline uses (method.md §1.4 steps 12, 14, 20, 22.9,
+own venv) with exactly the arguments its pipeline uses (docs/method.md §1.4 steps 12, 14, 20, 22.9,
 22.10). Each case is saved as tests/labeling/golden/<case>.npz plus cases.json, so SpineSeg's
 tests can compare its labeling against the reference without the reference installed.
 
@@ -37,8 +37,8 @@ CORD_X, CORD_Y = (18, 22), (8, 12)
 
 # fmt: off
 # Reference arguments, copied from the pipeline calls of totalspineseg 20260807
-# (inference.py; method.md §1.4). Minimum component size (200) and landmark size (> 200) are the
-# PyPI defaults inside iterative_label and have no CLI flag.
+# (inference.py; docs/method.md §1.4). Minimum component size (200) and landmark size (> 200)
+# are the PyPI defaults inside iterative_label and have no CLI flag.
 STEP1_ARGS = [
     "--selected-disc-landmarks", "2", "5", "3", "4",
     "--disc-labels", "1-5",
@@ -544,7 +544,7 @@ def generate(refenv: Path, out: Path) -> dict:
             "axis 1 = y (anterior), axis 2 = z (superior).",
             "iterative_label uses the PyPI 20260807 built-in min_component_size=200 (no CLI flag).",
             "filled_expected = fill_canal(expected); levels_expected = extract_levels("
-            "filled_expected), the pipeline order (method.md §1.4 steps 14 and 20).",
+            "filled_expected), the pipeline order (docs/method.md §1.4 steps 14 and 20).",
             "{in}/{out}/{locs}/{filled}/{levels} are folders; localizer files share the "
             "segmentation's file name.",
         ],

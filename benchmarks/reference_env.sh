@@ -5,7 +5,7 @@
 # Usage: benchmarks/reference_env.sh VENV_DIR
 #
 # Idempotent: an existing venv is reused and a venv whose stamp file matches the pinned set is
-# left alone. Pins follow shared/spec/reference-tool-here.md: torch==2.13.0 (CPU wheel from the
+# left alone. Pins follow docs/method.md §7: torch==2.13.0 (CPU wheel from the
 # local wheel folder), kornia==0.8.2 (auglab breaks with 0.8.3/0.9.0), nnunetv2==2.8.1.
 set -euo pipefail
 

@@ -1,4 +1,4 @@
-"""Label tables of the TotalSpineSeg method (method.md §4), shared by every layer.
+"""Label tables of the TotalSpineSeg method (docs/method.md §4), shared by every layer.
 
 Only constants and pure look-ups live here, so the labeling algorithm, the phantom
 generator, the derivatives writer and the QC code all speak the same label ids.
@@ -57,7 +57,7 @@ FINAL_IDS: frozenset[int] = frozenset(LABEL_BY_ID)
 # Disc landmarks: step-1/2 raw id -> final disc id (C2-C3, C7-T1, T12-L1, L5-S).
 LANDMARK_DISCS: dict[int, int] = {2: 63, 3: 71, 4: 91, 5: 100}
 
-# Step-1 raw classes (Dataset101, method.md §4.1) and their region definitions.
+# Step-1 raw classes (Dataset101, docs/method.md §4.1) and their region definitions.
 STEP1_REGIONS: dict[str, tuple[int, ...]] = {
     "disc": (1, 2, 3, 4, 5),
     "disc_C2_C3": (2,),
@@ -69,7 +69,7 @@ STEP1_REGIONS: dict[str, tuple[int, ...]] = {
     "canal": (8, 9),
     "cord": (9,),
 }
-# Step-2 raw classes (Dataset102, method.md §4.2).
+# Step-2 raw classes (Dataset102, docs/method.md §4.2).
 STEP2_REGIONS: dict[str, tuple[int, ...]] = {
     "disc": (1, 2, 3, 4, 5),
     "disc_C2_C3": (2,),
@@ -120,7 +120,7 @@ DISC_CLASSES = STEP1_REGIONS["disc"]  # generic disc + the four landmark discs, 
 LEVEL_DISCS: tuple[int, ...] = tuple(d for d in sorted(DISCS) if d != 96)
 FIRST_DISC_LEVEL = 3
 
-# Vertebra directly below each disc (method.md §3.2 step 8).
+# Vertebra directly below each disc (docs/method.md §3.2 step 8).
 VERTEBRA_BELOW_DISC: dict[int, int] = {
     **{63 + i: 13 + i for i in range(5)},
     71: 21,

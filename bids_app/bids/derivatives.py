@@ -1,6 +1,6 @@
 """Write the BIDS-Derivatives dataset: root files, per-image outputs and their sidecars.
 
-Naming follows bids-conventions §2.7: the source file's entities are kept, derivative
+Naming follows docs/bids-conventions.md §2.7: the source file's entities are kept, derivative
 entities are appended in BIDS order (`seg` before `res`, `label` after `res`, `desc` last) and
 the source suffix becomes `desc-<suffix>`, so T1w- and T2w-derived files of one session never
 collide. Root files are shared by parallel participant runs and go through `write_shared`.
@@ -49,6 +49,11 @@ BIDSIGNORE = (
     "*_qc.json",
     "group_*",
 )
+<<<<<<< HEAD
+=======
+# Discs that receive a level marker, in level order from 3 (docs/method.md §2.6: 96 is ignored).
+MARKER_DISCS = tuple(d for d in sorted(DISCS) if d != 96)
+>>>>>>> docs
 ISO_RESOLUTION = "1 mm isotropic resampling of the source image on the RAS model grid"
 _DOI_RE = re.compile(r"^(?:doi:|https?://doi\.org/)?(10\.\d+/\S+)$", re.IGNORECASE)
 
@@ -207,7 +212,7 @@ def step1_lut() -> bytes:
 
 
 def marker_levels() -> dict[int, tuple[str, int]]:
-    """Level value -> (level name, label id whose colour it takes), method.md §4.6."""
+    """Level value -> (level name, label id whose colour it takes), docs/method.md §4.6."""
     c1, c2 = sorted(VERTEBRAE)[:2]
     levels = {1: ("C1", c1), 2: ("C1-C2", c2)}
     for i, disc in enumerate(LEVEL_DISCS):
@@ -224,7 +229,10 @@ def discmarkers_lut() -> bytes:
 
 
 def container_info(env: Mapping[str, str]) -> dict | None:
-    """GeneratedBy.Container from the environment (§2.7): Apptainer first, then a baked tag."""
+    """GeneratedBy.Container from the environment: Apptainer first, then a baked tag.
+
+    See docs/bids-conventions.md §2.7.
+    """
     tag = env.get("SPINESEG_CONTAINER_TAG")
     for var, kind in (
         ("APPTAINER_CONTAINER", "apptainer"),

@@ -1,4 +1,4 @@
-"""Argument parsers: the BIDS-App command line (bids-conventions §7.1) and the subcommands.
+"""Argument parsers: the BIDS-App command line (docs/bids-conventions.md §7.1) and the subcommands.
 
 argparse exits 2 on usage errors; BIDS Apps reserve 64 for that (execution-spec), so every
 parser here exits 64. The analysis level is checked after parsing so that a bad level gets

@@ -1,4 +1,6 @@
-"""Grids and resampling, reproducing the reference preprocessing bit for bit (method.md §1.6, §2.3).
+"""Grids and resampling, reproducing the reference preprocessing bit for bit.
+
+See docs/method.md §1.6 (the 1 mm grid) and §2.3 (moving outputs between grids).
 
 The reference resamples with torchio, which hands the work to SimpleITK in LPS space; we
 call SimpleITK directly with the same output grid, so the model sees the same voxels. Every

@@ -1,4 +1,4 @@
-"""The two-step TotalSpineSeg pipeline on one image, in memory (method.md §1.4).
+"""The two-step TotalSpineSeg pipeline on one image, in memory (docs/method.md §1.4).
 
 One `SpineSegEngine` holds both nnU-Net models, loaded once, and is reused for every image:
 no folder per step, no worker processes, no model reloads. It knows nothing of BIDS.
@@ -177,7 +177,7 @@ class SpineSegEngine:
         return res
 
     def _prepare(self, img: nib.Nifti1Image) -> _Iso:
-        """4-D average, canonical orientation, 1 mm resampling (method.md §1.4 steps 5-7)."""
+        """4-D average, canonical orientation, 1 mm resampling (docs/method.md §1.4 steps 5-7)."""
         img3 = geo.average_4d(img)
         return _Iso(native=img3, image=geo.resample_to_iso(geo.to_canonical(img3)))
 
@@ -227,7 +227,7 @@ class SpineSegEngine:
         self, iso_out: dict[str, np.ndarray], src: _Iso, res: EngineResult, keep_iso: bool
     ) -> None:
         """Back onto the input grid: nearest for labels, linear for soft maps, points moved
-        one voxel each (method.md §1.4 step 23)."""
+        one voxel each (docs/method.md §1.4 step 23)."""
         aff = src.image.affine
         ref = src.native
         for key, arr in iso_out.items():

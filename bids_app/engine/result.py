@@ -21,7 +21,7 @@ class EngineResult:
 
     Every image in `native` is on the input image's grid (same shape and affine as the input,
     3-D); every image in `iso` is on the 1 mm canonical (RAS) model grid and is only filled
-    when iso outputs were asked for. Keys: "final" (uint8 final labels, method.md §4.5),
+    when iso outputs were asked for. Keys: "final" (uint8 final labels, docs/method.md §4.5),
     "step1" (uint8 step-1 labels, §4.4), "cord_soft" and "canal_soft" (float32 in [0, 1]),
     "levels" (uint8 single-voxel level markers, §4.6). "final" is missing in step-1-only mode
     or when step 2 failed (see `errors`).

@@ -1,4 +1,4 @@
-"""Pure numpy/scipy labeling of TotalSpineSeg network outputs (method.md §2-§4).
+"""Pure numpy/scipy labeling of TotalSpineSeg network outputs (docs/method.md §2-§4).
 
 Knows nothing of files, BIDS or networks: arrays in, arrays out, all on the 1 mm RAS
 canonical grid (axis 0 = x, axis 1 = y = anterior, axis 2 = z = superior).

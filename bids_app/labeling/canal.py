@@ -1,4 +1,4 @@
-"""Spinal canal clean-up and the soft cord/canal maps (method.md §2.4, §2.5)."""
+"""Spinal canal clean-up and the soft cord/canal maps (docs/method.md §2.4, §2.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Connected components, bounding boxes and hole filling (method.md §2.2, §2.7, §3.1).
+"""Connected components, bounding boxes and hole filling (docs/method.md §2.2, §2.7, §3.1).
 
 Every function here works on the bounding box of the voxels it cares about, so memory grows
 with the size of the spine, not with the field of view. Component ids come from

@@ -1,4 +1,4 @@
-"""Iterative landmark labeling of discs and vertebrae (method.md §3.2).
+"""Iterative landmark labeling of discs and vertebrae (docs/method.md §3.2).
 
 Turns a raw network output (generic disc/vertebra classes plus a few landmark classes) into
 anatomical level labels, exactly as the reference tool totalspineseg==20260807 does.

@@ -1,4 +1,4 @@
-"""Superior-to-inferior ordering of components along the canal (method.md §3.1).
+"""Superior-to-inferior ordering of components along the canal (docs/method.md §3.1).
 
 All arrays here are on the working grid of `iterative_label` (a crop of the 1 mm RAS grid:
 axis 0 = x, axis 1 = y = anterior, axis 2 = z = superior).

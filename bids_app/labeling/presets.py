@@ -1,4 +1,4 @@
-"""The reference tool's two labeling calls (method.md §1.4 steps 12 and 22.9)."""
+"""The reference tool's two labeling calls (docs/method.md §1.4 steps 12 and 22.9)."""
 
 from __future__ import annotations
 

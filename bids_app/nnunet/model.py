@@ -1,4 +1,4 @@
-"""One nnU-Net model, loaded once and reused for every image (method.md §1.5).
+"""One nnU-Net model, loaded once and reused for every image (docs/method.md §1.5).
 
 The network is built from plans.json instead of through nnU-Net's trainer lookup: the official
 TotalSpineSeg checkpoints name trainers (`nnUNetTrainerDAExtGPU`) that only exist after AugLab

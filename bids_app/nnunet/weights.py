@@ -1,4 +1,4 @@
-"""Install, locate and verify the TotalSpineSeg nnU-Net weights (method.md §5).
+"""Install, locate and verify the TotalSpineSeg nnU-Net weights (docs/method.md §5).
 
 Knows the official release URLs and folder layout, nothing about labels or networks. Weights
 live in `<root>/<release>/Dataset10x_*` next to a `manifest.json` holding SHA-256 hashes, so
@@ -76,7 +76,7 @@ class WeightSet:
 
 
 def find_checkpoint(dataset_dir: Path) -> Path:
-    """Checkpoint TotalSpineSeg would load from a Dataset folder (method.md §1.5).
+    """Checkpoint TotalSpineSeg would load from a Dataset folder (docs/method.md §1.5).
 
     The folder must hold exactly one `<Trainer>__<Plans>__<Config>/fold_0`;
     `checkpoint_best.pth` wins over `checkpoint_final.pth` as in TotalSpineSeg since 2025-11.

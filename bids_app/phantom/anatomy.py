@@ -23,7 +23,7 @@ class Segment:
     """One slab of the column along `s`: a vertebral body, a disc, C1 or the sacrum."""
 
     kind: int
-    label: int  # final label id (method.md §4.5)
+    label: int  # final label id (docs/method.md §4.5)
     s_top: float
     s_bot: float
     depth: float  # antero-posterior size of the body/disc (mm)

@@ -1,4 +1,4 @@
-"""Step-1 and step-2 training targets derived from final labels (method.md §4.1-4.2).
+"""Step-1 and step-2 training targets derived from final labels (docs/method.md §4.1-4.2).
 
 These are what the official models were trained to output, so demo models trained on them
 plug into exactly the same inference code as the official weights.

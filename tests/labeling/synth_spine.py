@@ -1,7 +1,7 @@
 """Hand-made raw network outputs: a column of box discs and vertebrae beside a canal tube.
 
 Arrays are on a 1 mm RAS grid (axis 0 = x, axis 1 = y = anterior, axis 2 = z = superior),
-like the maps the labeling code receives. Raw class ids follow method.md §4.1 (step 1) and
+like the maps the labeling code receives. Raw class ids follow docs/method.md §4.1 (step 1) and
 §4.2 (step 2).
 """
 

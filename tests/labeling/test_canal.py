@@ -1,4 +1,4 @@
-"""Canal clean-up and soft maps (method.md §2.4, §2.5)."""
+"""Canal clean-up and soft maps (docs/method.md §2.4, §2.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bounding boxes, masks and the largest-component clean-up (method.md §2.2, §2.7)."""
+"""Bounding boxes, masks and the largest-component clean-up (docs/method.md §2.2, §2.7)."""
 
 from __future__ import annotations
 

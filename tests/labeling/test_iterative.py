@@ -1,4 +1,4 @@
-"""Iterative landmark labeling (method.md §3) on hand-made step-1 / step-2 raw maps."""
+"""Iterative landmark labeling (docs/method.md §3) on hand-made step-1 / step-2 raw maps."""
 
 from __future__ import annotations
 

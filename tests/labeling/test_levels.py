@@ -1,4 +1,4 @@
-"""Level markers and the alternate-disc mask (method.md §2.6, §2.8, §4.6)."""
+"""Level markers and the alternate-disc mask (docs/method.md §2.6, §2.8, §4.6)."""
 
 from __future__ import annotations
 

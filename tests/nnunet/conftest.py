@@ -18,7 +18,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 CONFIG = "3d_fullres"
 FEATURES = [4, 8, 16]
 
-# Region layout of TotalSpineSeg's step-1 dataset.json (method.md §4.1), generic names.
+# Region layout of TotalSpineSeg's step-1 dataset.json (docs/method.md §4.1), generic names.
 REGION_LABELS_1CH = {
     "background": 0,
     "a_any": [1, 2, 3],

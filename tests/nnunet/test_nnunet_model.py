@@ -29,7 +29,7 @@ def step2(tiny_models):
 
 
 def regions_to_labels(probabilities: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
-    """TotalSpineSeg's region rule (method.md §4.3): later regions overwrite earlier ones."""
+    """TotalSpineSeg's region rule (docs/method.md §4.3): later regions overwrite earlier ones."""
     labels = np.zeros(probabilities.shape[1:], np.uint8)
     for head, label in enumerate(order):
         labels[probabilities[head] > 0.5] = label

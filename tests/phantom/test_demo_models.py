@@ -65,3 +65,13 @@ def test_stock_nnunet_loads_and_segments_a_held_out_phantom() -> None:
         dice = 2 * (pred & true).sum() / (pred.sum() + true.sum())
         assert dice > 0.5, (raw, dice)
     assert set(np.unique(seg).tolist()) <= set(range(10))
+
+
+def test_training_code_exports_where_the_runtime_loads() -> None:
+    """The training code lives outside the installed package (training/); its default export
+    folder must still be the one `--weights demo` reads, or a retrain would ship nothing."""
+    from bids_app.nnunet.weights import DEMO_DIR
+    from training.demo_models import train
+
+    assert train.DEMO_DIR.resolve() == DEMO_DIR.resolve()
+    assert not list(DEMO_DIR.glob("train*.py")), "training code is back in the runtime package"

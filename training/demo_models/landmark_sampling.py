@@ -48,8 +48,8 @@ class _LandmarkLoader(nnUNetDataLoader):
 
 
 class Step1LandmarkLoader(_LandmarkLoader):
-    landmark_keys = (2, 3, 4, 5, 7)  # landmark discs and C1 (method.md §4.1)
+    landmark_keys = (2, 3, 4, 5, 7)  # landmark discs and C1 (docs/method.md §4.1)
 
 
 class Step2LandmarkLoader(_LandmarkLoader):
-    landmark_keys = (2, 3, 4, 5, 9)  # landmark discs and the sacrum (method.md §4.2)
+    landmark_keys = (2, 3, 4, 5, 9)  # landmark discs and the sacrum (docs/method.md §4.2)

@@ -1,14 +1,15 @@
 """Train the bundled demo models on synthetic phantoms, reproducibly, on CPU.
 
-    python -m bids_app.demo_models.train --work /tmp/spineseg-train all
+    python -m training.demo_models.train --work /tmp/spineseg-train all
 
 Stages: `data` renders phantoms and writes the nnU-Net raw datasets Dataset101 (step 1, one
 channel) and Dataset102 (step 2, image + alternate-disc channel, both parities) with the
 region labels of the official models; `plan` runs nnU-Net's fingerprint/planner and shrinks
 the network so it trains on two CPU cores; `train` runs nnU-Net's own trainer (a subclass
 that only sets the schedule, optimiser and no mirroring); `export` strips optimiser state and
-writes the official layout into this folder. Training seeds are 1000-1999; benchmarks use
-held-out seeds >= 5000.
+writes the official layout into bids_app/demo_models/, where the runtime finds it. Training
+seeds are 1000-1999; benchmarks use held-out seeds >= 5000. This code is not part of the
+installed package: run it from the repository root.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from bids_app.engine.geometry import image_like, labels_onto, resample_to_iso, t
 from bids_app.phantom.render import FOVS, Acquisition, render_phantom
 from bids_app.phantom.targets import step1_target, step2_target
 
-HERE = Path(__file__).parent
+# The exported models ship inside the runtime package; this training code does not.
+DEMO_DIR = Path(__file__).resolve().parents[2] / "bids_app" / "demo_models"
 MASTER_SEED = 20261122
 N_CASES = 36
 STEP1 = "Dataset101_TotalSpineSeg_step1"
@@ -191,7 +193,7 @@ def train(
     from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
     from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as trainer_module
 
-    from bids_app.demo_models import landmark_sampling
+    from training.demo_models import landmark_sampling
 
     cpu = torch.device("cpu")
 
@@ -309,7 +311,7 @@ def main() -> None:
         "--work", type=Path, required=True, help="nnU-Net raw/preprocessed/results root"
     )
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training")
-    ap.add_argument("--dest", type=Path, default=HERE, help="where the exported models go")
+    ap.add_argument("--dest", type=Path, default=DEMO_DIR, help="where the exported models go")
     ap.add_argument("--cases", type=int, default=N_CASES, help="data: training phantoms")
     ap.add_argument("--epochs", type=int, help="override the stage's number of epochs (EPOCHS)")
     ap.add_argument("--lr", type=float, default=LR, help="initial AdamW learning rate")

@@ -1,0 +1,1 @@
+"""Code that made the shipped models; not installed with the runtime package."""
