@@ -49,11 +49,6 @@ BIDSIGNORE = (
     "*_qc.json",
     "group_*",
 )
-<<<<<<< HEAD
-=======
-# Discs that receive a level marker, in level order from 3 (docs/method.md §2.6: 96 is ignored).
-MARKER_DISCS = tuple(d for d in sorted(DISCS) if d != 96)
->>>>>>> docs
 ISO_RESOLUTION = "1 mm isotropic resampling of the source image on the RAS model grid"
 _DOI_RE = re.compile(r"^(?:doi:|https?://doi\.org/)?(10\.\d+/\S+)$", re.IGNORECASE)
 
