@@ -34,7 +34,9 @@ def run_group(config: RunConfig) -> int:
         )
     with run_log(run_log_path(out)) as logfile:
         say(f"spineseg {__version__}: group level", f"log: {logfile}")
-        page = qc.run_group(out, participants, sessions)
+        page = qc.run_group(
+            out, list(participants) if participants else None, list(sessions) if sessions else None
+        )
         if page:
             say(f"wrote {page}")
     return ExitCode.OK

@@ -186,9 +186,12 @@ def create_engine(factory: EngineFactory, weights, device: str, threads: int | N
 def load_image(path: Path) -> nib.Nifti1Image:
     """The image, opened read-only by nibabel (never written); unreadable = ImageFailure."""
     try:
-        return nib.load(str(path))
+        img = nib.load(str(path))
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as e:
         raise ImageFailure(f"{path.name}: cannot read the image ({one_line(e)})") from e
+    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
+        raise ImageFailure(f"{path.name}: not a NIfTI image ({type(img).__name__})")
+    return img
 
 
 def segment_image(

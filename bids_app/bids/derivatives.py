@@ -184,14 +184,14 @@ def _tsv(rows: Sequence[Sequence[object]]) -> bytes:
 
 def spine_lut() -> bytes:
     """`seg-spine_dseg.tsv`: one row per final label (index, name, abbreviation, color)."""
-    rows = [("index", "name", "abbreviation", "color")]
+    rows: list[tuple[object, ...]] = [("index", "name", "abbreviation", "color")]
     rows += [(lab.index, lab.name, lab.abbreviation, label_hex(lab.index)) for lab in FINAL_LABELS]
     return _tsv(rows)
 
 
 def step1_lut() -> bytes:
     """`seg-step1_dseg.tsv`: step 1 labels (50 means every vertebra but C1, sacrum included)."""
-    rows = [("index", "name", "abbreviation", "color")]
+    rows: list[tuple[object, ...]] = [("index", "name", "abbreviation", "color")]
     rows += [
         (lab.index, lab.name, lab.abbreviation, label_hex(lab.index))
         for lab in FINAL_LABELS
@@ -217,7 +217,7 @@ def marker_levels() -> dict[int, tuple[str, int]]:
 
 def discmarkers_lut() -> bytes:
     """`seg-discmarkers_dseg.tsv` for the level values 1..25."""
-    rows = [("index", "name", "abbreviation", "color")]
+    rows: list[tuple[object, ...]] = [("index", "name", "abbreviation", "color")]
     for value, (name, colour_of) in marker_levels().items():
         rows.append((value, "level_" + name.replace("-", "_"), name, label_hex(colour_of)))
     return _tsv(rows)
@@ -268,7 +268,7 @@ def dataset_description(
 ) -> dict:
     """Derivative `dataset_description.json` content; deterministic for one configuration."""
     raw = _raw_description(bids_dir)
-    app = {
+    app: dict[str, object] = {
         "Name": "spineseg",
         "Version": app_version,
         "Description": "BIDS App re-implementing the two-step TotalSpineSeg inference.",

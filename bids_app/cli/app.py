@@ -73,7 +73,10 @@ class Paths:
 
 
 def check_paths(bids_dir: Path, output_dir: Path, work_dir: Path | None, level: str) -> Paths:
-    """Refuse path combinations that would write into the input (docs/bids-conventions.md §7.1), before any work."""
+    """Refuse path combinations that would write into the input, before any work.
+
+    See docs/bids-conventions.md §7.1.
+    """
     bids_dir, output_dir = bids_dir.expanduser().resolve(), output_dir.expanduser().resolve()
     work = work_dir.expanduser().resolve() if work_dir else None
     suggestion = bids_dir / "derivatives" / "spineseg"

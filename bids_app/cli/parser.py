@@ -32,7 +32,7 @@ subcommands (given as the first argument, instead of bids_dir):
 class UsageParser(argparse.ArgumentParser):
     """ArgumentParser whose usage errors exit 64 (EX_USAGE) instead of 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):  # type: ignore[override,unused-ignore]
         self.print_usage(sys.stderr)
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
@@ -64,7 +64,7 @@ def disc_level(value: str) -> int:
         ) from None
 
 
-def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+def _add_engine_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--device",
         type=device,

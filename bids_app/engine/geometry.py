@@ -92,7 +92,7 @@ def iso_grid(img: nib.Nifti1Image) -> tuple[tuple[int, int, int], np.ndarray]:
     return (int(new[0]), int(new[1]), int(new[2])), affine
 
 
-def _reference(shape: tuple[int, int, int], affine: np.ndarray, pixel_id: int) -> sitk.Image:
+def _reference(shape: tuple[int, ...], affine: np.ndarray, pixel_id: int) -> sitk.Image:
     """An empty SimpleITK image defining the grid (`shape`, RAS `affine`) to resample onto."""
     spacing, direction, origin = _affine_geometry(affine)
     ref = sitk.Image([int(s) for s in shape], pixel_id)
@@ -105,7 +105,7 @@ def _reference(shape: tuple[int, int, int], affine: np.ndarray, pixel_id: int) -
 def resample(
     data: np.ndarray,
     affine: np.ndarray,
-    shape: tuple[int, int, int],
+    shape: tuple[int, ...],
     target_affine: np.ndarray,
     *,
     nearest: bool,

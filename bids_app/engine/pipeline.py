@@ -7,8 +7,8 @@ no folder per step, no worker processes, no model reloads. It knows nothing of B
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -84,6 +84,8 @@ class SpineSegEngine:
         """The step's model, loaded on first use and kept for the life of the engine."""
         if step not in self._models:
             folder = self.weights.step1 if step == "step1" else self.weights.step2
+            if folder is None:
+                raise WeightsError(f"{self.weights.root}: no {step} model in the weights")
             model = NnUNetModel.load(folder, self.device, threads=self.threads)
             if model.num_outputs != HEADS[step]:
                 raise WeightsError(
@@ -116,7 +118,7 @@ class SpineSegEngine:
         check_image(img, name)
 
         @contextmanager
-        def stage(label: str):  # type: ignore[no-untyped-def]
+        def stage(label: str) -> Iterator[None]:
             if progress:
                 progress(label)
             t0 = time.perf_counter()
@@ -188,8 +190,8 @@ class SpineSegEngine:
         loc_iso: np.ndarray | None,
         top_disc: int | None,
         res: EngineResult,
-        stage,
-    ) -> np.ndarray | None:  # type: ignore[no-untyped-def]
+        stage: Callable[[str], AbstractContextManager[None]],
+    ) -> np.ndarray | None:
         """Crop to step 1 +- 10 voxels, add the alternate-disc channel, label, un-crop."""
         box = labeling.bbox_slices(step1, CROP_MARGIN)
         if box is None:

@@ -39,8 +39,15 @@ class EngineResult:
 class Engine(Protocol):
     """What the participant run needs of an engine (the real one, or a test's fake)."""
 
-    device: object  # where the networks run ("cpu", "cuda:0"; a torch.device for the real one)
-    threads: int
+    @property
+    def device(self) -> object:
+        """Where the networks run ("cpu", "cuda:0"; a torch.device for the real engine)."""
+        ...
+
+    @property
+    def threads(self) -> int | None:
+        """Threads of the networks."""
+        ...
 
     def segment(
         self,

@@ -28,8 +28,8 @@ def canal_geometry(mask: np.ndarray) -> Canal:
     A slice contributes the voxel at the middle of the canal's x- and y-extent, only if that
     voxel is itself canal, so a slice gives 0 or 1 points.
     """
-    x_hit = mask.any(axis=1)  # (nx, nz)
-    y_hit = mask.any(axis=0)  # (ny, nz)
+    x_hit = np.asarray(mask.any(axis=1))  # (nx, nz)
+    y_hit = np.asarray(mask.any(axis=0))  # (ny, nz)
     has = x_hit.any(axis=0)
     if not has.any():
         raise LabelingError(

@@ -126,6 +126,7 @@ def random_anatomy(seed: int, n_lumbar: int | None = None) -> Anatomy:
             segments.append(Segment(C1, 11, s, s + h * scale, d, w))
             s += h * scale
             continue
+        k: float
         if v <= 17:  # C2-C7
             k = v - 12
             h, d, w, hd = 14.0 if v == 12 else 13.5, 15.0 + 0.4 * k, 17.0 + 1.0 * k, 4.5 + 0.2 * k

@@ -99,7 +99,8 @@ class _Tables:
         for seg in anat.segments:
             rows = (sq >= seg.s_top) & (sq < seg.s_bot)
             t = (sq[rows] - seg.s_top) / seg.height
-            depth, width = seg.depth, seg.width
+            depth: float | np.ndarray = seg.depth
+            width: float | np.ndarray = seg.width
             if seg.kind == SACRUM:  # wedge: shrinks caudally
                 depth = seg.depth * (1 - 0.6 * t)
                 width = seg.width * (1 - 0.7 * t)
