@@ -405,9 +405,8 @@ def discover(
     if missing:
         raise MissingImagesError(_missing_message(bids_dir, missing, found, selection))
     if not jobs:
-        shown = "; ".join(f"{k}: {json.dumps(q)}" for k, q in printable.items())
         raise EmptySelectionError(
-            f"{bids_dir}: the queries selected no image ({shown})" + _left_out(notes)
+            f"{bids_dir}: the queries selected no image ({_shown(printable)})" + _left_out(notes)
         )
     selection.skipped_subjects = sorted(set(candidates) - with_images)
     absent = [s for s in listed if s not in found]
@@ -416,7 +415,14 @@ def discover(
     return selection
 
 
-def _jobs(layout, bids_dir: Path, queries, localizer_query, fixed, notes: list[str]) -> list:
+def _jobs(
+    layout,
+    bids_dir: Path,
+    queries: Mapping[str, dict],
+    localizer_query: Mapping | None,
+    fixed: Mapping[str, object],
+    notes: list[str],
+) -> list[ImageJob]:
     """The images of every query, localizers first within their subject/session."""
     files: dict[Path, tuple] = {}
     for kind, query in queries.items():
@@ -484,9 +490,13 @@ def _missing_message(bids_dir: Path, missing: list[str], found: list[str], sel: 
     if empty:
         parts.append(f"{_listing(empty)} (no image matches the queries)")
     text = f"{bids_dir}: no usable image for participant {'; '.join(parts)}"
-    if not sel.jobs:
-        text += " (" + "; ".join(f"{k}: {json.dumps(q)}" for k, q in sel.queries.items()) + ")"
+    if empty and not sel.jobs:  # the queries may be what is wrong: show them
+        text += f"; queries: {_shown(sel.queries)}"
     return text + _left_out(sel.notes)
+
+
+def _shown(queries: Mapping[str, dict]) -> str:
+    return "; ".join(f"{kind}: {json.dumps(query)}" for kind, query in queries.items())
 
 
 def _fixed_json(fixed: Mapping[str, object]) -> dict:

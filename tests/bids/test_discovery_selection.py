@@ -168,8 +168,12 @@ def test_participant_asked_for_by_label_needs_an_image(meg, tmp_path):
     assert '"suffix": "T2w"' in message  # nothing was selected: the queries are shown
     # A label that does not exist at all is the same error, naming the participant.
     flat = make_bids(tmp_path / "flat", ["sub-01/anat/sub-01_T1w.nii.gz"])
-    with pytest.raises(disc.MissingImagesError, match=r"for participant sub-emptyroom \(not in"):
+    with pytest.raises(disc.MissingImagesError) as info:
         disc.discover(flat, queries=queries, participants=["emptyroom"])
+    assert str(info.value) == (
+        f"{flat.resolve()}: no usable image for participant sub-emptyroom "
+        "(not in the dataset, which has sub-01)"
+    )
     # Asked and listed together: only the one asked for must have images.
     sel = disc.discover(
         meg, queries=queries, participants=["02"], listed_participants=["emptyroom"]
