@@ -4,6 +4,8 @@ Knows nothing of networks: it turns participant/session labels, per-kind pybids 
 optional localizer query into an ordered list of `ImageJob`s, and explains what it selected.
 Users' top complaint about BIDS filters is silent mismatches (fMRIPrep #2368, #2637), so the
 effective queries are kept for printing and every unknown label or empty result is an error.
+Entities come from the dataset-relative path only: pybids 0.22 parses the absolute path
+(pybids #1270), so its patterns are anchored below the dataset root here.
 """
 
 from __future__ import annotations
@@ -14,11 +16,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bids_app.bids.derivatives import DERIVATIVE_ENTITY_ORDER
+from bids_app.bids.stamps import source_stem
+
 DEFAULT_SUFFIXES = ("T2w", "T1w")
 NIFTI_EXTENSIONS = [".nii", ".nii.gz"]
 LOCALIZER_KEY = "localizer"
 LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 # BIDS file-name keys people type in filters, mapped to pybids' entity names.
+# Note on an image left out because of its name; also searched to explain an empty selection.
+LEFT_OUT = "not segmented, its name carries derivative entities"
 ENTITY_ALIASES = {
     "sub": "subject",
     "ses": "session",
@@ -38,7 +45,7 @@ class FilterError(DiscoveryError):
 
 
 class UnknownLabelError(DiscoveryError):
-    """A participant or session label does not exist in the dataset."""
+    """A session label does not exist for the selected participants."""
 
 
 class EmptySelectionError(DiscoveryError):
@@ -46,7 +53,11 @@ class EmptySelectionError(DiscoveryError):
 
 
 class MissingImagesError(DiscoveryError):
-    """A subject that was asked for by label has no image matching the queries."""
+    """A participant asked for on the command line has no usable image (or no folder at all)."""
+
+
+class DerivativeInputError(DiscoveryError):
+    """The input is a derivative dataset; SpineSeg segments raw BIDS images."""
 
 
 @dataclass(frozen=True)
@@ -90,15 +101,30 @@ class Selection:
     def sessions(self) -> list[tuple[str, str | None]]:
         return sorted({(j.subject, j.session) for j in self.jobs}, key=lambda s: (s[0], s[1] or ""))
 
+    def summary(self) -> str:
+        """One line of counts; sessions are counted as subject-session pairs, and only if any.
+
+        "x sessions" alone is ambiguous (labels or pairs?) and wrong without sessions.
+        """
+        parts = [f"{len(self.subjects)} subject(s)"]
+        pairs = [ses for _, ses in self.sessions if ses is not None]
+        if pairs:
+            without = len({sub for sub, ses in self.sessions if ses is None})
+            if without:
+                parts[0] += f" ({without} without sessions)"
+            labels = ", ".join(sorted(set(pairs)))
+            parts.append(f"{len(pairs)} subject-session pair(s) (sessions: {labels})")
+        parts.append(f"{len(self.jobs)} image(s)")
+        return "Selection: " + ", ".join(parts)
+
     def describe(self) -> list[str]:
-        """Human-readable lines: effective queries, then subjects x sessions x images."""
+        """Human-readable lines: effective queries, the counts, then one line per image."""
         lines = ['Effective queries (pybids; null = entity absent, "*" = any value):']
         for kind, query in self.queries.items():
             lines.append(f"  {kind}: {json.dumps(query)}")
         if self.localizer_query is not None:
             lines.append(f"  {LOCALIZER_KEY}: {json.dumps(self.localizer_query)}")
-        n_sub, n_ses, n_img = len(self.subjects), len(self.sessions), len(self.jobs)
-        lines.append(f"Selection: {n_sub} subject(s) x {n_ses} session(s) x {n_img} image(s)")
+        lines.append(self.summary())
         for job in self.jobs:
             where = f"sub-{job.subject}" + (f" ses-{job.session}" if job.session else "")
             extra = " [localizer]" if job.is_localizer else ""
@@ -142,7 +168,7 @@ def read_query_source(text: str, what: str) -> dict:
         try:
             raw = path.read_text()
         except OSError as e:
-            raise FilterError(f"{path}: cannot read {what} ({e.strerror or e})") from e
+            raise FilterError(f"{path}: cannot read {what} ({_reason(e, path)})") from e
     try:
         data = json.loads(raw)
     except ValueError as e:
@@ -158,7 +184,7 @@ def load_filter_file(path: Path) -> dict[str, dict]:
     try:
         data = json.loads(path.read_text())
     except OSError as e:
-        raise FilterError(f"{path}: cannot read the filter file ({e.strerror or e})") from e
+        raise FilterError(f"{path}: cannot read the filter file ({_reason(e, path)})") from e
     except ValueError as e:
         raise FilterError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
@@ -218,21 +244,102 @@ def _to_pybids(value: object) -> object:
 # Discovery
 
 
+def _reason(error: Exception, *paths: Path) -> str:
+    """First line of an error, without the paths that the message already starts with."""
+    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    text = text.splitlines()[0] if text.strip() else type(error).__name__
+    for path in paths:
+        text = re.sub(rf"[:,]?\s*'?{re.escape(str(path))}'?", "", text)
+    return text.strip() or type(error).__name__
+
+
+def _listing(names: Sequence[str], prefix: str = "sub-", limit: int = 10) -> str:
+    """ "sub-01, sub-02, ... (250 in all)": one line even for a large dataset."""
+    if not names:
+        return "none"
+    shown = ", ".join(f"{prefix}{name}" for name in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def check_raw_dataset(bids_dir: Path) -> None:
+    """Refuse a derivative dataset: its images carry space-/res-/desc- entities and are not
+    what the networks were trained on, and SpineSeg's names would extend them invalidly.
+
+    An unreadable description is left to the caller's own check (the CLI reports it).
+    """
+    bids_dir = Path(bids_dir)
+    description = bids_dir / "dataset_description.json"
+    try:
+        data = json.loads(description.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(data, dict) or data.get("DatasetType") != "derivative":
+        return
+    made_by = _names_of(data.get("GeneratedBy"), ("Name", "Version"))
+    sources = _names_of(data.get("SourceDatasets"), ("URL", "DOI", "Version"))
+    where = f" ({'; '.join(sources)})" if sources else ""
+    parent = bids_dir.resolve().parent
+    if parent.name == "derivatives" and (parent.parent / "dataset_description.json").is_file():
+        where += f", probably {parent.parent}"
+    raise DerivativeInputError(
+        f'{description}: a derivative dataset (DatasetType "derivative"'
+        + (f", generated by {', '.join(made_by)}" if made_by else "")
+        + f"); SpineSeg segments raw BIDS images: give it the raw dataset{where}"
+    )
+
+
+def _names_of(entries: object, keys: Sequence[str]) -> list[str]:
+    """ "fMRIPrep 23.1.0" from GeneratedBy/SourceDatasets entries, ignoring malformed ones."""
+    if not isinstance(entries, list):
+        return []
+    names = [" ".join(str(e[k]) for k in keys if e.get(k)) for e in entries if isinstance(e, dict)]
+    return [n for n in names if n]
+
+
+def derivative_entities(name: str) -> list[str]:
+    """Derivative entities (space, res, desc, ...) in a file name: outputs named after such a
+    source would repeat or misorder them, which the BIDS validator rejects."""
+    keys = [part.split("-", 1)[0] for part in source_stem(name).split("_")[:-1]]
+    return [k for k in keys if k in DERIVATIVE_ENTITY_ORDER]
+
+
 def _known_entities() -> set[str]:
     from bids.layout.models import Config
 
     return set(Config.load("bids").entities)
 
 
+def _anchored_config(root: Path) -> dict:
+    """pybids' BIDS config with every entity pattern anchored below `root`.
+
+    pybids 0.22 searches its patterns in the absolute path (pybids #1270): a parent folder
+    named `perf`, `sub-x` or `ses-y` would become every file's datatype, subject or session.
+    Patterns ending in `$` only see the file name and are kept as they are.
+    """
+    from bids.config import get_option
+
+    config = json.loads(Path(get_option("config_paths")["bids"]).read_text())
+    anchor = "^" + re.escape(str(root)) + r"(?=[/\\]).*?"
+    for entity in config["entities"]:
+        pattern = entity.get("pattern")
+        if pattern and not pattern.endswith("$"):
+            entity["pattern"] = anchor + pattern
+    return config
+
+
 def _layout(bids_dir: Path, index_metadata: bool):
     from bids import BIDSLayout, BIDSLayoutIndexer
 
+    if not bids_dir.is_dir():
+        raise DiscoveryError(f"{bids_dir}: not a folder")
     try:
         indexer = BIDSLayoutIndexer(validate=False, index_metadata=index_metadata)
-        return BIDSLayout(str(bids_dir), validate=False, indexer=indexer)
+        config = _anchored_config(bids_dir)
+        return BIDSLayout(str(bids_dir), validate=False, indexer=indexer, config=[config])
     except Exception as e:  # pybids raises many types for a broken dataset
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DiscoveryError(f"{bids_dir}: pybids cannot index the dataset ({msg})") from e
+        raise DiscoveryError(
+            f"{bids_dir}: pybids cannot index the dataset ({_reason(e, bids_dir)})"
+        ) from e
 
 
 def _get(layout, query: Mapping, source: str, **fixed) -> list:
@@ -250,52 +357,81 @@ def discover(
     *,
     queries: Mapping[str, dict],
     participants: Sequence[str] | None = None,
+    listed_participants: Sequence[str] | None = None,
     sessions: Sequence[str] | None = None,
     localizer_query: Mapping | None = None,
 ) -> Selection:
     """Select the images of `bids_dir` matching `queries` (one pybids query per image kind).
 
-    `participants`/`sessions` are labels without `sub-`/`ses-`; None means all. With a
-    localizer query, the matching image of each subject/session is segmented first and set as
-    the `localizer` of the other images of that subject/session.
+    Labels are given without `sub-`/`ses-`; None means all. `participants` were asked for one
+    by one (command line): each must have a usable image (MissingImagesError). Those of
+    `listed_participants` come from a list file such as participants.tsv, which may name
+    subjects without anatomy (MEG's sub-emptyroom): they are skipped with a note, like
+    unlisted subjects without a matching image. With a localizer query, the matching image of
+    each subject/session is segmented first and set as the `localizer` of the other images of
+    that subject/session.
     """
     bids_dir = Path(bids_dir).resolve()
+    check_raw_dataset(bids_dir)
     all_queries = [*queries.values(), *([localizer_query] if localizer_query else [])]
     keys = {k for q in all_queries for k in q}
     layout = _layout(bids_dir, index_metadata=bool(keys - _known_entities()))
 
-    subjects = sorted(layout.get_subjects())
-    if participants:
-        unknown = sorted(set(participants) - set(subjects))
-        if unknown:
-            raise UnknownLabelError(
-                f"{bids_dir}: participant label(s) not found: {', '.join(unknown)} "
-                f"(found: {', '.join(subjects) or 'none'}); if the data are there, check that "
-                "the folder is mounted in the container"
-            )
-        subjects = sorted(set(participants))
-    if not subjects:
+    found = sorted(layout.get_subjects())
+    if not found:
         raise EmptySelectionError(f"{bids_dir}: no sub-* folder found")
+    asked = list(dict.fromkeys(participants or []))
+    listed = [label for label in dict.fromkeys(listed_participants or []) if label not in asked]
+    candidates = asked + listed if (asked or listed) else found
+    subjects = sorted(set(candidates) & set(found))
     fixed: dict[str, object] = {"subject": subjects}
-    if sessions:
-        found = sorted(layout.get_sessions(subject=subjects))
-        unknown = sorted(set(sessions) - set(found))
+    if sessions and subjects:
+        found_sessions = sorted(layout.get_sessions(subject=subjects))
+        unknown = sorted(set(sessions) - set(found_sessions))
         if unknown:
             raise UnknownLabelError(
                 f"{bids_dir}: session label(s) not found for the selected participants: "
-                f"{', '.join(unknown)} (found: {', '.join(found) or 'none'})"
+                f"{', '.join(unknown)} (found: {', '.join(found_sessions) or 'none'})"
             )
         fixed["session"] = sorted(set(sessions))
 
+    notes: list[str] = []
+    printable = {k: dict(q, **_fixed_json(fixed)) for k, q in queries.items()}
+    loc_printable = dict(localizer_query, **_fixed_json(fixed)) if localizer_query else None
+    jobs = _jobs(layout, bids_dir, queries, localizer_query, fixed, notes) if subjects else []
+    selection = Selection(jobs, printable, loc_printable, notes=notes)
+    with_images = set(selection.subjects)
+    missing = [s for s in asked if s not in with_images]
+    if missing:
+        raise MissingImagesError(_missing_message(bids_dir, missing, found, selection))
+    if not jobs:
+        raise EmptySelectionError(
+            f"{bids_dir}: the queries selected no image ({_shown(printable)})" + _left_out(notes)
+        )
+    selection.skipped_subjects = sorted(set(candidates) - with_images)
+    absent = [s for s in listed if s not in found]
+    if absent:
+        notes.append(f"listed participant(s) without a folder in the dataset: {_listing(absent)}")
+    return selection
+
+
+def _jobs(
+    layout,
+    bids_dir: Path,
+    queries: Mapping[str, dict],
+    localizer_query: Mapping | None,
+    fixed: Mapping[str, object],
+    notes: list[str],
+) -> list[ImageJob]:
+    """The images of every query, localizers first within their subject/session."""
     files: dict[Path, tuple] = {}
     for kind, query in queries.items():
-        for f in _get(layout, query, f"query '{kind}'", **fixed):
+        for f in _raw_only(_get(layout, query, f"query '{kind}'", **fixed), notes):
             files.setdefault(Path(f.path), (f, False))
-    notes: list[str] = []
     localizers: dict[tuple[str, str | None], Path] = {}
     if localizer_query is not None:
         by_group: dict[tuple[str, str | None], list] = {}
-        for f in _get(layout, localizer_query, "localizer query", **fixed):
+        for f in _raw_only(_get(layout, localizer_query, "localizer query", **fixed), notes):
             ent = f.get_entities()
             by_group.setdefault((ent["subject"], ent.get("session")), []).append(f)
         for group, found_files in sorted(by_group.items(), key=lambda g: (g[0][0], g[0][1] or "")):
@@ -316,20 +452,51 @@ def discover(
             where = f"sub-{sub}" + (f" ses-{ses}" if ses else "")
             notes.append(f"{where}: no localizer image; its images run without one")
     jobs.sort(key=lambda j: (j.subject, j.session or "", not j.is_localizer, j.relpath))
+    return jobs
 
-    printable = {k: dict(q, **_fixed_json(fixed)) for k, q in queries.items()}
-    loc_printable = dict(localizer_query, **_fixed_json(fixed)) if localizer_query else None
-    selection = Selection(jobs, printable, loc_printable, notes=notes)
-    empty = sorted(set(subjects) - {j.subject for j in jobs})
-    if not jobs:
-        shown = "; ".join(f"{k}: {json.dumps(q)}" for k, q in printable.items())
-        raise EmptySelectionError(f"{bids_dir}: the queries selected no image ({shown})")
-    if empty and participants:
-        raise MissingImagesError(
-            f"{bids_dir}: no image matches the queries for sub-{', sub-'.join(empty)}"
+
+def _raw_only(found: list, notes: list[str]) -> list:
+    """Drop images whose names carry derivative entities, with one note for each."""
+    keep = []
+    for f in found:
+        name = Path(f.path).name
+        entities = derivative_entities(name)
+        if not entities:
+            keep.append(f)
+            continue
+        note = (
+            f"{name}: {LEFT_OUT} ({', '.join(f'{e}-' for e in entities)}); "
+            "SpineSeg segments raw BIDS images"
         )
-    selection.skipped_subjects = empty
-    return selection
+        if note not in notes:
+            notes.append(note)
+    return keep
+
+
+def _left_out(notes: Sequence[str]) -> str:
+    """Why an empty selection may be empty: images left out for their derivative entities."""
+    names = [n.split(":", 1)[0] for n in notes if LEFT_OUT in n]
+    if not names:
+        return ""
+    return f"; {len(names)} image(s) left out for derivative entities: {_listing(names, '', 3)}"
+
+
+def _missing_message(bids_dir: Path, missing: list[str], found: list[str], sel: Selection) -> str:
+    absent = [s for s in missing if s not in found]
+    empty = [s for s in missing if s in found]
+    parts = []
+    if absent:
+        parts.append(f"{_listing(absent)} (not in the dataset, which has {_listing(found)})")
+    if empty:
+        parts.append(f"{_listing(empty)} (no image matches the queries)")
+    text = f"{bids_dir}: no usable image for participant {'; '.join(parts)}"
+    if empty and not sel.jobs:  # the queries may be what is wrong: show them
+        text += f"; queries: {_shown(sel.queries)}"
+    return text + _left_out(sel.notes)
+
+
+def _shown(queries: Mapping[str, dict]) -> str:
+    return "; ".join(f"{kind}: {json.dumps(query)}" for kind, query in queries.items())
 
 
 def _fixed_json(fixed: Mapping[str, object]) -> dict:

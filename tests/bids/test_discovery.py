@@ -54,7 +54,10 @@ def test_participant_and_session_filters(ds):
 
 
 def test_unknown_labels_are_errors_naming_what_exists(ds):
-    with pytest.raises(disc.UnknownLabelError, match=r"not found: 99 \(found: 01, 02\)"):
+    # A participant asked for by label has no usable image when it does not exist (exit 66).
+    with pytest.raises(
+        disc.MissingImagesError, match=r"sub-99 \(not in the dataset, which has sub-01, sub-02\)"
+    ):
         disc.discover(ds, queries=disc.default_queries(), participants=["01", "99"])
     with pytest.raises(disc.UnknownLabelError, match="session label"):
         disc.discover(ds, queries=disc.default_queries(), sessions=["07"])

@@ -155,7 +155,7 @@ def test_participant_labels_select_subjects(capsys, dataset, weights, tmp_path):
             "sub-02_T1w.nii.gz",
             "sub-02_run-1_T2w.nii.gz",
         ]
-        assert "Selection: 1 subject(s) x 1 session(s) x 2 image(s)" in out
+        assert "Selection: 1 subject(s), 2 image(s)" in out
 
 
 def test_selection_errors(capsys, dataset, weights, tmp_path):
@@ -163,7 +163,8 @@ def test_selection_errors(capsys, dataset, weights, tmp_path):
     rc, _, err = participant(
         dataset, out, "--participant-label", "07", weights=weights, capsys=capsys
     )
-    assert rc == 18 and "participant label(s) not found: 07 (found: 01, 02)" in err
+    # A participant asked for that does not exist has no usable image: 66, naming it.
+    assert rc == 66 and "sub-07 (not in the dataset, which has sub-01, sub-02)" in err
     rc, _, err = participant(
         dataset, out, "--session-label", "ses-09", weights=weights, capsys=capsys
     )
@@ -232,7 +233,10 @@ def test_selection_is_printed_before_any_work(capsys, dataset, weights, tmp_path
     assert rc == 0
     printed = seen_before_engine[0]
     assert "Effective queries" in printed and '"suffix": "T2w"' in printed
-    assert "Selection: 2 subject(s) x 3 session(s) x 5 image(s)" in printed
+    assert (
+        "Selection: 2 subject(s) (1 without sessions), "
+        "2 subject-session pair(s) (sessions: 01, 02), 5 image(s)"
+    ) in printed
     assert "sub-01/ses-02/anat/sub-01_ses-02_acq-sag_T2w.nii.gz" in printed
     assert "Status:" in out
 
