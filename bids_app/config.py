@@ -17,13 +17,20 @@ from bids_app.engine.options import SegmentOptions
 class SelectionConfig:
     """Which images: labels (without `sub-`/`ses-`; None = all) and the pybids queries."""
 
-    participants: tuple[str, ...] | None = None
+    participants: tuple[str, ...] | None = None  # asked for one by one: each must have images
+    listed_participants: tuple[str, ...] | None = None  # from a file: those without are skipped
     sessions: tuple[str, ...] | None = None
     suffixes: tuple[str, ...] | None = None
     filter_file: Path | None = None
     localizer_suffix: str | None = None
     localizer_query: str | None = None  # inline JSON or a JSON file
     skip_validation: bool = False
+
+    @property
+    def all_participants(self) -> tuple[str, ...] | None:
+        """Every participant label given, inline or in a file (None = all)."""
+        labels = (*(self.participants or ()), *(self.listed_participants or ()))
+        return tuple(dict.fromkeys(labels)) or None
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ class ExitCode(IntEnum):
     FAILED = 1  # some image failed; everything else was written
     VALIDATION = 16  # the input dataset failed BIDS validation
     BAD_LEVEL = 17  # unknown analysis level
-    EMPTY_SELECTION = 18  # filters selected nothing, or a label does not exist
+    EMPTY_SELECTION = 18  # filters selected nothing, or a session label does not exist
     USAGE = 64  # command used incorrectly
-    NO_INPUT = 66  # a selected participant has no usable image / input file missing
+    NO_INPUT = 66  # a participant asked for has no usable image / input file missing
     CANT_CREATE = 73  # output or work folder cannot be created
     IO_ERROR = 74  # writing outputs failed
     CONFIG = 78  # model weights missing or corrupt
@@ -25,9 +25,9 @@ exit codes:
   1   some image failed; the others were written (see the status table and logs/)
   16  the input dataset failed BIDS validation (see --skip-bids-validation)
   17  unknown analysis level (use participant or group)
-  18  the selection is empty, or a participant/session label does not exist
+  18  the selection is empty, or a session label does not exist
   64  command used incorrectly (unknown option, bad value, bad paths)
-  66  a selected participant has no usable image (group: no participant outputs)
+  66  a participant given by label is missing or has no usable image (group: no records)
   73  the output or work folder cannot be created
   74  input/output error while writing outputs
   78  model weights missing or corrupt (see `spineseg weights`)

@@ -135,10 +135,11 @@ def select(config: RunConfig) -> disc.Selection:
             config.bids_dir,
             queries=queries,
             participants=cfg.participants,
+            listed_participants=cfg.listed_participants,
             sessions=cfg.sessions,
             localizer_query=loc_query,
         )
-    except disc.FilterError as e:
+    except (disc.FilterError, disc.DerivativeInputError) as e:
         raise UserError(ExitCode.USAGE, str(e)) from e
     except (disc.UnknownLabelError, disc.EmptySelectionError) as e:
         raise UserError(ExitCode.EMPTY_SELECTION, str(e)) from e
@@ -552,13 +553,16 @@ def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
             scratch = config.work_dir
         else:
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="spineseg-")))
-        if not config.selection.skip_validation:
-            validate_input(config.bids_dir, config.selection.participants, scratch)
+        # Select first: a wrong label or a derivative dataset is named as such, and the
+        # validator then sees only the subjects that will be segmented.
         selection = select(config)
+        if not config.selection.skip_validation:
+            subset = selection.subjects if config.selection.all_participants else None
+            validate_input(config.bids_dir, subset, scratch)
         say(*selection.describe())
         if config.reports_only:
             written = qc.rebuild_reports(
-                out, config.bids_dir, config.selection.participants, config.selection.sessions
+                out, config.bids_dir, config.selection.all_participants, config.selection.sessions
             )
             say(*(f"wrote {w}" for w in written))
             return ExitCode.OK

@@ -114,7 +114,12 @@ def check_paths(bids_dir: Path, output_dir: Path, work_dir: Path | None, level: 
 
 def build_config(args: argparse.Namespace, paths: Paths) -> RunConfig:
     """The one place where the command line becomes the typed, frozen run configuration."""
-    participants = expand_labels(args.participant_label, "sub-", "--participant-label")
+    # Labels typed one by one must exist; those read from a file (participants.tsv) may list
+    # subjects without an anatomical image (MEG's sub-emptyroom), which are then skipped.
+    values = args.participant_label or []
+    inline = [v for v in values if not Path(v).is_file()]
+    participants = expand_labels(inline, "sub-", "--participant-label")
+    listed = expand_labels([v for v in values if v not in inline], "sub-", "--participant-label")
     sessions = expand_labels(args.session_label, "ses-", "--session-label")
     return RunConfig(
         bids_dir=paths.bids_dir,
@@ -123,6 +128,7 @@ def build_config(args: argparse.Namespace, paths: Paths) -> RunConfig:
         work_dir=paths.work_dir,
         selection=SelectionConfig(
             participants=tuple(participants) if participants else None,
+            listed_participants=tuple(listed) if listed else None,
             sessions=tuple(sessions) if sessions else None,
             suffixes=tuple(args.suffix) if args.suffix else None,
             filter_file=args.bids_filter_file,
