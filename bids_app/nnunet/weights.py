@@ -286,10 +286,11 @@ def _write_json_atomic(path: Path, data: dict) -> None:
         raise
 
 
-def demo_hashes() -> dict[str, str]:
-    """Known SHA-256 of the shipped demo model files (path -> hash), listed in their README.
+def _demo_entries() -> dict[str, dict]:
+    """Known SHA-256 of the shipped demo models, as manifest entries (Dataset folder -> files).
 
-    `python -m bids_app.demo_models.train export` writes the list; empty when there is none.
+    `python -m bids_app.demo_models.train export` lists them in the demo README; empty when
+    there is no list.
     """
     try:
         text = (DEMO_DIR / DEMO_README).read_text()
@@ -297,7 +298,14 @@ def demo_hashes() -> dict[str, str]:
         return {}
     start, end = _DEMO_SHA_BLOCK
     block = text.partition(start)[2].partition(end)[0]
-    return {rel: digest for digest, rel in re.findall(r"^([0-9a-f]{64})  (\S+)$", block, re.M)}
+    entries: dict[str, dict] = {}
+    for digest, rel in re.findall(r"^([0-9a-f]{64})  (\S+)$", block, re.M):
+        entries.setdefault(rel.split("/", 1)[0], {"files": {}})["files"][rel] = {"sha256": digest}
+    return entries
+
+
+def _digests(entry: Mapping) -> dict[str, str]:
+    return {rel: rec["sha256"] for rel, rec in entry["files"].items()}
 
 
 def _origin(name: str, entry: Mapping) -> str:
@@ -305,9 +313,8 @@ def _origin(name: str, entry: Mapping) -> str:
     for rel, urls in RELEASES.items():
         if entry.get("source") == urls.get(name):
             return rel
-    demo = {rel: h for rel, h in demo_hashes().items() if rel.split("/", 1)[0] == name}
-    files = {rel: rec["sha256"] for rel, rec in entry["files"].items()}
-    return DEMO_RELEASE if demo and files == demo else UNKNOWN_RELEASE
+    demo = _demo_entries().get(name)
+    return DEMO_RELEASE if demo and _digests(entry) == _digests(demo) else UNKNOWN_RELEASE
 
 
 def _release_of(entries: Mapping[str, Mapping]) -> str:
@@ -322,7 +329,7 @@ def _flat_hashes(entries: Mapping[str, Mapping]) -> dict[str, str]:
     for entry in entries.values():
         if entry.get("zip"):
             hashes[entry["zip"]["name"]] = entry["zip"]["sha256"]
-        hashes.update({rel: rec["sha256"] for rel, rec in entry["files"].items()})
+        hashes.update(_digests(entry))
     return hashes
 
 
@@ -449,13 +456,11 @@ def resolve_weights(
 
 
 def _resolve_demo() -> WeightSet:
+    """The shipped demo models, checked against the hashes in their README (no manifest)."""
     readme = DEMO_DIR / DEMO_README
-    known = demo_hashes()
-    if not known:
+    entries = _demo_entries()
+    if not entries:
         raise WeightsError(f"{readme}: no SHA-256 list of the demo models; reinstall spineseg")
-    entries: dict[str, dict] = {}
-    for rel, digest in known.items():
-        entries.setdefault(rel.split("/", 1)[0], {"files": {}})["files"][rel] = {"sha256": digest}
     datasets = _both_steps(DEMO_DIR)
     hashes = _verify(DEMO_DIR, datasets, entries, readme, "reinstall spineseg")
     return WeightSet(DEMO_DIR, DEMO_DIR, DEMO_RELEASE, datasets["step1"], datasets["step2"], hashes)
@@ -609,6 +614,7 @@ def _stage(
         staged += _unpack(zpath, tmp / f"unpacked-zip-{i}", str(zpath.resolve()), wanted)
     if folder is not None:
         for ds in _datasets_in(folder, wanted, str(folder)).values():
+            model_files(ds)  # refused here, naming the user's file rather than the copy
             copy = tmp / "copied" / ds.name
             shutil.copytree(ds, copy, symlinks=False)
             staged.append(_Staged(copy, {"source": str(ds.resolve()), "zip": None}))
@@ -616,7 +622,13 @@ def _stage(
     if len(set(names)) != len(names):
         raise WeightsError(f"{source}: the same dataset appears twice ({', '.join(names)})")
     for item in staged:
-        item.entry["files"] = _records(model_files(item.folder), item.folder.parent)
+        try:
+            files = model_files(item.folder)
+        except WeightsError as e:  # name the file inside the zip, not in the temp folder
+            raise WeightsError(
+                str(e).replace(f"{item.folder.parent}/", f"{item.entry['source']}: ")
+            ) from e
+        item.entry["files"] = _records(files, item.folder.parent)
     return staged
 
 

@@ -384,5 +384,6 @@ def test_demo_models_only_when_asked(tiny_models, tmp_path, monkeypatch):
         resolve_weights(env={"SPINESEG_WEIGHTS": "demo"}),
     ):
         assert ws.release == "demo" and ws.step1 == demo / STEP1 and ws.complete
+    assert not (demo / "manifest.json").exists()  # checked against the README, nothing written
     with pytest.raises(WeightsError, match="weights folder not found"):
         resolve_weights(env={"XDG_DATA_HOME": str(tmp_path / "nothing")})
