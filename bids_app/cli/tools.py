@@ -75,19 +75,19 @@ def run_weights(args) -> int:
     try:
         if args.verify:
             ws = w.resolve_weights(dest, release=args.release)
-            say(f"weights OK: release {ws.release} in {ws.root}")
+            say(f"weights OK: {w.describe_release(ws.release)} in {ws.release_dir}")
             say(*(f"  {sha}  {name}" for name, sha in sorted(ws.sha256.items())))
             return ExitCode.OK
         ws = w.install_weights(
             dest,
-            release=args.release or w.DEFAULT_RELEASE,
+            release=args.release,
             source=args.source,
             force=args.force,
             progress=sys.stderr.isatty(),
         )
     except w.WeightsError as e:
-        raise UserError(ExitCode.FAILED, str(e)) from e
-    say(f"installed release {ws.release} in {ws.root}")
+        raise UserError(ExitCode.CONFIG, str(e)) from e
+    say(f"installed {w.describe_release(ws.release)} in {ws.release_dir}")
     missing = [name for name, path in (("step 1", ws.step1), ("step 2", ws.step2)) if path is None]
     if missing:
         say(f"still missing: {', '.join(missing)}; install its zip the same way")

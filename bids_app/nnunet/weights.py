@@ -5,6 +5,18 @@ live in `<root>/<release>/Dataset10x_*` next to a `manifest.json` holding SHA-25
 every start can prove that the checkpoints are the ones that were installed: TotalSpineSeg
 itself never checks (§5.4), and a truncated 1 GB download otherwise fails later with a torch
 traceback or, worse, loads a different model silently.
+
+A weights folder without a manifest (unpacked or copied by hand) gets one on its first use,
+with a warning: from then on a changed file is refused as in an installed folder. When the
+folder is read-only, that manifest goes to the per-user cache instead
+(`$XDG_CACHE_HOME/spineseg/manifests/`, one file per resolved folder path); when neither can
+be written, the folder is refused. The shipped demo models are checked against the hashes
+listed in their README.
+
+The release a run reports (`WeightSet.release`, hence GeneratedBy) is what the sources and
+hashes prove, never a folder name: the project knows no official hashes, so a release is
+official only when every Dataset folder was downloaded from that release's official URL;
+the shipped demo models (recognised by their hashes) are "demo"; anything else is "unknown".
 """
 
 from __future__ import annotations
@@ -20,8 +32,9 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,10 +57,18 @@ STEP_PREFIXES = {"step1": "Dataset101_", "step2": "Dataset102_"}
 ENV_VAR = "SPINESEG_WEIGHTS"
 MANIFEST = "manifest.json"
 DEMO_RELEASE = "demo"
+UNKNOWN_RELEASE = "unknown"
 DEMO_DIR = Path(__file__).resolve().parents[1] / "demo_models"
+DEMO_README = "README.md"
+_DEMO_SHA_BLOCK = ("<!-- demo-sha:start -->", "<!-- demo-sha:end -->")  # train.py export
 _TMP_PREFIX = ".tmp-install-"
+_LOCK = ".install.lock"
 _CHUNK = 4 << 20
 _REINSTALL = "reinstall with `spineseg weights --force`"
+_ALTERNATIVES = (
+    "offline, install the release zips with `spineseg weights --from DIR|ZIP`, "
+    "run with `--weights DIR`, or try the demo models with `--weights demo`"
+)
 
 
 class WeightsError(Exception):
@@ -58,6 +79,8 @@ class WeightsError(Exception):
 class WeightSet:
     """The two model folders of one release, ready for `NnUNetModel.load`.
 
+    `release` is what the weights provably are (official release name, "demo" or "unknown");
+    `release_dir` is the folder holding the Dataset folders, whatever its name.
     `sha256` maps each verified file (path relative to the release folder) and each installed
     zip (file name) to its SHA-256, for provenance in the per-image status stamps.
     `resolve_weights` always fills both steps; `install_weights` leaves a step None when only
@@ -65,6 +88,7 @@ class WeightSet:
     """
 
     root: Path
+    release_dir: Path
     release: str
     step1: Path | None
     step2: Path | None
@@ -73,6 +97,21 @@ class WeightSet:
     @property
     def complete(self) -> bool:
         return self.step1 is not None and self.step2 is not None
+
+
+def describe_release(release: str) -> str:
+    """How the CLI names a release, so that demo or unknown weights never pass as official."""
+    if release == DEMO_RELEASE:
+        return (
+            "the demo models (release `demo`: synthetic phantoms only, "
+            "not an official TotalSpineSeg release)"
+        )
+    if release == UNKNOWN_RELEASE:
+        return (
+            "weights of unknown origin (release `unknown`: not downloaded from an official "
+            "TotalSpineSeg release URL, hashes not those of the demo models)"
+        )
+    return f"TotalSpineSeg release {release}"
 
 
 def find_checkpoint(dataset_dir: Path) -> Path:
@@ -97,10 +136,28 @@ def find_checkpoint(dataset_dir: Path) -> Path:
 
 
 def model_files(dataset_dir: Path) -> list[Path]:
-    """Files that decide what a Dataset folder predicts: plans, dataset.json, checkpoint."""
+    """Files that decide what a Dataset folder predicts: plans, dataset.json, checkpoint.
+
+    The JSON files must exist and parse, so that an incomplete or damaged folder is refused
+    in one line before anything is recorded or loaded.
+    """
     checkpoint = find_checkpoint(dataset_dir)
     trainer_dir = checkpoint.parent.parent
-    return [trainer_dir / "plans.json", trainer_dir / "dataset.json", checkpoint]
+    files = [trainer_dir / "plans.json", trainer_dir / "dataset.json", checkpoint]
+    for path in files[:2]:
+        _check_json_object(path)
+    return files
+
+
+def _check_json_object(path: Path) -> None:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise WeightsError(f"{path}: missing") from e
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path}: not a JSON object")
 
 
 def sha256_file(path: Path) -> str:
@@ -115,14 +172,33 @@ def sha256_file(path: Path) -> str:
 
 def _hash_all(paths: list[Path]) -> list[str]:
     # hashlib releases the GIL on large buffers, so two 1 GB checkpoints hash in parallel.
-    with ThreadPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1))) as pool:
-        return list(pool.map(sha256_file, paths))
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1))) as pool:
+            return list(pool.map(sha256_file, paths))
+    except OSError as e:
+        raise WeightsError(f"{e.filename}: cannot read ({e.strerror})") from e
+
+
+def _records(files: list[Path], base: Path) -> dict[str, dict]:
+    """Manifest file records (path relative to `base` -> SHA-256 and size)."""
+    return {
+        p.relative_to(base).as_posix(): {"sha256": digest, "size": p.stat().st_size}
+        for p, digest in zip(files, _hash_all(files), strict=True)
+    }
 
 
 def default_weights_dir(env: Mapping[str, str] = os.environ) -> Path:
     """Per-user weights folder: `$XDG_DATA_HOME/spineseg/weights` or ~/.local/share/..."""
     home = Path(env.get("HOME") or Path.home())
     return Path(env.get("XDG_DATA_HOME") or home / ".local" / "share") / "spineseg" / "weights"
+
+
+def _cached_manifest_path(release_dir: Path, env: Mapping[str, str]) -> Path:
+    """Per-user cache file recording a read-only weights folder, keyed by its resolved path."""
+    home = Path(env.get("HOME") or Path.home())
+    cache = Path(env.get("XDG_CACHE_HOME") or home / ".cache") / "spineseg" / "manifests"
+    key = hashlib.sha256(str(release_dir.resolve()).encode()).hexdigest()[:32]
+    return cache / f"{key}.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,6 +221,14 @@ def _dataset_dirs(folder: Path) -> dict[str, Path]:
     return found
 
 
+def _both_steps(release_dir: Path) -> dict[str, Path]:
+    datasets = _dataset_dirs(release_dir)
+    for step, prefix in STEP_PREFIXES.items():
+        if step not in datasets:
+            raise WeightsError(f"{release_dir}: no {prefix}* folder; {_REINSTALL}")
+    return datasets
+
+
 def _datasets_in(folder: Path, release: str, label: str) -> dict[str, Path]:
     """Dataset folders of an unpacked source: directly inside, or under `<release>/`."""
     for candidate in (folder, folder / release):
@@ -155,13 +239,13 @@ def _datasets_in(folder: Path, release: str, label: str) -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Manifest
+# Manifest and provenance
 
 
-def _read_manifest(release_dir: Path) -> dict:
-    path = release_dir / MANIFEST
+def _read_manifest(path: Path) -> dict | None:
+    """The manifest at `path`, None when there is none."""
     if not path.is_file():
-        return {}
+        return None
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -192,6 +276,7 @@ def _is_manifest(data: object) -> bool:
 def _write_json_atomic(path: Path, data: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes it private; other users of a shared folder read it
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=2, sort_keys=True)
             fh.write("\n")
@@ -201,41 +286,128 @@ def _write_json_atomic(path: Path, data: dict) -> None:
         raise
 
 
-def _verify(release_dir: Path, datasets: dict[str, Path]) -> dict[str, str]:
-    """Hash every model file and compare with the manifest; file name -> SHA-256.
+def _demo_entries() -> dict[str, dict]:
+    """Known SHA-256 of the shipped demo models, as manifest entries (Dataset folder -> files).
 
-    Folders without a manifest entry (unpacked by hand, the demo models) are hashed for
-    provenance only; there is nothing to compare with.
+    `python -m bids_app.demo_models.train export` lists them in the demo README; empty when
+    there is no list.
     """
-    manifest = _read_manifest(release_dir)
-    listed = manifest.get("datasets", {})
+    try:
+        text = (DEMO_DIR / DEMO_README).read_text()
+    except OSError:
+        return {}
+    start, end = _DEMO_SHA_BLOCK
+    block = text.partition(start)[2].partition(end)[0]
+    entries: dict[str, dict] = {}
+    for digest, rel in re.findall(r"^([0-9a-f]{64})  (\S+)$", block, re.M):
+        entries.setdefault(rel.split("/", 1)[0], {"files": {}})["files"][rel] = {"sha256": digest}
+    return entries
+
+
+def _digests(entry: Mapping) -> dict[str, str]:
+    return {rel: rec["sha256"] for rel, rec in entry["files"].items()}
+
+
+def _origin(name: str, entry: Mapping) -> str:
+    """What one recorded Dataset folder provably is: an official release, demo or unknown."""
+    for rel, urls in RELEASES.items():
+        if entry.get("source") == urls.get(name):
+            return rel
+    demo = _demo_entries().get(name)
+    return DEMO_RELEASE if demo and _digests(entry) == _digests(demo) else UNKNOWN_RELEASE
+
+
+def _release_of(entries: Mapping[str, Mapping]) -> str:
+    """Release of recorded Dataset folders: the one they all provably share, else unknown."""
+    origins = {_origin(name, entry) for name, entry in entries.items()}
+    return origins.pop() if len(origins) == 1 else UNKNOWN_RELEASE
+
+
+def _flat_hashes(entries: Mapping[str, Mapping]) -> dict[str, str]:
+    """Installed zip names and model file paths -> SHA-256, as recorded."""
+    hashes: dict[str, str] = {}
+    for entry in entries.values():
+        if entry.get("zip"):
+            hashes[entry["zip"]["name"]] = entry["zip"]["sha256"]
+        hashes.update(_digests(entry))
+    return hashes
+
+
+def _verify(
+    release_dir: Path,
+    datasets: dict[str, Path],
+    entries: Mapping[str, Mapping],
+    where: Path,
+    fix: str,
+) -> dict[str, str]:
+    """Hash every model file and compare with what `where` records; file name -> SHA-256.
+
+    `fix` ends every error: what the user can do about it.
+    """
     files: list[Path] = []
-    expected: dict[Path, dict | None] = {}
+    expected: dict[Path, Mapping] = {}
     hashes: dict[str, str] = {}
     for ds in datasets.values():
-        entry = listed.get(ds.name)
-        if entry and entry.get("zip"):
+        entry = entries.get(ds.name)
+        if entry is None:
+            raise WeightsError(f"{ds}: not recorded in {where}; {fix}")
+        if entry.get("zip"):
             hashes[entry["zip"]["name"]] = entry["zip"]["sha256"]
         for path in model_files(ds):
-            rel = path.relative_to(release_dir).as_posix()
-            record = entry["files"].get(rel) if entry else None
-            if entry and record is None:
-                raise WeightsError(f"{path}: not part of the installed weights; {_REINSTALL}")
-            if record and path.stat().st_size != record["size"]:
+            record = entry["files"].get(path.relative_to(release_dir).as_posix())
+            if record is None:
+                raise WeightsError(f"{path}: not part of the installed weights; {fix}")
+            size = path.stat().st_size
+            if "size" in record and size != record["size"]:
                 raise WeightsError(
-                    f"{path}: size {path.stat().st_size} differs from the installed "
-                    f"{record['size']} bytes (changed or truncated); {_REINSTALL}"
+                    f"{path}: size {size} differs from the installed "
+                    f"{record['size']} bytes (changed or truncated); {fix}"
                 )
             files.append(path)
             expected[path] = record
     for path, digest in zip(files, _hash_all(files), strict=True):
-        record = expected[path]
-        if record and digest != record["sha256"]:
-            raise WeightsError(
-                f"{path}: SHA-256 differs from {MANIFEST} (file changed); {_REINSTALL}"
-            )
+        if digest != expected[path]["sha256"]:
+            raise WeightsError(f"{path}: SHA-256 differs from {where} (file changed); {fix}")
         hashes[path.relative_to(release_dir).as_posix()] = digest
     return hashes
+
+
+def _record_first_use(release_dir: Path, datasets: dict[str, Path], env: Mapping[str, str]) -> dict:
+    """Hash a folder that has no manifest and record it: in the folder, else the user cache."""
+    installed = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    entries = {
+        ds.name: {
+            "source": f"{ds.resolve()} (recorded at first use)",
+            "installed": installed,
+            "zip": None,
+            "files": _records(model_files(ds), release_dir),
+        }
+        for ds in datasets.values()
+    }
+    manifest = {"release": _release_of(entries), "first_use": True, "datasets": entries}
+    target = release_dir / MANIFEST
+    try:
+        _write_json_atomic(target, manifest)
+    except OSError:
+        target = _cached_manifest_path(release_dir, env)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_json_atomic(target, {**manifest, "folder": str(release_dir.resolve())})
+        except OSError as e:
+            raise WeightsError(
+                f"{release_dir}: no {MANIFEST}, and neither this folder nor {target.parent} "
+                f"is writable to record one ({e.strerror}); install the folder with "
+                f"`spineseg weights --from {release_dir}`, or set XDG_CACHE_HOME to a "
+                "writable folder"
+            ) from e
+    log.warning(
+        "%s: no %s; recorded the SHA-256 of its model files in %s (first use): "
+        "a later change to them is refused",
+        release_dir,
+        MANIFEST,
+        target,
+    )
+    return manifest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,39 +424,57 @@ def resolve_weights(
     """Find and verify the weights to run with.
 
     Precedence: `cli_path` > $SPINESEG_WEIGHTS > `default_weights_dir()`. The demo models
-    shipped in the package are used only when asked for: `demo=True` or the path "demo".
-    The root may hold `<release>/Dataset10x_*` (newest release, or `release`) or the Dataset
-    folders directly. Every call re-hashes the model files against the install manifest.
+    shipped in the package are used only when asked for: `demo=True`, the path "demo" or
+    their folder; they are checked against the hashes in their README. Any other root may
+    hold `<release>/Dataset10x_*` (an official release, or `release` when given) or the
+    Dataset folders directly. Every call re-hashes the model files against the manifest; a
+    folder without one gets one now (see the module docstring).
     """
     chosen = cli_path if cli_path is not None else env.get(ENV_VAR) or None
-    if demo or chosen == "demo" or chosen == Path("demo"):
-        root, release_dir, name = DEMO_DIR, DEMO_DIR, DEMO_RELEASE
+    if demo or str(chosen) == "demo" or (chosen and Path(chosen).resolve() == DEMO_DIR):
+        return _resolve_demo()
+    root = Path(chosen) if chosen is not None else default_weights_dir(env)
+    release_dir = _locate_release(root, release)
+    datasets = _both_steps(release_dir)
+    own, cached = release_dir / MANIFEST, _cached_manifest_path(release_dir, env)
+    where = own if own.is_file() else cached
+    manifest = _read_manifest(where)
+    if manifest is None:
+        manifest = _record_first_use(release_dir, datasets, env)
+        hashes = _flat_hashes(manifest["datasets"])
     else:
-        root = Path(chosen) if chosen is not None else default_weights_dir(env)
-        release_dir, name = _locate_release(root, release)
-    datasets = _dataset_dirs(release_dir)
-    for step, prefix in STEP_PREFIXES.items():
-        if step not in datasets:
-            raise WeightsError(f"{release_dir}: no {prefix}* folder; {_REINSTALL}")
+        fix = (
+            f"restore the file, or delete {where} to record the folder as it is now"
+            if manifest.get("first_use")
+            else _REINSTALL
+        )
+        hashes = _verify(release_dir, datasets, manifest["datasets"], where, fix)
+    used = {ds.name: manifest["datasets"][ds.name] for ds in datasets.values()}
     return WeightSet(
-        root=root,
-        release=name,
-        step1=datasets["step1"],
-        step2=datasets["step2"],
-        sha256=_verify(release_dir, datasets),
+        root, release_dir, _release_of(used), datasets["step1"], datasets["step2"], hashes
     )
 
 
-def _locate_release(root: Path, release: str | None) -> tuple[Path, str]:
-    """(folder holding the Dataset folders, release name) for a weights root."""
-    hint = "install them with `spineseg weights` or point SPINESEG_WEIGHTS at them"
+def _resolve_demo() -> WeightSet:
+    """The shipped demo models, checked against the hashes in their README (no manifest)."""
+    readme = DEMO_DIR / DEMO_README
+    entries = _demo_entries()
+    if not entries:
+        raise WeightsError(f"{readme}: no SHA-256 list of the demo models; reinstall spineseg")
+    datasets = _both_steps(DEMO_DIR)
+    hashes = _verify(DEMO_DIR, datasets, entries, readme, "reinstall spineseg")
+    return WeightSet(DEMO_DIR, DEMO_DIR, DEMO_RELEASE, datasets["step1"], datasets["step2"], hashes)
+
+
+def _locate_release(root: Path, release: str | None) -> Path:
+    """Folder holding the Dataset folders of a weights root."""
+    hint = f"install them with `spineseg weights` or, {_ALTERNATIVES}"
     if not root.is_dir():
         raise WeightsError(f"{root}: weights folder not found; {hint}")
     if _dataset_dirs(root):
-        name = _read_manifest(root).get("release") or root.name
-        if release is not None and name != release:
-            raise WeightsError(f"{root}: holds release {name}, not {release}")
-        return root, name
+        if release is not None and root.name != release:
+            raise WeightsError(f"{root}: holds the model folders directly, not release {release}")
+        return root
     installed = sorted(
         d.name for d in root.iterdir() if not d.name.startswith(".") and _dataset_dirs(d)
     )
@@ -292,11 +482,11 @@ def _locate_release(root: Path, release: str | None) -> tuple[Path, str]:
         if release not in installed:
             have = ", ".join(installed) or "none"
             raise WeightsError(f"{root}: release {release} not installed (installed: {have})")
-        return root / release, release
+        return root / release
     if not installed:
         raise WeightsError(f"{root}: no TotalSpineSeg weights inside; {hint}")
-    name = DEFAULT_RELEASE if DEFAULT_RELEASE in installed else installed[-1]
-    return root / name, name
+    official = [rel for rel in RELEASES if rel in installed]  # newest first
+    return root / (official[0] if official else installed[-1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,112 +495,172 @@ def _locate_release(root: Path, release: str | None) -> tuple[Path, str]:
 
 @dataclass
 class _Staged:
-    """One Dataset folder unpacked in the temp dir, checked and hashed, not yet in place."""
+    """One Dataset folder unpacked in the temp dir, checked and hashed, not yet in place.
+
+    `entry` is its manifest record: source, zip, files.
+    """
 
     folder: Path
-    source: str
-    zip_record: dict | None
-    files: dict[str, dict] = field(default_factory=dict)
+    entry: dict
 
 
 def install_weights(
     dest_root: Path,
     *,
-    release: str = DEFAULT_RELEASE,
+    release: str | None = None,
     source: str | Path | None = None,
     progress: bool = True,
     force: bool = False,
 ) -> WeightSet:
-    """Install one release into `dest_root/<release>/` atomically and record its hashes.
+    """Install weights into `dest_root/<folder>/` atomically and record their hashes.
 
-    `source`: None downloads the release zips from GitHub; a URL ending in .zip, or a URL
-    prefix (file://, http://...) of a folder holding `Dataset10x_..._<release>.zip`; a zip
-    file (installs that dataset only; call again for the other); a folder holding the zips;
-    or an unpacked folder with Dataset101_*/Dataset102_* (directly or under `<release>/`).
+    `source`: None downloads the official zips of `release` (default the newest) from
+    GitHub; a URL ending in .zip, or a URL prefix (file://, http://...) of a folder holding
+    `Dataset10x_..._<release>.zip`; a zip file (installs that dataset only; call again for
+    the other); a folder holding the zips; or an unpacked folder with Dataset101_*/
+    Dataset102_* (directly or under `<release>/`). The folder is named `release` when given,
+    else after what was installed: the release for an official download, else "demo" or
+    "unknown" (see the module docstring).
     Everything is unpacked and checked in a temp folder inside `dest_root`, then renamed into
-    place, so an interrupted install never leaves a half folder. A file lock serialises
-    parallel installs (cluster jobs sharing one weights folder). Downloads skip datasets that
-    are already installed and verify, unless `force`.
+    place, so an interrupted install never leaves a half folder, and a failed one leaves
+    `dest_root` as it was. A file lock serialises parallel installs (cluster jobs sharing one
+    weights folder). Downloads skip datasets already installed from the same URL and
+    verified, unless `force`.
     """
     dest_root = Path(dest_root)
-    dest_root.mkdir(parents=True, exist_ok=True)
-    release_dir = dest_root / release
-    with FileLock(str(dest_root / ".install.lock")):
-        for stale in dest_root.glob(f"{_TMP_PREFIX}*"):  # left by a killed install
-            shutil.rmtree(stale, ignore_errors=True)
-        with tempfile.TemporaryDirectory(dir=dest_root, prefix=_TMP_PREFIX) as tmp:
-            staged = _stage(Path(tmp), source, release, release_dir, progress, force)
-            _commit(staged, release_dir, Path(tmp), release)
+    wanted = release or DEFAULT_RELEASE
+    folder = release or (wanted if source is None else None)
+    try:
+        with _install_lock(dest_root):
+            for stale in dest_root.glob(f"{_TMP_PREFIX}*"):  # left by a killed install
+                shutil.rmtree(stale, ignore_errors=True)
+            with tempfile.TemporaryDirectory(dir=dest_root, prefix=_TMP_PREFIX) as tmp:
+                skip_dir = dest_root / folder if folder else None
+                staged = _stage(Path(tmp), source, release, skip_dir, progress, force)
+                folder = folder or _release_of({s.folder.name: s.entry for s in staged})
+                _commit(staged, dest_root / folder, Path(tmp))
+    except OSError as e:
+        raise WeightsError(f"{e.filename or dest_root}: {e.strerror or e}") from e
+    release_dir = dest_root / folder
+    entries = (_read_manifest(release_dir / MANIFEST) or {}).get("datasets", {})
     datasets = _dataset_dirs(release_dir)
-    hashes: dict[str, str] = {}
-    for entry in _read_manifest(release_dir).get("datasets", {}).values():
-        if entry.get("zip"):
-            hashes[entry["zip"]["name"]] = entry["zip"]["sha256"]
-        hashes.update({rel: rec["sha256"] for rel, rec in entry["files"].items()})
-    return WeightSet(dest_root, release, datasets.get("step1"), datasets.get("step2"), hashes)
+    return WeightSet(
+        dest_root,
+        release_dir,
+        _release_of(entries),
+        datasets.get("step1"),
+        datasets.get("step2"),
+        _flat_hashes(entries),
+    )
+
+
+@contextmanager
+def _install_lock(dest_root: Path) -> Iterator[None]:
+    """Hold `dest_root`'s install lock, creating the folder; a failure leaves it as it was.
+
+    When an install fails (no network, a bad zip), the folders and the lock file that this
+    call created are removed while the lock is still held, so that the next attempt meets the
+    same state and gives the same error. A waiter that locked the removed file is sent back
+    by filelock (it checks that the file it locked is still linked), and a folder removed
+    under it is created again here.
+    """
+    lock_path = dest_root / _LOCK
+    while True:
+        missing = []  # folders this call creates, innermost first
+        for folder in (dest_root, *dest_root.parents):
+            if folder.exists():
+                break
+            missing.append(folder)
+        had_lock = lock_path.exists()
+        dest_root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_path))
+        try:
+            lock.acquire()
+            break
+        except FileNotFoundError:  # a failed install removed the folder while we waited
+            continue
+    try:
+        yield
+    except BaseException:
+        if not had_lock:
+            lock_path.unlink(missing_ok=True)
+        for folder in missing:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: someone else uses it now
+                break
+        raise
+    finally:
+        lock.release()
 
 
 def _stage(
     tmp: Path,
     source: str | Path | None,
-    release: str,
-    release_dir: Path,
+    release: str | None,
+    skip_dir: Path | None,
     progress: bool,
     force: bool,
 ) -> list[_Staged]:
+    wanted = release or DEFAULT_RELEASE
     urls, zips, folder = _classify(source, release)
-    if urls and not force:
-        urls = [u for u in urls if not _installed_and_valid(release_dir, _name_of(u, release))]
+    if urls and skip_dir is not None and not force:
+        urls = [u for u in urls if not _installed_and_valid(skip_dir, u, wanted)]
     staged: list[_Staged] = []
     for i, url in enumerate(urls):
         local = _download(url, tmp / f"download-{i}.zip", progress)
-        staged += _unpack(local, tmp / f"unpacked-{i}", url, release)
+        staged += _unpack(local, tmp / f"unpacked-{i}", url, wanted)
     for i, zpath in enumerate(zips):
-        staged += _unpack(zpath, tmp / f"unpacked-zip-{i}", str(zpath.resolve()), release)
+        staged += _unpack(zpath, tmp / f"unpacked-zip-{i}", str(zpath.resolve()), wanted)
     if folder is not None:
-        for ds in _datasets_in(folder, release, str(folder)).values():
+        for ds in _datasets_in(folder, wanted, str(folder)).values():
+            model_files(ds)  # refused here, naming the user's file rather than the copy
             copy = tmp / "copied" / ds.name
             shutil.copytree(ds, copy, symlinks=False)
-            staged.append(_Staged(copy, str(ds.resolve()), None))
+            staged.append(_Staged(copy, {"source": str(ds.resolve()), "zip": None}))
     names = [s.folder.name for s in staged]
     if len(set(names)) != len(names):
         raise WeightsError(f"{source}: the same dataset appears twice ({', '.join(names)})")
     for item in staged:
-        files = model_files(item.folder)
-        rels = [p.relative_to(item.folder.parent).as_posix() for p in files]
-        sizes = [p.stat().st_size for p in files]
-        item.files = {
-            r: {"sha256": h, "size": s}
-            for r, h, s in zip(rels, _hash_all(files), sizes, strict=True)
-        }
+        try:
+            files = model_files(item.folder)
+        except WeightsError as e:  # name the file inside the zip, not in the temp folder
+            raise WeightsError(
+                str(e).replace(f"{item.folder.parent}/", f"{item.entry['source']}: ")
+            ) from e
+        item.entry["files"] = _records(files, item.folder.parent)
     return staged
 
 
-def _classify(source: str | Path | None, release: str) -> tuple[list[str], list[Path], Path | None]:
+def _classify(
+    source: str | Path | None, release: str | None
+) -> tuple[list[str], list[Path], Path | None]:
     """(URLs to download, local zips, unpacked folder) for an install source."""
+    wanted = release or DEFAULT_RELEASE
     if source is None:
-        if release not in RELEASES:
+        if wanted not in RELEASES:
             known = ", ".join(RELEASES)
-            raise WeightsError(f"release {release}: no download URL known (known: {known})")
-        return list(RELEASES[release].values()), [], None
+            raise WeightsError(f"release {wanted}: no download URL known (known: {known})")
+        return list(RELEASES[wanted].values()), [], None
     text = str(source)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
         if text.endswith(".zip"):
             return [text], [], None
-        names = tuple(RELEASES.get(release, (STEP1, STEP2)))
-        return [f"{text.rstrip('/')}/{name}_{release}.zip" for name in names], [], None
+        names = tuple(RELEASES.get(wanted, (STEP1, STEP2)))
+        return [f"{text.rstrip('/')}/{name}_{wanted}.zip" for name in names], [], None
     path = Path(source)
     if path.is_file():
-        _check_zip_release(path, release)
+        if release is not None:
+            _check_zip_release(path, release)
         return [], [path], None
     if path.is_dir():
-        zips = sorted(path.glob(f"Dataset*_{release}.zip"))
+        zips = sorted(path.glob(f"Dataset*_{wanted}.zip"))
         if zips:
             return [], zips, None
         others = sorted(p.name for p in path.glob("Dataset*.zip"))
-        if others and not any(_dataset_dirs(d) for d in (path, path / release)):
+        if others and not any(_dataset_dirs(d) for d in (path, path / wanted)):
             raise WeightsError(
-                f"{path}: no Dataset*_{release}.zip (found {', '.join(others)}); "
+                f"{path}: no Dataset*_{wanted}.zip (found {', '.join(others)}); "
                 "pass the release these zips belong to"
             )
         return [], [], path
@@ -429,12 +679,19 @@ def _name_of(url: str, release: str) -> str:
     return url.rsplit("/", 1)[-1].removesuffix(".zip").removesuffix(f"_{release}")
 
 
-def _installed_and_valid(release_dir: Path, name: str) -> bool:
+def _installed_and_valid(release_dir: Path, url: str, release: str) -> bool:
+    """Whether the dataset behind `url` is installed from that very URL and unchanged."""
+    name = _name_of(url, release)
     folder = release_dir / name
-    if not folder.is_dir() or name not in _read_manifest(release_dir).get("datasets", {}):
+    manifest = _read_manifest(release_dir / MANIFEST) or {"datasets": {}}
+    entry = manifest["datasets"].get(name)
+    if not folder.is_dir() or entry is None:
+        return False
+    if entry.get("source") != url:
+        log.info("%s came from %s; replacing it with %s", folder, entry.get("source"), url)
         return False
     try:
-        _verify(release_dir, {"this": folder})
+        _verify(release_dir, {"this": folder}, {name: entry}, release_dir / MANIFEST, _REINSTALL)
     except WeightsError as e:
         log.warning("%s; reinstalling", e)
         return False
@@ -453,12 +710,16 @@ def _download(url: str, dest: Path, progress: bool) -> Path:
                     out.write(chunk)
                     bar.update(len(chunk))
     except urllib.error.HTTPError as e:
-        raise WeightsError(f"{url}: download failed (HTTP {e.code} {e.reason})") from e
+        raise WeightsError(
+            f"{url}: download failed (HTTP {e.code} {e.reason}); {_ALTERNATIVES}"
+        ) from e
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise WeightsError(f"{url}: download failed ({reason})") from e
+        raise WeightsError(f"{url}: download failed ({reason}); {_ALTERNATIVES}") from e
     if total is not None and dest.stat().st_size != total:
-        raise WeightsError(f"{url}: download truncated ({dest.stat().st_size} of {total} bytes)")
+        raise WeightsError(
+            f"{url}: download truncated ({dest.stat().st_size} of {total} bytes); {_ALTERNATIVES}"
+        )
     return dest
 
 
@@ -476,28 +737,24 @@ def _unpack(zip_path: Path, dest: Path, origin: str, release: str) -> list[_Stag
         raise WeightsError(f"{origin}: corrupt or truncated zip ({e})") from e
     datasets = _datasets_in(dest, release, f"{origin} (zip)")
     record = {"name": origin.rsplit("/", 1)[-1], "sha256": digest}
-    return [_Staged(ds, origin, record) for ds in datasets.values()]
+    return [_Staged(ds, {"source": origin, "zip": record}) for ds in datasets.values()]
 
 
-def _commit(staged: list[_Staged], release_dir: Path, tmp: Path, release: str) -> None:
+def _commit(staged: list[_Staged], release_dir: Path, tmp: Path) -> None:
     """Move checked folders into place and record them; old copies go to the temp dir."""
     if not staged:
         return
     release_dir.mkdir(exist_ok=True)
-    manifest = _read_manifest(release_dir) or {"release": release, "datasets": {}}
-    manifest.setdefault("datasets", {})
+    manifest = _read_manifest(release_dir / MANIFEST) or {"datasets": {}}
+    manifest.pop("first_use", None)
     installed = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for item in staged:
         final = release_dir / item.folder.name
         if final.exists():
             os.replace(final, tmp / f"old-{final.name}")
         os.replace(item.folder, final)
-        manifest["datasets"][final.name] = {
-            "source": item.source,
-            "installed": installed,
-            "zip": item.zip_record,
-            "files": item.files,
-        }
+        manifest["datasets"][final.name] = {**item.entry, "installed": installed}
+    manifest["release"] = _release_of(manifest["datasets"])
     _write_json_atomic(release_dir / MANIFEST, manifest)
 
 

@@ -67,11 +67,16 @@ def server(zips):
 
 
 def assert_installed(ws: WeightSet, root: Path, tiny_models) -> None:
-    """Both datasets in place under root/<release>/, byte-identical, recorded in the manifest."""
-    assert ws.root == root and ws.release == REL and ws.complete
+    """Both datasets in place under root/<release>/, byte-identical, recorded in the manifest.
+
+    The tiny models come from no official URL and are not the demo models: release unknown,
+    whatever the folder is called.
+    """
+    assert ws.root == root and ws.release_dir == root / REL and ws.complete
+    assert ws.release == "unknown"
     assert ws.step1 == root / REL / STEP1 and ws.step2 == root / REL / STEP2
     manifest = json.loads((root / REL / "manifest.json").read_text())
-    assert manifest["release"] == REL
+    assert manifest["release"] == "unknown"
     for step in ("step1", "step2"):
         installed, original = checkpoint_of(getattr(ws, step)), checkpoint_of(tiny_models[step])
         assert sha(installed) == sha(original)
@@ -107,9 +112,9 @@ def test_pack_release_makes_official_layout_and_is_reproducible(tiny_models, zip
 
 def test_install_from_single_zips_one_dataset_at_a_time(zips, tmp_path, tiny_models):
     root = tmp_path / "weights"
-    first = install_weights(root, source=zips / f"{STEP1}_{REL}.zip", progress=False)
+    first = install_weights(root, release=REL, source=zips / f"{STEP1}_{REL}.zip", progress=False)
     assert first.step1 == root / REL / STEP1 and first.step2 is None and not first.complete
-    ws = install_weights(root, source=zips / f"{STEP2}_{REL}.zip", progress=False)
+    ws = install_weights(root, release=REL, source=zips / f"{STEP2}_{REL}.zip", progress=False)
     assert_installed(ws, root, tiny_models)
     manifest = json.loads((root / REL / "manifest.json").read_text())
     record = manifest["datasets"][STEP2]
@@ -121,12 +126,14 @@ def test_install_from_single_zips_one_dataset_at_a_time(zips, tmp_path, tiny_mod
 
 def test_install_from_folder_of_zips(zips, tmp_path, tiny_models):
     root = tmp_path / "weights"
-    assert_installed(install_weights(root, source=zips, progress=False), root, tiny_models)
+    assert_installed(
+        install_weights(root, release=REL, source=zips, progress=False), root, tiny_models
+    )
 
 
 def test_install_from_file_url_prefix(zips, tmp_path, tiny_models):
     root = tmp_path / "weights"
-    ws = install_weights(root, source=zips.as_uri(), progress=False)
+    ws = install_weights(root, release=REL, source=zips.as_uri(), progress=False)
     assert_installed(ws, root, tiny_models)
     manifest = json.loads((root / REL / "manifest.json").read_text())
     assert manifest["datasets"][STEP1]["source"] == f"{zips.as_uri()}/{STEP1}_{REL}.zip"
@@ -135,11 +142,12 @@ def test_install_from_file_url_prefix(zips, tmp_path, tiny_models):
 def test_install_over_http_then_skips_download_when_present(server, tmp_path, tiny_models):
     base, requested = server
     root = tmp_path / "weights"
-    assert_installed(install_weights(root, source=base, progress=False), root, tiny_models)
+    ws = install_weights(root, release=REL, source=base, progress=False)
+    assert_installed(ws, root, tiny_models)
     assert sorted(requested) == [f"/{STEP1}_{REL}.zip", f"/{STEP2}_{REL}.zip"]
-    install_weights(root, source=base, progress=False)
+    install_weights(root, release=REL, source=base, progress=False)
     assert len(requested) == 2  # verified install: nothing downloaded again
-    install_weights(root, source=base, progress=False, force=True)
+    install_weights(root, release=REL, source=base, progress=False, force=True)
     assert len(requested) == 4
     assert_installed(resolve_weights(root, env={}), root, tiny_models)
 
@@ -199,7 +207,7 @@ def test_flipped_byte_in_zip_is_caught_by_crc(zips, tmp_path):
 
 def test_zip_without_checkpoint_is_refused_and_old_install_kept(zips, tmp_path, tiny_models):
     root = tmp_path / "weights"
-    install_weights(root, source=zips, progress=False)
+    install_weights(root, release=REL, source=zips, progress=False)
     broken_src = tmp_path / "broken" / STEP1
     shutil.copytree(tiny_models["step1"], broken_src)
     checkpoint_of(broken_src).unlink()  # pack_release refuses this, so zip it by hand
@@ -208,7 +216,7 @@ def test_zip_without_checkpoint_is_refused_and_old_install_kept(zips, tmp_path, 
         for p in broken_src.rglob("*"):
             zf.write(p, f"{STEP1}/{p.relative_to(broken_src)}")
     with pytest.raises(WeightsError, match=r"no checkpoint_best\.pth or checkpoint_final\.pth"):
-        install_weights(root, source=zpath, progress=False)
+        install_weights(root, release=REL, source=zpath, progress=False)
     assert_installed(resolve_weights(root, env={}), root, tiny_models)
 
 
@@ -216,7 +224,9 @@ def test_stale_temp_folder_of_a_killed_install_is_cleaned(zips, tmp_path, tiny_m
     root = tmp_path / "weights"
     stale = root / ".tmp-install-killed" / "unpacked-0" / STEP1
     stale.mkdir(parents=True)
-    assert_installed(install_weights(root, source=zips, progress=False), root, tiny_models)
+    assert_installed(
+        install_weights(root, release=REL, source=zips, progress=False), root, tiny_models
+    )
     assert not stale.parent.parent.exists()
 
 
@@ -238,7 +248,7 @@ def test_parallel_installs_do_not_race(zips, tmp_path, tiny_models, monkeypatch)
 
     def job():
         try:
-            install_weights(root, source=zips, progress=False, force=True)
+            install_weights(root, release=REL, source=zips, progress=False, force=True)
         except BaseException as e:  # collected and checked in the main thread
             errors.append(e)
 
@@ -271,7 +281,7 @@ def test_release_mismatch_is_explained(zips, tmp_path):
 @pytest.fixture
 def installed(zips, tmp_path) -> Path:
     root = tmp_path / "installed"
-    install_weights(root, source=zips, progress=False)
+    install_weights(root, release=REL, source=zips, progress=False)
     return root
 
 
@@ -307,9 +317,9 @@ def test_checkpoint_added_after_install_is_refused(installed):
 
 def test_precedence_cli_then_env_then_user_dir(installed, zips, tmp_path, tiny_models):
     other = tmp_path / "other"
-    install_weights(other, source=zips, progress=False)
+    install_weights(other, release=REL, source=zips, progress=False)
     xdg = tmp_path / "xdg"
-    install_weights(xdg / "spineseg" / "weights", source=zips, progress=False)
+    install_weights(xdg / "spineseg" / "weights", release=REL, source=zips, progress=False)
     env = {"SPINESEG_WEIGHTS": str(other), "XDG_DATA_HOME": str(xdg)}
     assert resolve_weights(installed, env=env).root == installed
     assert resolve_weights(env=env).root == other
@@ -319,21 +329,26 @@ def test_precedence_cli_then_env_then_user_dir(installed, zips, tmp_path, tiny_m
 
 def test_dataset_folders_directly_in_root_or_release_given(installed, tiny_models):
     direct = resolve_weights(installed / REL, env={})
-    assert direct.release == REL and direct.step1 == installed / REL / STEP1
+    assert direct.release == "unknown" and direct.step1 == installed / REL / STEP1
     assert resolve_weights(installed, env={}, release=REL).step2 == installed / REL / STEP2
     with pytest.raises(WeightsError, match=r"release r20251124 not installed .*: r20260730\)"):
         resolve_weights(installed, env={}, release="r20251124")
 
 
-def test_unverifiable_folder_is_still_hashed(tiny_models, tmp_path):
-    """Folders unpacked by hand have no manifest: usable, hashes recorded for provenance."""
+def test_folder_without_manifest_is_recorded_on_first_use(tiny_models, tmp_path, caplog):
+    """Folders unpacked by hand: usable, their hashes recorded (with a warning) on first use."""
     root = tmp_path / "handmade"
     for step in ("step1", "step2"):
         shutil.copytree(tiny_models[step], root / tiny_models[step].name)
     ws = resolve_weights(root, env={})
-    assert ws.release == "handmade" and ws.complete
+    assert ws.release == "unknown" and ws.complete and ws.release_dir == root
     ckpt = checkpoint_of(root / STEP1)
-    assert ws.sha256[ckpt.relative_to(root).as_posix()] == sha(ckpt)
+    rel = ckpt.relative_to(root).as_posix()
+    assert ws.sha256[rel] == sha(ckpt)
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["datasets"][STEP1]["files"][rel]["sha256"] == sha(ckpt)
+    assert f"{root}: no manifest.json; recorded" in caplog.text
+    assert f"in {root / 'manifest.json'} (first use)" in caplog.text
 
 
 def test_missing_weights_point_to_the_install_command(tmp_path):
@@ -344,10 +359,24 @@ def test_missing_weights_point_to_the_install_command(tmp_path):
         resolve_weights(tmp_path / "empty", env={})
 
 
+def write_demo_readme(demo: Path) -> None:
+    """The hash list `train.py export` writes into the demo README."""
+    sums = [
+        f"{sha(p)}  {p.relative_to(demo).as_posix()}"
+        for p in sorted(demo.glob("Dataset10*/*/**/*"))
+        if p.is_file()
+    ]
+    block = "\n".join(["```", *sums, "```"])
+    (demo / "README.md").write_text(
+        f"# demo\n\n<!-- demo-sha:start -->\n{block}\n<!-- demo-sha:end -->\n"
+    )
+
+
 def test_demo_models_only_when_asked(tiny_models, tmp_path, monkeypatch):
     demo = tmp_path / "demo_models"
     for step in ("step1", "step2"):
         shutil.copytree(tiny_models[step], demo / tiny_models[step].name)
+    write_demo_readme(demo)
     monkeypatch.setattr(w, "DEMO_DIR", demo)
     for ws in (
         resolve_weights(demo=True, env={}),
@@ -355,5 +384,6 @@ def test_demo_models_only_when_asked(tiny_models, tmp_path, monkeypatch):
         resolve_weights(env={"SPINESEG_WEIGHTS": "demo"}),
     ):
         assert ws.release == "demo" and ws.step1 == demo / STEP1 and ws.complete
+    assert not (demo / "manifest.json").exists()  # checked against the README, nothing written
     with pytest.raises(WeightsError, match="weights folder not found"):
         resolve_weights(env={"XDG_DATA_HOME": str(tmp_path / "nothing")})
