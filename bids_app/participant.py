@@ -44,6 +44,7 @@ from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import Engine, EngineError, EngineResult
 from bids_app.errors import ExitCode, UserError, one_line
 from bids_app.logs import run_log, say
+from bids_app.nnunet.weights import WeightsError, describe_release, resolve_weights
 from bids_app.qc.records import landmark_list
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,6 @@ def select(config: RunConfig) -> disc.Selection:
 
 def resolve_model(weights_arg: str | None):
     """The verified weights and their provenance; missing or corrupt weights exit 78."""
-    from bids_app.nnunet.weights import WeightsError, resolve_weights
-
     try:
         weights = resolve_weights(weights_arg)
     except WeightsError as e:
@@ -170,11 +169,11 @@ class ImageFailure(Exception):
 
 def create_engine(factory: EngineFactory, weights, device: str, threads: int | None) -> Engine:
     """One engine per process; a device that cannot be used is a one-line error (exit 1)."""
-    from bids_app.nnunet.weights import WeightsError
-
     try:
         engine = factory(weights, device, threads)
-    except (ValueError, EngineError, WeightsError) as e:
+    except WeightsError as e:
+        raise UserError(ExitCode.CONFIG, str(e)) from e
+    except (ValueError, EngineError) as e:
         raise UserError(
             ExitCode.FAILED,
             f"--device {device}: {one_line(e)} (containers need `--gpus all` with Docker "
@@ -212,6 +211,8 @@ def segment_image(
             name=name,
             progress=lambda stage: log.debug("%s: %s", name, stage),
         )
+    except WeightsError as e:  # models load on first use: bad weights stop the run (78)
+        raise UserError(ExitCode.CONFIG, str(e)) from e
     except EngineError as e:
         raise ImageFailure(one_line(e)) from e
     except (OSError, EOFError, zlib.error, nib.filebasedimages.ImageFileError) as e:
@@ -567,7 +568,7 @@ def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
             say(*(f"wrote {w}" for w in written))
             return ExitCode.OK
         weights, model = resolve_model(config.weights)
-        say(f"model: TotalSpineSeg {model.release} ({weights.root})")
+        say(f"model: {describe_release(model.release)} ({weights.release_dir})")
         with _writing(str(out)):
             changed = write_dataset_files(out, config.bids_dir, model)
         if changed:

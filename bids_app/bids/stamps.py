@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
 
-from bids_app.bids.atomic import write_json_atomic
+from bids_app.atomic import write_json_atomic
 
 STATUS_DIR = Path("logs") / "status"
 

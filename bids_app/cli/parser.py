@@ -248,7 +248,7 @@ def weights_parser() -> UsageParser:
         prog=f"{PROG} weights",
         description="Install the TotalSpineSeg nnU-Net weights (verified by SHA-256), or "
         "verify an installation with --verify.",
-        epilog="exit codes: 0 ok, 1 install or verification failed, 64 usage",
+        epilog="exit codes: 0 ok, 78 weights missing, corrupt or not installable, 64 usage",
     )
     p.add_argument("--release", help="weights release (default: the newest known)")
     p.add_argument(

@@ -42,6 +42,8 @@ from pathlib import Path
 from filelock import FileLock
 from tqdm import tqdm
 
+from bids_app.atomic import write_json_atomic
+
 log = logging.getLogger(__name__)
 
 _URL = "https://github.com/neuropoly/totalspineseg/releases/download/{rel}/{name}_{rel}.zip"
@@ -273,19 +275,6 @@ def _is_manifest(data: object) -> bool:
     return True
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes it private; other users of a shared folder read it
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _demo_entries() -> dict[str, dict]:
     """Known SHA-256 of the shipped demo models, as manifest entries (Dataset folder -> files).
 
@@ -387,12 +376,12 @@ def _record_first_use(release_dir: Path, datasets: dict[str, Path], env: Mapping
     manifest = {"release": _release_of(entries), "first_use": True, "datasets": entries}
     target = release_dir / MANIFEST
     try:
-        _write_json_atomic(target, manifest)
+        write_json_atomic(target, manifest)
     except OSError:
         target = _cached_manifest_path(release_dir, env)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            _write_json_atomic(target, {**manifest, "folder": str(release_dir.resolve())})
+            write_json_atomic(target, {**manifest, "folder": str(release_dir.resolve())})
         except OSError as e:
             raise WeightsError(
                 f"{release_dir}: no {MANIFEST}, and neither this folder nor {target.parent} "
@@ -755,7 +744,7 @@ def _commit(staged: list[_Staged], release_dir: Path, tmp: Path) -> None:
         os.replace(item.folder, final)
         manifest["datasets"][final.name] = {**item.entry, "installed": installed}
     manifest["release"] = _release_of(manifest["datasets"])
-    _write_json_atomic(release_dir / MANIFEST, manifest)
+    write_json_atomic(release_dir / MANIFEST, manifest)
 
 
 # ---------------------------------------------------------------------------------------------

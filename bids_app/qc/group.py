@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bids_app import __version__
 from bids_app import labels as L
-from bids_app.bids.atomic import write_json_atomic, write_text_atomic
+from bids_app.atomic import write_json_atomic, write_text_atomic
 from bids_app.qc.flags import (
     FLAG_DESCRIPTIONS,
     GROUP_FLAGS,

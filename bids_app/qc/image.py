@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from bids_app import __version__
-from bids_app.bids.atomic import write_json_atomic, write_text_atomic
+from bids_app.atomic import write_json_atomic, write_text_atomic
 from bids_app.qc import flags as F
 from bids_app.qc import measures, previews
 from bids_app.qc.flags import Thresholds

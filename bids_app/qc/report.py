@@ -17,7 +17,7 @@ from PIL import Image
 
 from bids_app import __version__
 from bids_app import labels as L
-from bids_app.bids.atomic import write_text_atomic
+from bids_app.atomic import write_text_atomic
 from bids_app.qc.measures import COLUMN_BY_NAME
 from bids_app.qc.records import ImageRecord, collect, format_value, landmark_list
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from bidsapp_testkit import make_bids, tiny_image
 
-from bids_app.bids import atomic
+from bids_app import atomic
 from bids_app.bids import derivatives as d
 from bids_app.bids import stamps as st
 

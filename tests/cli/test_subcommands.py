@@ -100,12 +100,16 @@ def test_weights_verify_and_install_from_a_folder(weights, tmp_path, capsys):
     assert "fold_0/checkpoint_final.pth" in out
     dest = tmp_path / "installed"
     rc = main(["weights", "--from", str(weights), "--dest", str(dest), "--release", "rtest"])
-    assert rc == 0 and "installed release rtest" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert rc == 0 and out.startswith("installed weights of unknown origin (release `unknown`")
+    assert f"in {dest / 'rtest'}\n" in out  # --release names the folder, proves nothing
     assert (dest / "rtest" / "Dataset101_TotalSpineSeg_step1").is_dir()
     rc = main(["weights", "--verify", "--dest", str(dest)])
-    assert rc == 0 and "release rtest" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert rc == 0 and out.startswith("weights OK: weights of unknown origin")
+    assert f"in {dest / 'rtest'}\n" in out
     rc = main(["weights", "--verify", "--dest", str(tmp_path / "empty")])
-    assert rc == 1 and "weights folder not found" in capsys.readouterr().err
+    assert rc == 78 and "weights folder not found" in capsys.readouterr().err
 
 
 def test_phantoms_refuses_an_unrelated_folder_and_passes_its_options(tmp_path, capsys, monkeypatch):

@@ -100,14 +100,14 @@ def test_copied_demo_folder_is_recorded_then_a_flipped_byte_is_refused(demo_copy
 
 
 def test_read_only_folder_is_recorded_in_the_user_cache(demo_copy, tmp_path, monkeypatch, caplog):
-    real_write = w._write_json_atomic
+    real_write = w.write_json_atomic
 
     def read_only_folder(path: Path, data: dict) -> None:
         if path.parent == demo_copy:
             raise PermissionError(13, "Permission denied", str(path))
         real_write(path, data)
 
-    monkeypatch.setattr(w, "_write_json_atomic", read_only_folder)
+    monkeypatch.setattr(w, "write_json_atomic", read_only_folder)
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
     assert resolve_weights(demo_copy, env=env).release == "demo"
     assert not (demo_copy / "manifest.json").exists()
@@ -127,7 +127,7 @@ def test_folder_is_refused_when_no_manifest_can_be_written(demo_copy, tmp_path, 
     def nothing_writable(path: Path, data: dict) -> None:
         raise OSError(30, "Read-only file system", str(path))
 
-    monkeypatch.setattr(w, "_write_json_atomic", nothing_writable)
+    monkeypatch.setattr(w, "write_json_atomic", nothing_writable)
     with pytest.raises(WeightsError) as info:
         resolve_weights(demo_copy, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     message = str(info.value)

@@ -1,4 +1,4 @@
-"""Atomic and parallel-safe file writing.
+"""Atomic and parallel-safe file writing, for every layer (outputs, stamps, weight manifests).
 
 A killed run must never leave a file that looks finished, and several participant jobs may
 write into one output_dir at once (BIDS-Apps allow parallel participant runs), so every write
