@@ -101,16 +101,15 @@ def _grid(img: SpatialImage, name: str) -> list[str]:
         used, why = "pixdim-only fallback affine", "sform_code and qform_code are 0"
     affine = img.affine
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) <= 1e-6 * np.prod(
-        zooms
-    ):
+    flat = abs(np.linalg.det(affine[:3, :3])) <= 1e-6 * np.prod(zooms)  # axes (nearly) parallel
+    if not np.all(np.isfinite(affine)) or flat:
         raise EngineError(f"{name}: the {used} is singular (voxel sizes {_mm(zooms)})")
     if hdr is None:
         return []
     warnings = []
     pixdim = _stored_header(img)["pixdim"][1:4]
     if not np.all(pixdim > 0):
-        if used != "sform" and not np.all(pixdim != 0):
+        if np.any(pixdim == 0) and used != "sform":
             raise EngineError(
                 f"{name}: voxel size 0 in the header (pixdim[1:4] = {_mm(pixdim)}) and the "
                 f"{used} defines the grid ({why}): the affine is singular"
@@ -160,11 +159,11 @@ def _size(img: SpatialImage, name: str) -> None:
             held = _file_bytes(proxy.file_like, proxy.offset + declared)
         except zlib.error as err:
             raise EngineError(f"{name}: corrupt compressed data ({err})") from err
-        if held is not None and held - proxy.offset < declared:
+        held = None if held is None else max(held - proxy.offset, 0)
+        if held is not None and held < declared:
             raise EngineError(
                 f"{name}: header declares {'x'.join(map(str, proxy.shape))} voxels "
-                f"({declared / 1e9:.2f} GB) but the file holds only "
-                f"{max(held - proxy.offset, 0)} bytes"
+                f"({declared / 1e9:.2f} GB) but the file holds only {held} bytes"
             )
     fov = np.array(img.shape[:3]) * np.sqrt((img.affine[:3, :3] ** 2).sum(0))
     grid = np.floor(fov).astype(int)
