@@ -360,6 +360,8 @@ class ParticipantRun:
             return self.fail(plan, str(e))
         if plan.localizer_warning:
             result.warnings.append(plan.localizer_warning)
+        for warning in result.warnings:  # also in the stamp, the sidecars and the report
+            log.warning("%s: %s", job.name, warning)
         outputs = self.write(plan, result)
         status, reason = self.outcome(plan, result)
         qc_outputs, qc_error = self.image_qc(plan, img, result)

@@ -16,6 +16,7 @@ import numpy as np
 
 from bids_app import labeling
 from bids_app.engine import geometry as geo
+from bids_app.engine.image_checks import check_image
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import EngineError, EngineResult
 from bids_app.labels import (
@@ -43,22 +44,6 @@ class _Iso:
 
     native: nib.Nifti1Image  # the 3-D input grid outputs return to
     image: nib.Nifti1Image  # 1 mm canonical image (input dtype)
-
-
-def check_image(img: nib.Nifti1Image, name: str) -> None:
-    """Refuse what the method cannot segment, with a one-line reason naming the file."""
-    if img.ndim not in (3, 4):
-        raise EngineError(f"{name}: {img.ndim}-D image (shape {img.shape}); expected 3-D or 4-D")
-    if min(img.shape[:3]) < 2:
-        raise EngineError(f"{name}: shape {img.shape} is not a 3-D volume")
-    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
-    if not np.all(np.isfinite(img.affine)) or np.any(zooms <= 0):
-        raise EngineError(f"{name}: invalid affine (voxel sizes {zooms.round(3).tolist()})")
-    data = np.asanyarray(img.dataobj)
-    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
-        raise EngineError(f"{name}: image contains NaN or infinite values")
-    if not np.any(data):
-        raise EngineError(f"{name}: image is empty (all voxels are zero)")
 
 
 def _numbered(out: labeling.LabelingOutput) -> labeling.LabelingOutput:
@@ -115,7 +100,9 @@ class SpineSegEngine:
         """
         res = EngineResult(device=str(self.device))
         top_disc = options.assume_top_disc
-        check_image(img, name)
+        checked = check_image(img, name)  # before anything is allocated for the image
+        img = checked.image  # type: ignore[assignment]  # same class as the input
+        res.warnings.extend(checked.warnings)
 
         @contextmanager
         def stage(label: str) -> Iterator[None]:
