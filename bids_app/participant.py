@@ -348,8 +348,6 @@ class ParticipantRun:
         (log.warning if plan.decision.warn else log.info)(
             "%s: %s; segmenting", job.name, plan.decision.reason
         )
-        if plan.localizer_warning:
-            log.warning("%s: %s", job.name, plan.localizer_warning)
         with _writing(job.name):
             # No "ok" stamp may outlive the outputs it vouches for.
             stamp_path(self.out, job.name).unlink(missing_ok=True)
