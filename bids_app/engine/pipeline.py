@@ -17,24 +17,15 @@ import numpy as np
 from bids_app import labeling
 from bids_app.engine import geometry as geo
 from bids_app.engine.image_checks import check_image
+from bids_app.engine.networks import Networks, Prediction, Predictor
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import EngineError, EngineResult
-from bids_app.labels import (
-    CANAL,
-    CORD,
-    STEP1_CANAL,
-    STEP1_CORD,
-    STEP1_REGIONS,
-    STEP2_REGIONS,
-    head_index,
-)
-from bids_app.nnunet.model import NnUNetModel, default_threads, resolve_device
-from bids_app.nnunet.weights import WeightsError, WeightSet
+from bids_app.labels import CANAL, CORD, STEP1_CANAL, STEP1_CORD, STEP1_REGIONS, head_index
+from bids_app.nnunet.model import default_threads
+from bids_app.nnunet.weights import WeightSet
 
 # Step-1 region heads holding the canal (canal + cord) and cord probabilities (§2.5).
 CANAL_HEAD, CORD_HEAD = head_index(STEP1_REGIONS, "canal"), head_index(STEP1_REGIONS, "cord")
-# Output heads each step's network must have: one per region of the label tables.
-HEADS = {"step1": len(STEP1_REGIONS), "step2": len(STEP2_REGIONS)}
 CROP_MARGIN = 10
 
 
@@ -57,28 +48,25 @@ def _numbered(out: labeling.LabelingOutput) -> labeling.LabelingOutput:
 
 
 class SpineSegEngine:
-    """Both TotalSpineSeg steps with models loaded once (explicit device and threads)."""
+    """Both TotalSpineSeg steps around a predictor that holds the networks, loaded once.
 
-    def __init__(self, weights: WeightSet, device: str = "auto", threads: int | None = None):
+    By default the networks live here, on `device`; a participant run that spreads images
+    over devices passes its `bids_app.scheduling.DevicePool` as `predictor` instead. The
+    engine itself holds no per-image state, so several threads may segment at once.
+    """
+
+    def __init__(
+        self,
+        weights: WeightSet,
+        device: str = "auto",
+        threads: int | None = None,
+        *,
+        predictor: Predictor | None = None,
+    ):
         self.weights = weights
-        self.device = resolve_device(device)
         self.threads = threads or default_threads()
-        self._models: dict[str, NnUNetModel] = {}
-
-    def model(self, step: str) -> NnUNetModel:
-        """The step's model, loaded on first use and kept for the life of the engine."""
-        if step not in self._models:
-            folder = self.weights.step1 if step == "step1" else self.weights.step2
-            if folder is None:
-                raise WeightsError(f"{self.weights.root}: no {step} model in the weights")
-            model = NnUNetModel.load(folder, self.device, threads=self.threads)
-            if model.num_outputs != HEADS[step]:
-                raise WeightsError(
-                    f"{folder}: the network has {model.num_outputs} outputs, the {step} regions "
-                    f"of TotalSpineSeg need {HEADS[step]}: these are not {step} weights"
-                )
-            self._models[step] = model
-        return self._models[step]
+        self.networks: Predictor = predictor or Networks(weights, device, self.threads)
+        self.device = getattr(self.networks, "device", device)
 
     def segment(
         self,
@@ -99,6 +87,7 @@ class SpineSegEngine:
         labeling) is recorded in `result.errors` and the step-1 outputs are still returned.
         """
         res = EngineResult(device=str(self.device))
+        devices: list[str] = []
         top_disc = options.assume_top_disc
         checked = check_image(img, name)  # before anything is allocated for the image
         img = checked.image  # type: ignore[assignment]  # same class as the input
@@ -124,7 +113,8 @@ class SpineSegEngine:
         data = np.asanyarray(iso_img.dataobj)
 
         with stage("step1_network"):
-            raw1, prob1 = self.model("step1").predict(data[None], return_probabilities=True)
+            pred1 = self._predict("step1", data[None], res, devices, return_probabilities=True)
+            raw1, prob1 = pred1.labels, pred1.probabilities
         with stage("step1_labeling"):
             raw1 = labeling.largest_component(raw1)
             if not raw1.any():
@@ -157,13 +147,29 @@ class SpineSegEngine:
             iso_out["levels"] = levels
 
         if not options.step1_only and not res.errors:
-            final = self._step2(data, step1, loc_iso, top_disc, res, stage)
+            final = self._step2(data, step1, loc_iso, top_disc, res, stage, devices)
             if final is not None:
                 iso_out["final"] = final
 
         with stage("to_native"):
             self._to_native(iso_out, src, res, keep_iso=options.iso)
+        res.device = ",".join(dict.fromkeys(devices)) or res.device
         return res
+
+    def _predict(
+        self,
+        step: str,
+        channels: np.ndarray,
+        res: EngineResult,
+        devices: list[str],
+        return_probabilities: bool = False,
+    ) -> Prediction:
+        """Run a step's network; its device time is `<step>_device` (the stage time also
+        counts any wait for a free device)."""
+        pred = self.networks.predict(step, channels, return_probabilities)
+        res.timings[f"{step}_device"] = round(pred.seconds, 3)
+        devices.append(pred.device)
+        return pred
 
     def _prepare(self, img: nib.Nifti1Image) -> _Iso:
         """4-D average, canonical orientation, 1 mm resampling (docs/method.md §1.4 steps 5-7)."""
@@ -178,6 +184,7 @@ class SpineSegEngine:
         top_disc: int | None,
         res: EngineResult,
         stage: Callable[[str], AbstractContextManager[None]],
+        devices: list[str],
     ) -> np.ndarray | None:
         """Crop to step 1 +- 10 voxels, add the alternate-disc channel, label, un-crop."""
         box = labeling.bbox_slices(step1, CROP_MARGIN)
@@ -191,7 +198,7 @@ class SpineSegEngine:
                     labeling.extract_alternate(step1[box]).astype(np.float32),
                 ]
             )
-            raw2, _ = self.model("step2").predict(channels)
+            raw2 = self._predict("step2", channels, res, devices).labels
         with stage("step2_labeling"):
             raw2 = labeling.largest_component(raw2)
             # When step 1 had to number from the assumed top disc, step 2 keeps that

@@ -74,9 +74,9 @@ def test_without_a_landmark_cord_and_canal_still_come_out(engine, phantom) -> No
 
 
 def test_models_are_loaded_once(engine, phantom) -> None:
-    first = engine.model("step1")
+    first = engine.networks.model("step1")
     engine.segment(phantom.image, SegmentOptions(step1_only=True))
-    assert engine.model("step1") is first
+    assert engine.networks.model("step1") is first
 
 
 def test_step1_only_and_4d_input(engine, phantom) -> None:

@@ -1,0 +1,178 @@
+"""Scheduling images over CPU threads and network calls over devices.
+
+A participant run keeps the networks busy: each image runs its CPU stages (reading, checks,
+preprocessing, labeling, back to native, writing, QC) in a thread of its own, and only its
+network calls queue for a device. One worker thread per device owns that device's models
+(loaded once there, never per image) and serves whichever image asks next.
+
+Threads, not processes: the networks, SimpleITK, zlib and most numpy/scipy calls release the
+GIL, the models stay in one place, and nothing forks after torch has started its OpenMP
+threads (the reason the reference tool hangs without `--no-stalling`). A cancelled run raises
+`Cancelled` (a BaseException, so the per-image `except Exception` handlers never turn it into
+a failure record) at the next stage boundary or network call.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+W = TypeVar("W")  # what a device worker holds (the networks of one device)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Cancelled(BaseException):
+    """The run is stopping (Ctrl-C, SIGTERM): abandon this image, record nothing for it."""
+
+
+@dataclass
+class DeviceStats:
+    """Busy time of one device worker, for the run summary and the throughput benchmark."""
+
+    device: str
+    calls: int = 0
+    busy_s: float = 0.0
+
+
+@dataclass
+class _Request:
+    call: Callable[[object], object]
+    future: Future = field(default_factory=Future)
+
+
+class DevicePool(Generic[W]):
+    """One worker thread per device; `run(call)` executes `call(worker)` on the next free one.
+
+    `make_worker(device)` builds what a device holds (its networks); it is called in the
+    device's own thread, once, on first use. Requests are served first come, first served by
+    whichever device is free, so two GPUs each take every other image's network call.
+    """
+
+    def __init__(self, devices: Sequence[str], make_worker: Callable[[str], W]):
+        if not devices:
+            raise ValueError("a device pool needs at least one device")
+        self.devices = tuple(devices)
+        self.stats = [DeviceStats(d) for d in self.devices]
+        self._make_worker = make_worker
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._cancel = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._serve, args=(i,), name=f"spineseg-{d}", daemon=True)
+            for i, d in enumerate(self.devices)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def run(self, call: Callable[[W], R]) -> R:
+        """`call(worker)` on a free device; blocks the calling image thread until done."""
+        if self._cancel.is_set():
+            raise Cancelled()
+        request = _Request(call)  # type: ignore[arg-type]
+        self._queue.put(request)
+        try:
+            return request.future.result()  # type: ignore[no-any-return]
+        except Cancelled:
+            raise
+        except BaseException as e:  # re-raised in the image's thread, with its type kept
+            raise e from None
+
+    def _serve(self, index: int) -> None:
+        stats, worker = self.stats[index], None
+        while True:
+            request = self._queue.get()
+            if request is None:
+                return
+            if self._cancel.is_set():
+                request.future.set_exception(Cancelled())
+                continue
+            if not request.future.set_running_or_notify_cancel():
+                continue
+            t0 = time.perf_counter()
+            try:
+                if worker is None:
+                    worker = self._make_worker(self.devices[index])
+                request.future.set_result(request.call(worker))
+            except BaseException as e:  # the image's thread decides what the error means
+                request.future.set_exception(e)
+            finally:
+                stats.calls += 1
+                stats.busy_s += time.perf_counter() - t0
+
+    def cancel(self) -> None:
+        """Refuse new calls and fail queued ones with Cancelled; running calls finish."""
+        self._cancel.set()
+
+    def close(self) -> None:
+        """Stop the device threads once the queued calls are done (or cancelled)."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
+class ImageScheduler:
+    """Runs `work(item)` for a stream of items on `in_flight` threads, in submission order.
+
+    At most `in_flight` items are in progress at once (their arrays are in memory); the rest
+    wait as plain descriptions, so memory does not grow with the dataset. Results come back
+    as they finish; `cancel()` stops handing out items and trips `check()` in running ones.
+    """
+
+    def __init__(self, in_flight: int):
+        self.in_flight = max(1, in_flight)
+        self._pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix="spineseg-image")
+        self._cancel = threading.Event()
+
+    def check(self) -> None:
+        """Raise Cancelled when the run is stopping (called at every stage boundary)."""
+        if self._cancel.is_set():
+            raise Cancelled()
+
+    def map_unordered(
+        self,
+        work: Callable[[T], R],
+        items: Iterable[T],
+        ready: Callable[[T], Sequence[Future]] | None = None,
+    ) -> Iterator[tuple[T, Future]]:
+        """Submit every item (after the futures `ready(item)` names, e.g. its localizer's)
+        and yield `(item, future)` as each finishes.
+
+        Items are taken in order by a FIFO pool, so an item that waits for an earlier one
+        never blocks it: the earlier one is already running or done.
+        """
+        futures: dict[Future, T] = {}
+        by_item: dict[int, Future] = {}
+
+        def run(item: T) -> R:
+            for dep in ready(item) if ready else ():
+                wait([dep])
+            self.check()
+            return work(item)
+
+        for item in items:
+            fut = self._pool.submit(run, item)
+            futures[fut] = item
+            by_item[id(item)] = fut
+        self.futures_by_item = by_item
+        pending = set(futures)
+        while pending:
+            # A timeout keeps the main thread responsive to signals (Ctrl-C, SIGTERM).
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda f: list(futures).index(f)):
+                yield futures[fut], fut
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
