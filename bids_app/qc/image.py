@@ -12,7 +12,7 @@ import numpy as np
 from bids_app import __version__
 from bids_app.bids.atomic import write_json_atomic, write_text_atomic
 from bids_app.qc import flags as F
-from bids_app.qc import measures, previews
+from bids_app.qc import measures, plausibility, previews
 from bids_app.qc.flags import Thresholds
 from bids_app.qc.geometry import LabelGeometry, image_data
 from bids_app.qc.records import QCPaths, entities, tsv_text
@@ -100,8 +100,11 @@ def write_image_qc(
 
     ref = image if image is not None else final
     zooms = ref.header.get_zooms()[:3] if ref is not None else None
-    image_flags = F.image_flags(geom, zooms, landmarks, th, missing_reason=missing_reason)
+    image_flags = F.image_flags(
+        geom, zooms, landmarks, th, rows=rows, missing_reason=missing_reason
+    )
     present = geom.present if geom is not None else []
+    levels = plausibility.level_labels(geom, th) if geom is not None else []
     qc = {
         "subject": subject,
         "session": entities(stem).get("ses"),
@@ -111,7 +114,7 @@ def write_image_qc(
         "app_version": __version__,
         "geometry": _geometry_summary(ref) if ref is not None else None,
         "labels_present": [int(x) for x in present],
-        "levels": F.level_range(present),
+        "levels": F.level_range(levels),
         "n_labels": len(present),
         "landmarks": list(landmarks),
         "flags": image_flags,

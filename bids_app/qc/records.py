@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from bids_app.bids.stamps import STATUS_DIR, read_stamp, source_stem
+from bids_app.qc.flags import qc_status
 
 NA = "n/a"
 _ENTITY_RE = re.compile(r"([A-Za-z]+)-([A-Za-z0-9]+)")
@@ -167,6 +168,10 @@ class ImageRecord:
     @property
     def flags(self) -> list[dict[str, str]]:
         return list(self.qc.get("flags") or [])
+
+    def qc_status(self, extra_flags: Sequence[str] = ()) -> str:
+        """ok / check / fail from the run status and the flags (plus group-level ones)."""
+        return qc_status(self.status, [f["id"] for f in self.flags] + list(extra_flags))
 
     def sidecar(self, root: Path) -> dict:
         """JSON sidecar of the final labels, when listed in the stamp."""

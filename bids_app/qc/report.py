@@ -121,6 +121,7 @@ def image_context(rec: ImageRecord, root: Path) -> dict:
         "session": rec.session,
         "source": rec.source,
         "status": rec.status,
+        "qc_status": rec.qc_status(),
         "reason": rec.reason,
         "figures": [f for f in figures if f],
         "previews_note": rec.qc.get("previews_note"),

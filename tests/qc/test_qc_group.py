@@ -77,7 +77,7 @@ def test_group_tables(group):
     assert failed["status"] == "failed" and "image is 2-D" in failed["reason"]
     assert failed["flag_missing_cord"] == "n/a"
     assert by_image["sub-02_acq-sag_T2w"]["flag_thick_slices"] == "1"
-    assert by_image["sub-01_ses-02_acq-sag_T2w"]["levels_present"] == "T8–S"
+    assert by_image["sub-01_ses-02_acq-sag_T2w"]["levels_present"] == "T8 to S"
     assert by_image["sub-01_ses-01_acq-sag_T2w"]["session_id"] == "ses-01"
 
     morph = {
