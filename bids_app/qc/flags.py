@@ -249,7 +249,9 @@ def image_flags(
     `zooms` are the source image's voxel sizes (None when neither image is at hand); `rows`
     the image's morphometry rows, for the body-height rule.
     """
-    flags = (geometry_flags(zooms, th) if zooms is not None else []) + landmark_flags(landmarks)
+    flags = geometry_flags(zooms, th) if zooms is not None else []
+    if geom is not None and plausibility.level_labels(geom, th):
+        flags += landmark_flags(landmarks)  # only where level names are shown at all
     if geom is None:
         flags.append(_flag("no_segmentation", missing_reason))
     elif not geom.present:

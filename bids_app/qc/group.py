@@ -289,6 +289,7 @@ def plots(
     out = []
     for measure, title, kinds in PLOTS:
         points, per_cat, shown = [], {}, set()
+        units = COLUMN_BY_NAME[measure].units or ""
         for rec in records:
             flagged = {m for m, *_ in outliers.get(rec.key, [])}
             for row in rec.morphometry:
@@ -304,7 +305,7 @@ def plots(
                         category=cat,
                         value=value,
                         href=f"sub-{rec.subject}.html#{rec.key}",
-                        tooltip=f"{rec.key} {row['abbreviation']}: {value:.4g}",
+                        tooltip=f"{rec.key} {row['abbreviation']}: {value:.4g} {units}".strip(),
                         outlier=key in flagged,
                         key=rec.key,
                     )
@@ -315,7 +316,6 @@ def plots(
             c: tukey_fences(v, th.tukey_k) for c, v in per_cat.items() if len(v) >= th.tukey_min_n
         }
         cats = [(c, names[c]) for c in DISPLAY_ORDER if c in shown]
-        units = COLUMN_BY_NAME[measure].units or ""
         out.append(strip_plot(title, units, cats, points, fences))
     return out
 

@@ -10,7 +10,9 @@ import nibabel as nib
 import numpy as np
 
 from bids_app import __version__
+from bids_app import labels as L
 from bids_app.bids.atomic import write_json_atomic, write_text_atomic
+from bids_app.bids.derivatives import OUTPUTS, output_name
 from bids_app.qc import flags as F
 from bids_app.qc import measures, plausibility, previews
 from bids_app.qc.flags import Thresholds
@@ -27,18 +29,35 @@ def _geometry_summary(img: nib.Nifti1Image) -> dict[str, object]:
     }
 
 
+def step1_overlay(paths: QCPaths, stem: str, suffix: str) -> LabelGeometry | None:
+    """Step-1 labels written next to the final ones, for the previews of a step-1-only image.
+
+    Cord, canal, C1 and the discs are drawn as they are; label 50 there is every vertebra
+    below C1, so it is drawn but not named.
+    """
+    spec = next(o for o in OUTPUTS if o.key == "step1")
+    path = paths.anat / output_name(stem, spec, desc=suffix, iso=False)
+    if not path.is_file():
+        return None
+    try:
+        return LabelGeometry.from_image(nib.load(path))
+    except (OSError, ValueError, nib.filebasedimages.ImageFileError):
+        return None
+
+
 def _write_previews(
     paths: QCPaths,
     image: nib.Nifti1Image,
     geom: LabelGeometry | None,
     levels: nib.Nifti1Image | None,
+    untagged: frozenset[int] = frozenset(),
 ) -> dict[str, str | None]:
     """Draw both previews; a stale axial strip (no discs any more) is removed."""
     data = image_data(image, np.float32)
     marks = None
     if levels is not None:
         marks = (np.asanyarray(levels.dataobj).astype(np.uint8), np.asarray(levels.affine, float))
-    previews.sagittal(data, image.affine, geom, marks).save(paths.sagittal)
+    previews.sagittal(data, image.affine, geom, marks, untagged).save(paths.sagittal)
     strip = previews.axial_strip(data, image.affine, geom) if geom is not None else None
     if strip is None:
         paths.axial.unlink(missing_ok=True)
@@ -82,9 +101,17 @@ def write_image_qc(
     written: list[Path] = []
 
     if image is not None:
-        figures = _write_previews(paths, image, geom, levels)
+        shown, preview_note = geom, None
+        if geom is None:
+            shown = step1_overlay(paths, stem, suffix)
+            if shown is not None:
+                preview_note = (
+                    "No final labels: the previews show the step-1 labels (cord, canal, C1, "
+                    "discs; every other vertebra in one colour, not named)."
+                )
+        untagged = frozenset({L.SACRUM}) if shown is not geom else frozenset()
+        figures = _write_previews(paths, image, shown, levels, untagged)
         written += [paths.root / p for p in figures.values() if p]
-        preview_note = None
     else:
         figures = _existing_figures(paths)
         preview_note = "source image not available: previews not redrawn"

@@ -65,14 +65,14 @@ def fragment_finding(geom: LabelGeometry, th: Thresholds) -> list[Finding]:
     if not inner:
         return []
     parts = [
-        f"{L.level_name(x)} ({geom.count(x) * geom.voxel_volume:.0f} mm³ in "
+        f"{L.level_name(x)} ({geom.count(x) * geom.voxel_volume:.0f} mm3 in "
         f"{len(geom.component_sizes.get(x, []))} part(s))"
         for x in inner
     ]
     return [
         (
             "label_fragments",
-            f"labels below {th.fragment_mm3:g} mm³ ignored for the level range: "
+            f"labels below {th.fragment_mm3:g} mm3 ignored for the level range: "
             + ", ".join(parts),
         )
     ]

@@ -92,11 +92,16 @@ def landmark_list(value: object) -> list[str]:
 
 
 def format_value(value: object) -> str:
-    """TSV cell text: 'n/a' for missing or non-finite numbers, 2 decimals for floats."""
+    """TSV cell text: 'n/a' for missing or non-finite numbers, 2 decimals for fractional floats.
+
+    A whole number prints without decimals (a 1 mm voxel volume is "19954", not "19954.00").
+    """
     if value is None:
         return NA
     if isinstance(value, float):
-        return NA if not math.isfinite(value) else f"{value:.2f}"
+        if not math.isfinite(value):
+            return NA
+        return f"{value:.0f}" if round(value, 2).is_integer() else f"{value:.2f}"
     return str(value)
 
 

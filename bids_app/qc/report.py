@@ -105,7 +105,13 @@ def _table(rec: ImageRecord) -> list[list[str]]:
 def image_context(rec: ImageRecord, root: Path) -> dict:
     figs = rec.qc.get("figures") or {}
     figures = [
-        figure(root, figs.get("sagittal"), "Sagittal view through the canal"),
+        figure(
+            root,
+            figs.get("sagittal"),
+            "Sagittal view through the canal. Tags: discs on the left, vertebrae on the right. "
+            "White dots: level markers (seg-discmarkers), one at the posterior tip of each disc "
+            "found.",
+        ),
         figure(root, figs.get("axial"), "Axial tiles at each disc"),
     ]
     labels = [

@@ -130,8 +130,8 @@ def test_sacrum_speck_does_not_stretch_the_range(cervical):
     data[c[0], c[1], c[2] : c[2] + 3] = L.SACRUM
     flags = _flags(data, affine)
     assert "noncontiguous_levels" not in flags
-    assert flags["label_fragments"].startswith("labels below 50 mm³ ignored")
-    assert "S (3 mm³ in 1 part(s))" in flags["label_fragments"]
+    assert flags["label_fragments"].startswith("labels below 50 mm3 ignored")
+    assert "S (3 mm3 in 1 part(s))" in flags["label_fragments"]
     geom = LabelGeometry.from_image(nib.Nifti1Image(data, affine))
     assert level_range(level_labels(geom, TH)).startswith("C1 to ")
     assert not level_range(level_labels(geom, TH)).endswith(" S")
