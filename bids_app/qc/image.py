@@ -13,8 +13,8 @@ from bids_app import __version__
 from bids_app import labels as L
 from bids_app.bids.atomic import write_json_atomic, write_text_atomic
 from bids_app.bids.derivatives import OUTPUTS, output_name
+from bids_app.qc import alignment, measures, plausibility, previews
 from bids_app.qc import flags as F
-from bids_app.qc import measures, plausibility, previews
 from bids_app.qc.flags import Thresholds
 from bids_app.qc.geometry import LabelGeometry, image_data
 from bids_app.qc.records import QCPaths, entities, tsv_text
@@ -145,6 +145,9 @@ def write_image_qc(
         "n_labels": len(present),
         "landmarks": list(landmarks),
         "flags": image_flags,
+        "alignment": (
+            alignment.alignment(geom, not F.landmark_flags(landmarks)) if levels else None
+        ),
         "thresholds": th.as_dict(),
         "figures": figures,
         "previews_note": preview_note,
