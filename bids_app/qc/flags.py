@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from bids_app import labels as L
+from bids_app.qc import plausibility
 from bids_app.qc.geometry import SPINE_ORDER, LabelGeometry
 
 # Flag ids, in the order they are listed (group_qc.tsv has one column per id).
@@ -25,6 +26,13 @@ IMAGE_FLAGS: tuple[str, ...] = (
     "noncontiguous_levels",
     "split_components",
     "cord_outside_canal",
+    "label_fragments",
+    "levels_out_of_order",
+    "level_used_twice",
+    "disc_misplaced",
+    "vertebra_count",
+    "transitional_vertebra",
+    "implausible_size",
     "no_landmark",
     "thick_slices",
 )
@@ -41,7 +49,29 @@ FLAG_DESCRIPTIONS: dict[str, str] = {
     "follow the relative order only and may be shifted.",
     "thick_slices": "Slice thickness above the set multiple of the in-plane voxel size, where "
     "level assignment is less reliable.",
+    "label_fragments": "A vertebra, disc or sacrum label smaller than the fragment size, away "
+    "from the image border; it is left out of the level range and the missing-level check.",
+    "levels_out_of_order": "Two consecutive levels whose centroids are not head to foot along "
+    "the local spine axis.",
+    "level_used_twice": "One level name on two sizeable parts with another level between them.",
+    "disc_misplaced": "A disc whose centroid is not between the centroids of the vertebrae just "
+    "above and below it (or too far off the line joining them).",
+    "vertebra_count": "A region seen whole (bounded above and below in the image) without 7 "
+    "cervical or 12 thoracic vertebrae, or with a lumbar count other than 4, 5 or 6.",
+    "transitional_vertebra": "4 or 6 lumbar vertebrae: a possible transitional vertebra. Names "
+    "are kept as labelled, never renamed.",
+    "implausible_size": "A vertebra whose volume or body height, divided by the mean of its "
+    "neighbours', is outside [1/size_jump, size_jump] (C1, C2, sacrum and cut vertebrae not "
+    "judged).",
     "measure_outlier": "A measurement outside the group's Tukey fences.",
+}
+# What a flag does to an image's QC status: "fail" (no usable result), "check" (look before
+# use) or "info" (stays ok). Every flag not listed is "check".
+SEVERITY: dict[str, str] = {"no_segmentation": "fail", "thick_slices": "info"}
+QC_STATUSES: dict[str, str] = {
+    "ok": "no flag asks for a look",
+    "check": "at least one flag to look at before using the result",
+    "fail": "no usable segmentation (failed, missing or interrupted run, or no labels)",
 }
 
 
@@ -55,6 +85,9 @@ class Thresholds:
     thick_slice_ratio: float = 2.0  # slice thickness / in-plane voxel size
     tukey_k: float = 1.5
     tukey_min_n: int = 10
+    fragment_mm3: float = 50.0  # a level label smaller than this is a fragment, not a level
+    disc_offset_mm: float = 30.0  # disc centroid to the line joining its vertebrae' centroids
+    size_jump: float = 1.5  # vertebral volume or height / mean of its neighbours', or inverse
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -98,12 +131,12 @@ def missing_levels(present: Sequence[int], cut: Sequence[int] = ()) -> list[int]
 
 
 def level_range(present: Sequence[int]) -> str:
-    """ "C1–T2" style range of the vertebrae and discs present ("" when none)."""
+    """ "C1 to T2" range of the vertebrae and discs present ("" when none); ASCII for TSVs."""
     levels = [x for x in SPINE_ORDER if x in set(present)]
     if not levels:
         return ""
     top, bottom = L.level_name(levels[0]), L.level_name(levels[-1])
-    return top if top == bottom else f"{top}–{bottom}"
+    return top if top == bottom else f"{top} to {bottom}"
 
 
 def cord_surface_outside(geom: LabelGeometry) -> float:
@@ -140,22 +173,26 @@ def _names(ids: Sequence[int]) -> str:
     return ", ".join(L.level_name(i) for i in ids)
 
 
-def segmentation_flags(geom: LabelGeometry, th: Thresholds) -> list[dict[str, str]]:
-    """Flags that read the final labels."""
+def segmentation_flags(
+    geom: LabelGeometry, th: Thresholds, rows: Sequence[Mapping[str, object]] = ()
+) -> list[dict[str, str]]:
+    """Flags that read the final labels (and the morphometry `rows` for body heights)."""
     flags = []
     present = geom.present
     if L.CORD not in present:
         flags.append(_flag("missing_cord", "no spinal cord label in the final segmentation"))
     if L.CANAL not in present:
         flags.append(_flag("missing_canal", "no spinal canal label in the final segmentation"))
-    gaps = missing_levels(present, [x for x in present if geom.touches_edge(x)])
+    levels = plausibility.level_labels(geom, th)
+    gaps = missing_levels(levels, [x for x in levels if geom.touches_edge(x)])
     if gaps:
         flags.append(
             _flag(
                 "noncontiguous_levels",
-                f"{_names(gaps)} missing within {level_range(present)}",
+                f"{_names(gaps)} missing within {level_range(levels)}",
             )
         )
+    flags += [_flag(i, r) for i, r in plausibility.findings(geom, rows, th)]
     split = split_labels(geom, th)
     if split:
         parts = [f"{L.level_name(k)} ({len(v)} parts)" for k, v in sorted(split.items())]
@@ -204,20 +241,38 @@ def image_flags(
     landmarks: Sequence[str],
     th: Thresholds,
     *,
+    rows: Sequence[Mapping[str, object]] = (),
     missing_reason: str = "no final label image",
 ) -> list[dict[str, str]]:
     """Every per-image flag, as {"id", "reason"} dicts in IMAGE_FLAGS order.
 
-    `zooms` are the source image's voxel sizes (None when neither image is at hand).
+    `zooms` are the source image's voxel sizes (None when neither image is at hand); `rows`
+    the image's morphometry rows, for the body-height rule.
     """
-    flags = (geometry_flags(zooms, th) if zooms is not None else []) + landmark_flags(landmarks)
+    flags = geometry_flags(zooms, th) if zooms is not None else []
+    if geom is not None and plausibility.level_labels(geom, th):
+        flags += landmark_flags(landmarks)  # only where level names are shown at all
     if geom is None:
         flags.append(_flag("no_segmentation", missing_reason))
     elif not geom.present:
         flags.append(_flag("no_segmentation", "the final label image is empty"))
     else:
-        flags += segmentation_flags(geom, th)
+        flags += segmentation_flags(geom, th, rows)
     return sorted(flags, key=lambda f: IMAGE_FLAGS.index(f["id"]))
+
+
+def qc_status(run_status: str, flag_ids: Sequence[str]) -> str:
+    """ok / check / fail of an image from its run status and flags (see QC_STATUSES).
+
+    A run that wrote no segmentation fails; a partial run or any flag that is not "info"
+    asks for a check, so a wrong result never shows as ok.
+    """
+    severities = {SEVERITY.get(f, "check") for f in flag_ids}
+    if run_status in ("failed", "missing", "incomplete") or "fail" in severities:
+        return "fail"
+    if run_status != "ok" or "check" in severities:
+        return "check"
+    return "ok"
 
 
 def tukey_fences(values: Sequence[float], k: float) -> tuple[float, float]:

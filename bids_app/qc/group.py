@@ -18,6 +18,7 @@ from bids_app.qc.flags import (
     FLAG_DESCRIPTIONS,
     GROUP_FLAGS,
     IMAGE_FLAGS,
+    QC_STATUSES,
     Thresholds,
     group_outliers,
     tukey_fences,
@@ -41,6 +42,7 @@ LONG_COLUMNS = (
 QC_COLUMNS = (
     *ID_COLUMNS,
     "source",
+    "qc_status",
     "status",
     "reason",
     "app_version",
@@ -205,6 +207,7 @@ def qc_row(rec: ImageRecord, outliers: list[tuple[str, float, float, float]]) ->
     row = {
         **_ids(rec),
         "source": rec.source,
+        "qc_status": rec.qc_status(list(raised)),
         "status": rec.status,
         "reason": rec.reason,
         "app_version": st.get("app_version") or qc.get("app_version"),
@@ -232,6 +235,11 @@ def qc_sidecar(th: Thresholds) -> dict[str, object]:
     out.update(
         {
             "source": {"Description": "BIDS-relative path of the source image."},
+            "qc_status": {
+                "Description": "QC verdict from the run status and the flags; any flag except "
+                "thick_slices makes it 'check' at least.",
+                "Levels": QC_STATUSES,
+            },
             "status": {
                 "Description": "Participant-level outcome.",
                 "Levels": {
@@ -281,6 +289,7 @@ def plots(
     out = []
     for measure, title, kinds in PLOTS:
         points, per_cat, shown = [], {}, set()
+        units = COLUMN_BY_NAME[measure].units or ""
         for rec in records:
             flagged = {m for m, *_ in outliers.get(rec.key, [])}
             for row in rec.morphometry:
@@ -296,7 +305,7 @@ def plots(
                         category=cat,
                         value=value,
                         href=f"sub-{rec.subject}.html#{rec.key}",
-                        tooltip=f"{rec.key} {row['abbreviation']}: {value:.4g}",
+                        tooltip=f"{rec.key} {row['abbreviation']}: {value:.4g} {units}".strip(),
                         outlier=key in flagged,
                         key=rec.key,
                     )
@@ -307,7 +316,6 @@ def plots(
             c: tukey_fences(v, th.tukey_k) for c, v in per_cat.items() if len(v) >= th.tukey_min_n
         }
         cats = [(c, names[c]) for c in DISPLAY_ORDER if c in shown]
-        units = COLUMN_BY_NAME[measure].units or ""
         out.append(strip_plot(title, units, cats, points, fences))
     return out
 
@@ -350,6 +358,7 @@ def run_group(
     qc_rows += [
         {
             "participant_id": f"sub-{s}",
+            "qc_status": "fail",
             "status": "missing",
             "reason": "no participant-level output found",
         }
@@ -360,7 +369,7 @@ def run_group(
 
     counts: dict[str, int] = {}
     for r in qc_rows:
-        counts[str(r["status"])] = counts.get(str(r["status"]), 0) + 1
+        counts[str(r["qc_status"])] = counts.get(str(r["qc_status"]), 0) + 1
     thumbs = []
     for rec in records:
         fig = figure(root, (rec.qc.get("figures") or {}).get("sagittal"), rec.key)

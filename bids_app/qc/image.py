@@ -10,9 +10,11 @@ import nibabel as nib
 import numpy as np
 
 from bids_app import __version__
+from bids_app import labels as L
 from bids_app.atomic import write_json_atomic, write_text_atomic
+from bids_app.bids.derivatives import OUTPUTS, output_name
+from bids_app.qc import alignment, measures, plausibility, previews
 from bids_app.qc import flags as F
-from bids_app.qc import measures, previews
 from bids_app.qc.flags import Thresholds
 from bids_app.qc.geometry import LabelGeometry, image_data
 from bids_app.qc.records import QCPaths, entities, tsv_text
@@ -27,18 +29,35 @@ def _geometry_summary(img: nib.Nifti1Image) -> dict[str, object]:
     }
 
 
+def step1_overlay(paths: QCPaths, stem: str, suffix: str) -> LabelGeometry | None:
+    """Step-1 labels written next to the final ones, for the previews of a step-1-only image.
+
+    Cord, canal, C1 and the discs are drawn as they are; label 50 there is every vertebra
+    below C1, so it is drawn but not named.
+    """
+    spec = next(o for o in OUTPUTS if o.key == "step1")
+    path = paths.anat / output_name(stem, spec, desc=suffix, iso=False)
+    if not path.is_file():
+        return None
+    try:
+        return LabelGeometry.from_image(nib.load(path))
+    except (OSError, ValueError, nib.filebasedimages.ImageFileError):
+        return None
+
+
 def _write_previews(
     paths: QCPaths,
     image: nib.Nifti1Image,
     geom: LabelGeometry | None,
     levels: nib.Nifti1Image | None,
+    untagged: frozenset[int] = frozenset(),
 ) -> dict[str, str | None]:
     """Draw both previews; a stale axial strip (no discs any more) is removed."""
     data = image_data(image, np.float32)
     marks = None
     if levels is not None:
         marks = (np.asanyarray(levels.dataobj).astype(np.uint8), np.asarray(levels.affine, float))
-    previews.sagittal(data, image.affine, geom, marks).save(paths.sagittal)
+    previews.sagittal(data, image.affine, geom, marks, untagged).save(paths.sagittal)
     strip = previews.axial_strip(data, image.affine, geom) if geom is not None else None
     if strip is None:
         paths.axial.unlink(missing_ok=True)
@@ -82,9 +101,17 @@ def write_image_qc(
     written: list[Path] = []
 
     if image is not None:
-        figures = _write_previews(paths, image, geom, levels)
+        shown, preview_note = geom, None
+        if geom is None:
+            shown = step1_overlay(paths, stem, suffix)
+            if shown is not None:
+                preview_note = (
+                    "No final labels: the previews show the step-1 labels (cord, canal, C1, "
+                    "discs; every other vertebra in one colour, not named)."
+                )
+        untagged = frozenset({L.SACRUM}) if shown is not geom else frozenset()
+        figures = _write_previews(paths, image, shown, levels, untagged)
         written += [paths.root / p for p in figures.values() if p]
-        preview_note = None
     else:
         figures = _existing_figures(paths)
         preview_note = "source image not available: previews not redrawn"
@@ -100,8 +127,11 @@ def write_image_qc(
 
     ref = image if image is not None else final
     zooms = ref.header.get_zooms()[:3] if ref is not None else None
-    image_flags = F.image_flags(geom, zooms, landmarks, th, missing_reason=missing_reason)
+    image_flags = F.image_flags(
+        geom, zooms, landmarks, th, rows=rows, missing_reason=missing_reason
+    )
     present = geom.present if geom is not None else []
+    levels = plausibility.level_labels(geom, th) if geom is not None else []
     qc = {
         "subject": subject,
         "session": entities(stem).get("ses"),
@@ -111,10 +141,13 @@ def write_image_qc(
         "app_version": __version__,
         "geometry": _geometry_summary(ref) if ref is not None else None,
         "labels_present": [int(x) for x in present],
-        "levels": F.level_range(present),
+        "levels": F.level_range(levels),
         "n_labels": len(present),
         "landmarks": list(landmarks),
         "flags": image_flags,
+        "alignment": (
+            alignment.alignment(geom, not F.landmark_flags(landmarks)) if levels else None
+        ),
         "thresholds": th.as_dict(),
         "figures": figures,
         "previews_note": preview_note,

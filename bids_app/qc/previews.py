@@ -39,6 +39,8 @@ ALPHA = 0.4  # opacity of the label fill; contours are drawn opaque
 MARGIN = 64  # px of tag column on each side of the sagittal view
 HEADER = 18  # px above the sagittal view for the orientation letters
 ROWS_RANGE = (420, 1200)  # sagittal view height in px
+PX_PER_MM = 2.0  # sagittal view scale when the field of view fits ROWS_RANGE
+MIN_TAG_LUMINANCE = 0.45  # tag text is lightened to this relative luminance, readable on black
 SLAB_MM = (0.0, -1.5, 1.5, -3.0, 3.0)  # lateral offsets filling background in the label slab
 TILE = 200  # px per axial tile side
 TILES_PER_ROW = 6
@@ -141,11 +143,30 @@ def _view_box(
     return np.maximum(lo, lab_lo - margin), np.minimum(hi, lab_hi + margin)
 
 
-def _pixel_size(image_affine: np.ndarray, span_s: float) -> float:
-    zooms = np.sqrt((image_affine[:3, :3] ** 2).sum(0))
-    d = float(np.clip(zooms.min(), 0.4, 1.0))
-    d = min(d, span_s / ROWS_RANGE[0])
-    return max(d, span_s / ROWS_RANGE[1])
+def _pixel_size(span_s: float) -> float:
+    """mm per pixel: PX_PER_MM, so a view's height follows its field of view within ROWS_RANGE.
+
+    The scale does not depend on the voxel size: tags and labels stay legible on a short,
+    coarse scan, and a whole spine still fits a screen.
+    """
+    rows = float(np.clip(span_s * PX_PER_MM, *ROWS_RANGE))
+    return span_s / rows
+
+
+def luminance(colour: Sequence[int]) -> float:
+    """Relative luminance (WCAG 2) of an sRGB colour, 0 (black) to 1 (white)."""
+    lin = [c / 255 / 12.92 if c <= 10 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in colour]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def tag_colour(label: int) -> tuple[int, int, int]:
+    """The label's colour mixed with white until it reads on black (dark blue would not)."""
+    colour = np.array(L.label_colour(label), float)
+    for w in np.linspace(0, 1, 21):
+        mixed = tuple(round(float(v)) for v in (1 - w) * colour + w * 255)
+        if luminance(mixed) >= MIN_TAG_LUMINANCE:
+            return mixed  # type: ignore[return-value]
+    return (255, 255, 255)
 
 
 def _centre_x(geom: LabelGeometry | None, lo: np.ndarray, hi: np.ndarray, z: np.ndarray):
@@ -173,14 +194,17 @@ def sagittal(
     image_affine: np.ndarray,
     geom: LabelGeometry | None,
     levels: tuple[np.ndarray, np.ndarray] | None = None,
+    untagged: frozenset[int] = frozenset(),
 ) -> Picture:
     """Sagittal overlay: superior up, anterior left, square pixels, level tags in the margins.
+
+    Labels in `untagged` are drawn but not named (the step-1 label 50 holds every vertebra).
 
     `image` is the source intensity array on the grid of `image_affine`; `geom` holds the final
     labels (any grid); `levels` is an optional (marker array, affine) pair.
     """
     lo, hi = _view_box(image.shape, image_affine, geom)
-    d = _pixel_size(image_affine, hi[2] - lo[2])
+    d = _pixel_size(hi[2] - lo[2])
     z = hi[2] - (np.arange(math.ceil((hi[2] - lo[2]) / d)) + 0.5) * d
     y = hi[1] - (np.arange(math.ceil((hi[1] - lo[1]) / d)) + 0.5) * d
     xc = _centre_x(geom, lo, hi, z)
@@ -224,13 +248,13 @@ def sagittal(
             else:
                 draw.text((MARGIN + w + 8, y0), name, fill=colour, font=font)
                 draw.line([(MARGIN + w, HEADER + row), (MARGIN + w + 6, y0 + 6)], fill=colour)
-            tags.append({"name": name, "side": side, "y": y0})
+            tags.append({"name": name, "side": side, "y": y0, "colour": list(colour)})
 
     present = np.unique(lab)
     disc_items, vert_items = [], []
-    for label in (int(v) for v in present if v in SPINE_ORDER):
+    for label in (int(v) for v in present if v in SPINE_ORDER and v not in untagged):
         row = float(np.nonzero(lab == label)[0].mean())
-        item = (row, L.level_name(label), L.label_colour(label))
+        item = (row, L.level_name(label), tag_colour(label))
         (disc_items if label in L.DISCS else vert_items).append(item)
     names = marker_levels()
     for value, pos in _markers(levels):
@@ -239,7 +263,7 @@ def sagittal(
         draw.ellipse([x0 - 3, y0 - 3, x0 + 3, y0 + 3], fill=(255, 255, 255), outline=(0, 0, 0))
         if geom is None and value in names:  # no final labels: the markers name the levels
             name, colour_of = names[value]
-            disc_items.append((r, name, L.label_colour(colour_of)))
+            disc_items.append((r, name, tag_colour(colour_of)))
     put_tags(disc_items, "left")
     put_tags(vert_items, "right")
     world = {"top_z_mm": float(hi[2]), "anterior_y_mm": float(hi[1]), "mm_per_pixel": d}
@@ -287,7 +311,7 @@ def axial_strip(image: np.ndarray, image_affine: np.ndarray, geom: LabelGeometry
         name = L.level_name(disc)
         tw = draw.textlength(name, font=font)
         draw.rectangle([x0, y0, x0 + tw + 6, y0 + 15], fill=(0, 0, 0))
-        draw.text((x0 + 3, y0 + 1), name, fill=L.label_colour(disc), font=font)
+        draw.text((x0 + 3, y0 + 1), name, fill=tag_colour(disc), font=font)
         draw.text((x0 + TILE // 2 - 3, y0 + 1), "A", fill=TEXT, font=font)
         draw.text((x0 + 3, y0 + TILE // 2 - 6), "R", fill=TEXT, font=font)
         tags.append({"name": name, "x": x0, "y": y0})

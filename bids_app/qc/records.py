@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from bids_app.bids.stamps import STATUS_DIR, read_stamp, source_stem
+from bids_app.qc.flags import qc_status
 
 NA = "n/a"
 _ENTITY_RE = re.compile(r"([A-Za-z]+)-([A-Za-z0-9]+)")
@@ -91,11 +92,16 @@ def landmark_list(value: object) -> list[str]:
 
 
 def format_value(value: object) -> str:
-    """TSV cell text: 'n/a' for missing or non-finite numbers, 2 decimals for floats."""
+    """TSV cell text: 'n/a' for missing or non-finite numbers, 2 decimals for fractional floats.
+
+    A whole number prints without decimals (a 1 mm voxel volume is "19954", not "19954.00").
+    """
     if value is None:
         return NA
     if isinstance(value, float):
-        return NA if not math.isfinite(value) else f"{value:.2f}"
+        if not math.isfinite(value):
+            return NA
+        return f"{value:.0f}" if round(value, 2).is_integer() else f"{value:.2f}"
     return str(value)
 
 
@@ -167,6 +173,10 @@ class ImageRecord:
     @property
     def flags(self) -> list[dict[str, str]]:
         return list(self.qc.get("flags") or [])
+
+    def qc_status(self, extra_flags: Sequence[str] = ()) -> str:
+        """ok / check / fail from the run status and the flags (plus group-level ones)."""
+        return qc_status(self.status, [f["id"] for f in self.flags] + list(extra_flags))
 
     def sidecar(self, root: Path) -> dict:
         """JSON sidecar of the final labels, when listed in the stamp."""

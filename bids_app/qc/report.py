@@ -102,10 +102,48 @@ def _table(rec: ImageRecord) -> list[list[str]]:
     return [[format_value(row.get(name)) for name, _ in TABLE_COLUMNS] for row in rec.morphometry]
 
 
+ANGLE_NAMES = {
+    "cervical_lordosis_deg": "Cervical lordosis (C2-C7)",
+    "thoracic_kyphosis_deg": "Thoracic kyphosis (T4-T12)",
+    "lumbar_lordosis_deg": "Lumbar lordosis (L1-S1)",
+}
+
+
+def alignment_rows(data: Mapping[str, object] | None) -> list[tuple[str, str]]:
+    """(angle, value) rows of the report's alignment table; 'n/a' where not measurable."""
+    if not data:
+        return []
+    rows = [(title, format_angle(data.get(key))) for key, title in ANGLE_NAMES.items()]
+    cobb = data.get("coronal_cobb")
+    if isinstance(cobb, Mapping):
+        rows.append(
+            (
+                "Coronal Cobb estimate",
+                f"{format_angle(cobb.get('angle_deg'))} "
+                f"({cobb.get('upper_end_vertebra')} to {cobb.get('lower_end_vertebra')})",
+            )
+        )
+    else:
+        rows.append(("Coronal Cobb estimate", "n/a"))
+    if data.get("note"):
+        rows.append(("Note", str(data["note"])))
+    return rows
+
+
+def format_angle(value: object) -> str:
+    return f"{value:.1f} deg" if isinstance(value, (int, float)) else "n/a"
+
+
 def image_context(rec: ImageRecord, root: Path) -> dict:
     figs = rec.qc.get("figures") or {}
     figures = [
-        figure(root, figs.get("sagittal"), "Sagittal view through the canal"),
+        figure(
+            root,
+            figs.get("sagittal"),
+            "Sagittal view through the canal. Tags: discs on the left, vertebrae on the right. "
+            "White dots: level markers (seg-discmarkers), one at the posterior tip of each disc "
+            "found.",
+        ),
         figure(root, figs.get("axial"), "Axial tiles at each disc"),
     ]
     labels = [
@@ -121,10 +159,12 @@ def image_context(rec: ImageRecord, root: Path) -> dict:
         "session": rec.session,
         "source": rec.source,
         "status": rec.status,
+        "qc_status": rec.qc_status(),
         "reason": rec.reason,
         "figures": [f for f in figures if f],
         "previews_note": rec.qc.get("previews_note"),
         "flags": rec.flags,
+        "alignment": alignment_rows(rec.qc.get("alignment")),
         "has_qc": bool(rec.qc),
         "labels": labels,
         "levels": rec.qc.get("levels"),

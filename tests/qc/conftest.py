@@ -39,6 +39,12 @@ def cervical_oblique() -> Phantom:
 
 
 @pytest.fixture(scope="session")
+def whole() -> Phantom:
+    """Whole spine, 1 mm, 5 lumbar vertebrae (narrow left-right extent keeps it fast)."""
+    return render_phantom(SEED, Acquisition(fov="whole", lr_extent=40.0), n_lumbar=5)
+
+
+@pytest.fixture(scope="session")
 def lumbar() -> Phantom:
     return render_phantom(SEED, Acquisition(fov="lumbar", voxel="iso1"))
 

@@ -87,3 +87,23 @@ def stamp_for(
         "finished": "2026-11-22T10:00:00+00:00",
         **extra,
     }
+
+
+def true_endplate_normal(anat: Anatomy, vertebra: int, upper: bool) -> np.ndarray:
+    """Unit normal (superior) of a vertebra's true endplate at the centre of its body.
+
+    The endplate is the level set s = s_top (or s_bot) of the spine frame; its normal is the
+    gradient of s, taken by central differences at the body centre.
+    """
+    seg = anat.segment(vertebra)
+    sb = seg.s_top if upper else seg.s_bot
+    point = anat.centre_at_s(sb) + np.array([0.0, anat.body_offset(seg.depth, sb), 0.0])
+    h = 0.5
+    grad = np.array(
+        [
+            (spine_s(anat, (point + h * e)[None])[0] - spine_s(anat, (point - h * e)[None])[0])
+            / (2 * h)
+            for e in np.eye(3)
+        ]
+    )
+    return -grad / np.linalg.norm(grad)

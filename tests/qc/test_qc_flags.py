@@ -46,7 +46,8 @@ def test_gap_in_levels(labels):
     data, affine = labels
     gap = np.where(data == 14, 0, data).astype(np.uint8)  # C4 lost
     flags = _flags(gap, affine)
-    assert set(flags) == {"noncontiguous_levels"}
+    assert set(flags) == {"noncontiguous_levels", "vertebra_count"}
+    assert flags["vertebra_count"] == "6 cervical vertebrae where 7 are expected"
     assert "C4" in flags["noncontiguous_levels"] and "C1" in flags["noncontiguous_levels"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 
 import nibabel as nib
@@ -77,7 +78,7 @@ def test_group_tables(group):
     assert failed["status"] == "failed" and "image is 2-D" in failed["reason"]
     assert failed["flag_missing_cord"] == "n/a"
     assert by_image["sub-02_acq-sag_T2w"]["flag_thick_slices"] == "1"
-    assert by_image["sub-01_ses-02_acq-sag_T2w"]["levels_present"] == "T8–S"
+    assert by_image["sub-01_ses-02_acq-sag_T2w"]["levels_present"] == "T8 to S"
     assert by_image["sub-01_ses-01_acq-sag_T2w"]["session_id"] == "ses-01"
 
     morph = {
@@ -168,3 +169,19 @@ def test_empty_output_folder(tmp_path):
     page = run_group(tmp_path)
     assert _tsv(tmp_path / "group_qc.tsv") == []
     assert "No measurement found." in page.read_text()
+
+
+def test_tables_are_ascii_and_whole_numbers_plain(group):
+    """No en dash in the TSVs; a 1 mm voxel volume prints as '19954', not '19954.00'."""
+    out, _ = group
+    for tsv in out.rglob("*.tsv"):
+        tsv.read_text().encode("ascii")  # raises on any non-ASCII character
+    rows = _tsv(next(out.glob("sub-01/ses-01/anat/*_morphometry.tsv")))
+    volumes = [r["volume_mm3"] for r in rows]
+    assert all(v.isdigit() for v in volumes), volumes[:5]
+
+
+def test_plot_tooltips_carry_units(group):
+    _, page = group
+    tips = re.findall(r"<circle [^>]*><title>([^<]*)</title>", page.read_text())
+    assert tips and all(t.endswith((" mm", " mm^2", " mm^3")) for t in tips), tips[:3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from qc_helpers import reorient
 
 from bids_app import labels as L
 from bids_app.qc.image import write_image_qc
+from bids_app.qc.previews import MIN_TAG_LUMINANCE, PX_PER_MM, luminance, tag_colour
 
 COMMON = (160, 400)  # width, height the views are compared at
 
@@ -140,7 +142,7 @@ def test_superior_up_anterior_left_true_scale(views, name):
 
 
 def test_level_tags_drawn_in_label_colours(views, cervical):
-    """Each tag's text is drawn in its label's colour (anti-aliased on black: same hue)."""
+    """Each tag is drawn in its label's hue, lightened to read on black (anti-aliased)."""
     im, tags, box, _ = views["RAS"][2]
     present = set(np.unique(np.asanyarray(cervical.labels.dataobj)).tolist())
     canvas = np.asarray(im).astype(float)
@@ -149,7 +151,10 @@ def test_level_tags_drawn_in_label_colours(views, cervical):
         x0, x1 = (0, box[0]) if tag["side"] == "left" else (box[2], im.width)
         text = canvas[tag["y"] : tag["y"] + 13, x0:x1].reshape(-1, 3)
         text = text[text.max(1) > 60]
-        colour = np.array(L.label_colour(label), float)
+        colour = np.array(tag_colour(label), float)
+        hue = colorsys.rgb_to_hsv(*(colour / 255))[0]
+        assert hue == pytest.approx(colorsys.rgb_to_hsv(*L.label_colour(label))[0], abs=0.02)
+        assert luminance(tag["colour"]) >= MIN_TAG_LUMINANCE
         cos = text @ colour / (np.linalg.norm(text, axis=1) * np.linalg.norm(colour))
         assert (cos > 0.995).sum() > 15, f"tag {tag['name']} not drawn in its colour"
     discs = {L.level_name(i) for i in present if i in L.DISCS}
@@ -204,3 +209,53 @@ def test_real_scan_in_pir_orientation(tmp_path):
     assert c56[1] > canal[1] and c56[0] > c67[0]  # disc anterior (left), C5-C6 above C6-C7
     strip_tags = _open(tmp_path, summary["figures"]["axial"])[1]
     assert [t["name"] for t in strip_tags] == ["C5-C6", "C6-C7"]
+
+
+def test_partial_image_overlays_its_step1_labels(tmp_path, cervical):
+    """A step-1-only image shows cord, canal and discs from seg-step1, and only one flag."""
+    data = np.asanyarray(cervical.labels.dataobj)
+    step1 = np.where(np.isin(data, [*range(12, 33), L.SACRUM]), L.SACRUM, data)
+    anat = tmp_path / "sub-01/anat"
+    anat.mkdir(parents=True)
+    nib.save(
+        nib.Nifti1Image(step1.astype(np.uint8), cervical.labels.affine),
+        anat / "sub-01_acq-part_seg-step1_desc-T2w_dseg.nii.gz",
+    )
+    summary = write_image_qc(
+        cervical.image,
+        None,
+        None,
+        output_dir=tmp_path,
+        subject="01",
+        stem="sub-01_acq-part",
+        suffix="T2w",
+        landmarks=[],
+        missing_reason="step-1-only run",
+    )
+    assert summary["flags"] == [{"id": "no_segmentation", "reason": "step-1-only run"}]
+    im, tags, box, _ = _open(tmp_path, summary["figures"]["sagittal"])
+    view = np.asarray(im)[box[1] : box[3], box[0] : box[2]]
+    assert _exact(view, L.label_colour(L.CORD)).sum() > 100  # cord contour drawn
+    names = {t["name"] for t in tags}
+    assert {"C2-C3", "C7-T1", "C1"} <= names and "S" not in names
+    qc = json.loads((anat / "sub-01_acq-part_seg-spine_desc-T2w_qc.json").read_text())
+    assert "step-1 labels" in qc["previews_note"]
+
+
+def test_preview_height_follows_the_field_of_view(tmp_path, cervical, lumbar, whole):
+    """Taller fields of view get taller previews (they were all about 420 px)."""
+    views = {}
+    for name, ph in (("cerv", cervical), ("lumbar", lumbar), ("whole", whole)):
+        summary = _write(tmp_path, ph.image, ph.labels, name)
+        _, _, box, world = _open(tmp_path, summary["figures"]["sagittal"])
+        views[name] = (box[3] - box[1], world["mm_per_pixel"])
+    assert views["cerv"][0] < views["lumbar"][0] < views["whole"][0]
+    assert views["lumbar"][1] == pytest.approx(1 / PX_PER_MM)  # 2 px per mm
+    assert views["whole"][0] >= 1150
+
+
+def test_every_tag_colour_reads_on_black():
+    """Dark blue labels were unreadable on the black margin (contrast 4.5:1 or more)."""
+    for label in L.LABEL_BY_ID:
+        contrast = (luminance(tag_colour(label)) + 0.05) / 0.05
+        assert contrast >= 4.5, L.level_name(label)

@@ -120,3 +120,8 @@ def test_rebuild_reports_from_outputs(derivatives, tmp_path):
     qc = json.loads(qc_path.read_text())
     assert "not redrawn" in qc["previews_note"]
     assert qc["figures"]["sagittal"] and qc["flags"] == []
+
+
+def test_sagittal_caption_explains_tags_and_dots(derivatives):
+    html = (derivatives.out / "sub-01.html").read_text()
+    assert "White dots: level markers" in html and "discs on the left" in html
