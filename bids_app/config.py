@@ -35,19 +35,14 @@ class SelectionConfig:
 
 @dataclass(frozen=True)
 class Resources:
-    """Where and with how much: the device spec and the CPU budget (None = what we may use)."""
+    """Where and with how much: device specs, the CPU budget (None = what we may use) and
+    the pipeline (see `bids_app.resources.plan_budget` for how they combine)."""
 
-    device: str = "auto"
+    devices: tuple[str, ...] = ("auto",)
     nprocs: int | None = None
     omp_nthreads: int | None = None
-
-    @property
-    def network_threads(self) -> int | None:
-        """Threads per network: --omp-nthreads, else --nprocs, never above --nprocs."""
-        threads = self.omp_nthreads or self.nprocs
-        if self.nprocs and threads:
-            threads = min(threads, self.nprocs)
-        return threads
+    pipeline: bool = True
+    in_flight: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,3 +59,4 @@ class RunConfig:
     weights: str | None = None
     overwrite: bool = False
     reports_only: bool = False
+    quiet: bool = False  # no progress bar

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -45,18 +46,25 @@ from bids_app.engine.result import Engine, EngineError, EngineResult
 from bids_app.errors import ExitCode, UserError, one_line
 from bids_app.logs import run_log, say
 from bids_app.nnunet.weights import WeightsError, describe_release, resolve_weights
+from bids_app.progress import RunProgress
 from bids_app.qc.records import landmark_list
+from bids_app.resources import Budget, plan_budget
+from bids_app.scheduling import DevicePool, ImageScheduler
 
 log = logging.getLogger(__name__)
 
-EngineFactory = Callable[..., Engine]  # (weights, device, threads) -> engine
+EngineFactory = Callable[..., Engine]  # (weights, device specs, threads per network) -> engine
 
 
-def default_engine_factory(weights, device: str, threads: int | None) -> Engine:
-    """The real engine; imported here so that --help, resume and tests need no torch."""
+def default_engine_factory(weights, devices: Sequence[str], threads: int | None) -> Engine:
+    """The real engine: one network worker per device; imported here so that --help, resume
+    and tests need no torch."""
+    from bids_app.engine.networks import Networks, PooledNetworks
     from bids_app.engine.pipeline import SpineSegEngine
+    from bids_app.nnunet.model import resolve_devices
 
-    return SpineSegEngine(weights, device=device, threads=threads)
+    pool = DevicePool(resolve_devices(devices), lambda d: Networks(weights, d, threads))
+    return SpineSegEngine(weights, threads=threads, predictor=PooledNetworks(pool))
 
 
 def make_dir(path: Path, what: str) -> None:
@@ -167,17 +175,19 @@ class ImageFailure(Exception):
     """One image cannot be segmented; the run goes on."""
 
 
-def create_engine(factory: EngineFactory, weights, device: str, threads: int | None) -> Engine:
+def create_engine(
+    factory: EngineFactory, weights, devices: Sequence[str], threads: int | None
+) -> Engine:
     """One engine per process; a device that cannot be used is a one-line error (exit 1)."""
     try:
-        engine = factory(weights, device, threads)
+        engine = factory(weights, devices, threads)
     except WeightsError as e:
         raise UserError(ExitCode.CONFIG, str(e)) from e
     except (ValueError, EngineError) as e:
         raise UserError(
             ExitCode.FAILED,
-            f"--device {device}: {one_line(e)} (containers need `--gpus all` with Docker "
-            "or `--nv` with Apptainer for CUDA)",
+            f"--device {','.join(devices)}: {one_line(e)} (containers need `--gpus all` "
+            "with Docker or `--nv` with Apptainer for CUDA)",
         ) from e
     log.info("engine ready (device %s, threads %s)", engine.device, engine.threads)
     return engine
@@ -201,6 +211,7 @@ def segment_image(
     *,
     name: str,
     loc: nib.Nifti1Image | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> EngineResult:
     """Run the engine on one loaded image; every per-image problem becomes an ImageFailure."""
     try:
@@ -209,7 +220,7 @@ def segment_image(
             options,
             loc=loc,
             name=name,
-            progress=lambda stage: log.debug("%s: %s", name, stage),
+            progress=progress,
         )
     except WeightsError as e:  # models load on first use: bad weights stop the run (78)
         raise UserError(ExitCode.CONFIG, str(e)) from e
@@ -279,7 +290,8 @@ class ImagePlan:
 
 
 class ParticipantRun:
-    """Segments the selected images one by one with a single, lazily created engine."""
+    """Segments the selected images through one lazily created engine (networks loaded once
+    per device), several images in flight when the budget allows."""
 
     def __init__(
         self,
@@ -288,37 +300,78 @@ class ParticipantRun:
         weights,
         model: ModelInfo,
         engine_factory: EngineFactory,
+        budget: Budget,
+        devices: tuple[str, ...],
     ):
         self.config, self.selection = config, selection
         self.out = config.output_dir
         self.weights, self.model = weights, model
         self.engine_factory = engine_factory
+        self.budget, self.devices = budget, devices
         self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
+        self._scheduler: ImageScheduler | None = None
+        self._progress = RunProgress(0, quiet=True)
         self.by_path = {job.path: job for job in selection.jobs}
 
     def engine(self) -> Engine:
         """Created on first need, so a fully resumed run never loads torch or the models."""
-        if self._engine is None:
-            res = self.config.resources
-            self._engine = create_engine(
-                self.engine_factory, self.weights, res.device, res.network_threads
-            )
-        return self._engine
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = create_engine(
+                    self.engine_factory,
+                    self.weights,
+                    self.devices,
+                    self.budget.network_threads,
+                )
+            return self._engine
 
     def run(self) -> list[StatusRow]:
-        rows: list[StatusRow] = []
+        """Every selected image through the pipeline; rows come back in selection order.
+
+        Images run on `budget.in_flight` threads; a guided image waits for its localizer.
+        Each subject's report is written once all of its images are done.
+        """
         jobs = self.selection.jobs
+        rows: dict[int, StatusRow] = {}
+        left = {s: sum(j.subject == s for j in jobs) for s in {j.subject for j in jobs}}
+        scheduler = ImageScheduler(self.budget.in_flight)
+        self._scheduler = scheduler
+        index = {id(job): i for i, job in enumerate(jobs)}
+
+        def after(job: disc.ImageJob) -> list[disc.ImageJob]:
+            loc = self.by_path.get(job.localizer) if job.localizer else None
+            return [loc] if loc is not None else []
+
         try:
-            for i, job in enumerate(jobs):
-                log.info("[%d/%d] %s", i + 1, len(jobs), job.relpath)
-                rows.append(self.process(job))
-                last_of_subject = i + 1 == len(jobs) or jobs[i + 1].subject != job.subject
-                if last_of_subject:
-                    self.subject_report(job.subject, rows)
+            with RunProgress(len(jobs), quiet=self.config.quiet) as progress:
+                self._progress = progress
+                for job, fut in scheduler.map_unordered(self.process, jobs, after):
+                    row = fut.result()  # per-image errors are rows; others stop the run
+                    rows[index[id(job)]] = row
+                    progress.finished(job.name, row.status, row.seconds)
+                    left[job.subject] -= 1
+                    if not left[job.subject]:
+                        self.subject_report(job.subject, [r for r in rows.values()])
+        except BaseException:  # Ctrl-C, SIGTERM, a disk error: stop taking images
+            scheduler.cancel()
+            if self._engine is not None:
+                self._engine.close(cancel=True)
+            raise
         finally:
+            scheduler.close()
+            if self._engine is not None:
+                self._engine.close()
             if rows:
-                say("", "Status:", *status_table(rows))
-        return rows
+                say("", "Status:", *status_table([rows[i] for i in sorted(rows)]))
+        return [rows[i] for i in sorted(rows)]
+
+    def stage(self, job: disc.ImageJob, stage: str) -> None:
+        """An image enters a stage: stop here if the run is cancelled, show it otherwise."""
+        if self._scheduler is not None:
+            self._scheduler.check()
+        self._progress.stage(job.name, stage)
+        log.debug("%s: %s", job.name, stage)
 
     def localizer_labels(self, job: disc.ImageJob) -> tuple[str | None, str | None]:
         """(output-relative path of the localizer's labels, warning) for a guided image."""
@@ -341,6 +394,7 @@ class ParticipantRun:
 
     def process(self, job: disc.ImageJob) -> StatusRow:
         """Decide, then segment, write, QC and stamp one image."""
+        self.stage(job, "resume check")
         plan = self.decide(job)
         if not plan.decision.run:
             log.info("%s: skipped, %s", job.name, plan.decision.reason)
@@ -360,8 +414,10 @@ class ParticipantRun:
             result.warnings.append(plan.localizer_warning)
         for warning in result.warnings:  # also in the stamp, the sidecars and the report
             log.warning("%s: %s", job.name, warning)
+        self.stage(job, "write")
         outputs = self.write(plan, result)
         status, reason = self.outcome(plan, result)
+        self.stage(job, "QC")
         qc_outputs, qc_error = self.image_qc(plan, img, result)
         if qc_error:
             status = Status.PARTIAL
@@ -402,9 +458,17 @@ class ParticipantRun:
     def segment(self, engine: Engine, plan: ImagePlan) -> tuple[nib.Nifti1Image, EngineResult]:
         """Load the source (and localizer labels) once and run the engine."""
         job = plan.job
+        self.stage(job, "read")
         img = load_image(job.path)
         loc = load_image(self.out / plan.options.localizer) if plan.options.localizer else None
-        return img, segment_image(engine, img, plan.options, name=job.name, loc=loc)
+        return img, segment_image(
+            engine,
+            img,
+            plan.options,
+            name=job.name,
+            loc=loc,
+            progress=lambda stage: self.stage(job, stage),
+        )
 
     def fail(self, plan: ImagePlan, reason: str) -> StatusRow:
         """Stamp a failed image with its one-line reason."""
@@ -542,9 +606,31 @@ def _remove_stale(output_dir: Path, old: dict | None, outputs: Sequence[str]) ->
             path.unlink(missing_ok=True)
 
 
+def check_devices(specs: Sequence[str]) -> tuple[str, ...]:
+    """The devices the run will use, checked before any work (64 when one is unusable).
+
+    Only CUDA needs torch to be asked; a CPU-only run never imports it here.
+    """
+    if all(spec == "cpu" for spec in specs):
+        return tuple(specs)
+    from bids_app.nnunet.model import resolve_devices
+
+    try:
+        return tuple(resolve_devices(specs))
+    except ValueError as e:
+        raise UserError(
+            ExitCode.USAGE,
+            f"--device {','.join(specs)}: {one_line(e)} (containers need `--gpus all` "
+            "with Docker or `--nv` with Apptainer for CUDA)",
+        ) from e
+
+
 def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
     """The whole participant level; returns the exit code (1 when any image failed)."""
     out = config.output_dir
+    res = config.resources
+    devices = check_devices(res.devices)
+    budget = plan_budget(devices, res.nprocs, res.omp_nthreads, res.in_flight, res.pipeline)
     make_dir(out, "output folder")
     with ExitStack() as stack:
         logfile = stack.enter_context(run_log(run_log_path(out)))
@@ -573,6 +659,8 @@ def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
             changed = write_dataset_files(out, config.bids_dir, model)
         if changed:
             log.info("wrote %s", ", ".join(changed))
-        rows = ParticipantRun(config, selection, weights, model, engine_factory).run()
+        log.info("%s", budget.describe(devices))
+        run = ParticipantRun(config, selection, weights, model, engine_factory, budget, devices)
+        rows = run.run()
     bad = [r for r in rows if r.status in (Status.FAILED, Status.PARTIAL)]
     return ExitCode.FAILED if bad else ExitCode.OK

@@ -65,6 +65,7 @@ class DevicePool(Generic[W]):
         self._make_worker = make_worker
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._cancel = threading.Event()
+        self._closed = False
         self._threads = [
             threading.Thread(target=self._serve, args=(i,), name=f"spineseg-{d}", daemon=True)
             for i, d in enumerate(self.devices)
@@ -107,16 +108,19 @@ class DevicePool(Generic[W]):
                 stats.calls += 1
                 stats.busy_s += time.perf_counter() - t0
 
-    def cancel(self) -> None:
-        """Refuse new calls and fail queued ones with Cancelled; running calls finish."""
-        self._cancel.set()
-
-    def close(self) -> None:
-        """Stop the device threads once the queued calls are done (or cancelled)."""
+    def close(self, cancel: bool = False) -> None:
+        """Stop the device threads: after the queued calls, or at once failing them with
+        Cancelled (`cancel`: the run is stopping). Safe to call twice."""
+        if cancel:
+            self._cancel.set()
+        if self._closed:
+            return
+        self._closed = True
         for _ in self._threads:
             self._queue.put(None)
-        for thread in self._threads:
-            thread.join()
+        if not cancel:
+            for thread in self._threads:
+                thread.join()
 
 
 class ImageScheduler:
@@ -141,10 +145,10 @@ class ImageScheduler:
         self,
         work: Callable[[T], R],
         items: Iterable[T],
-        ready: Callable[[T], Sequence[Future]] | None = None,
+        after: Callable[[T], Sequence[T]] | None = None,
     ) -> Iterator[tuple[T, Future]]:
-        """Submit every item (after the futures `ready(item)` names, e.g. its localizer's)
-        and yield `(item, future)` as each finishes.
+        """Submit every item, each started once the earlier items `after(item)` names (e.g.
+        its localizer) are done, and yield `(item, future)` as each finishes.
 
         Items are taken in order by a FIFO pool, so an item that waits for an earlier one
         never blocks it: the earlier one is already running or done.
@@ -153,8 +157,7 @@ class ImageScheduler:
         by_item: dict[int, Future] = {}
 
         def run(item: T) -> R:
-            for dep in ready(item) if ready else ():
-                wait([dep])
+            wait([by_item[id(dep)] for dep in (after(item) if after else ())])
             self.check()
             return work(item)
 
@@ -162,12 +165,12 @@ class ImageScheduler:
             fut = self._pool.submit(run, item)
             futures[fut] = item
             by_item[id(item)] = fut
-        self.futures_by_item = by_item
         pending = set(futures)
         while pending:
             # A timeout keeps the main thread responsive to signals (Ctrl-C, SIGTERM).
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            for fut in sorted(done, key=lambda f: list(futures).index(f)):
+            order = list(futures)
+            for fut in sorted(done, key=order.index):
                 yield futures[fut], fut
 
     def cancel(self) -> None:

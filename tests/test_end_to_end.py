@@ -91,7 +91,10 @@ def test_participant_resume_group_and_validator(phantom_ds, tmp_path):
     first = spineseg(*args, entry="run.py")
     first_s = time.monotonic() - t0
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "Selection: 2 subject(s) x 3 session(s) x 4 image(s)" in first.stdout
+    assert (
+        "Selection: 2 subject(s) (1 without sessions), 2 subject-session pair(s) "
+        "(sessions: 01, 02), 4 image(s)"
+    ) in first.stdout
 
     for rel in EXPECTED:
         source = nib.load(phantom_ds / rel)

@@ -139,10 +139,17 @@ def build_config(args: argparse.Namespace, paths: Paths) -> RunConfig:
         options=SegmentOptions(
             step1_only=args.step1_only, iso=args.iso, assume_top_disc=args.assume_top_disc
         ),
-        resources=Resources(device=args.device, nprocs=args.nprocs, omp_nthreads=args.omp_nthreads),
+        resources=Resources(
+            devices=args.device,
+            nprocs=args.nprocs,
+            omp_nthreads=args.omp_nthreads,
+            pipeline=args.pipeline == "on",
+            in_flight=args.max_in_flight,
+        ),
         weights=args.weights,
         overwrite=args.overwrite,
         reports_only=args.reports_only,
+        quiet=args.quiet,
     )
 
 

@@ -8,18 +8,17 @@ its own code (17) instead of a generic usage error.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 from bids_app import __version__
 from bids_app.errors import EXIT_CODE_HELP, ExitCode
 from bids_app.labels import DISCS
+from bids_app.resources import DEVICE_HELP, parse_devices
 
 PROG = "spineseg"
 LEVELS = ("participant", "group")
 SUBCOMMANDS = ("segment", "weights", "phantoms")
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 SUBCOMMAND_HELP = """\
 subcommands (given as the first argument, instead of bids_dir):
@@ -47,10 +46,11 @@ def positive_int(text: str) -> int:
     return value
 
 
-def device(text: str) -> str:
-    if not _DEVICE_RE.match(text.strip().lower()):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected auto, cpu, cuda or cuda:N")
-    return text.strip().lower()
+def devices(text: str) -> tuple[str, ...]:
+    try:
+        return parse_devices(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def disc_level(value: str) -> int:
@@ -67,9 +67,11 @@ def disc_level(value: str) -> int:
 def _add_engine_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--device",
-        type=device,
-        default="auto",
-        help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N (default: auto)",
+        type=devices,
+        default=("auto",),
+        metavar="DEVICE[,DEVICE...]",
+        help=f"{DEVICE_HELP}; one network worker per device, models loaded once on each "
+        "(default: auto = every visible GPU, else the CPU)",
     )
     parser.add_argument(
         "--weights",
@@ -202,13 +204,32 @@ def bids_app_parser() -> UsageParser:
         dest="nprocs",
         type=positive_int,
         metavar="N",
-        help="CPU cores this run may use (default: all the process may use)",
+        help="the whole CPU budget of the run (default: what the process may use: SLURM "
+        "allocation, container CPU quota or CPU affinity)",
     )
     run.add_argument(
         "--omp-nthreads",
         type=positive_int,
         metavar="N",
-        help="threads per image for the networks (default: --nprocs); capped by --nprocs",
+        help="threads of each network worker (default: the budget divided among CPU "
+        "workers, 1 per GPU); capped by the budget",
+    )
+    run.add_argument(
+        "--pipeline",
+        choices=("on", "off"),
+        default="on",
+        help="on: while one image is in a network, other images are read, labelled, written "
+        "and checked; off: one image at a time (same outputs) (default: on)",
+    )
+    run.add_argument(
+        "--max-in-flight",
+        type=positive_int,
+        metavar="N",
+        help="images in memory at once (default: 2 per network worker, 1 with --pipeline off "
+        "or --nprocs 1); each whole-spine image holds about 1-2 GB on the 1 mm grid",
+    )
+    run.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar (log lines still go to the log)"
     )
     run.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv: also libraries)"

@@ -44,6 +44,8 @@ def run_segment(args, engine_factory: EngineFactory) -> int:
         result = segment_image(engine, img, options, name=src.name, loc=loc)
     except ImageFailure as e:
         raise UserError(ExitCode.FAILED, str(e)) from e
+    finally:
+        engine.close()
     uri = src.resolve().as_uri()
     try:
         written = write_outputs(

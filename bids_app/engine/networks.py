@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -78,3 +79,28 @@ class Networks:
         t0 = time.perf_counter()
         labels, probabilities = model.predict(channels, return_probabilities=return_probabilities)
         return Prediction(labels, probabilities, str(self.device), time.perf_counter() - t0)
+
+
+class _Pool(Protocol):
+    devices: tuple[str, ...]
+
+    def run(self, call: Callable[[Networks], Prediction]) -> Prediction: ...
+
+    def close(self, cancel: bool = False) -> None: ...
+
+
+class PooledNetworks:
+    """A `Predictor` whose calls run on whichever device of a `DevicePool` is free (each
+    device holding its own `Networks`)."""
+
+    def __init__(self, pool: _Pool):
+        self.pool = pool
+        self.device = ",".join(pool.devices)
+
+    def predict(
+        self, step: str, channels: np.ndarray, return_probabilities: bool = False
+    ) -> Prediction:
+        return self.pool.run(lambda nets: nets.predict(step, channels, return_probabilities))
+
+    def close(self, cancel: bool = False) -> None:
+        self.pool.close(cancel)

@@ -68,6 +68,12 @@ class SpineSegEngine:
         self.networks: Predictor = predictor or Networks(weights, device, self.threads)
         self.device = getattr(self.networks, "device", device)
 
+    def close(self, cancel: bool = False) -> None:
+        """Stop the device workers of a pooled predictor (a local one needs nothing)."""
+        close = getattr(self.networks, "close", None)
+        if close is not None:
+            close(cancel)
+
     def segment(
         self,
         img: nib.Nifti1Image,

@@ -60,3 +60,7 @@ class Engine(Protocol):
     ) -> EngineResult:
         """Segment one image (see `EngineResult` for the grids); raises EngineError."""
         ...
+
+    def close(self, cancel: bool = False) -> None:
+        """Release the networks; with `cancel`, drop queued network calls (run stopping)."""
+        ...

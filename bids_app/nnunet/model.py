@@ -57,6 +57,25 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device("cuda")
 
 
+def resolve_devices(specs: Sequence[str]) -> list[str]:
+    """Device specs (see `bids_app.resources.parse_devices`) as concrete device names.
+
+    `auto` is every visible GPU, else the CPU; `cuda` is every visible GPU (what
+    CUDA_VISIBLE_DEVICES or `--gpus all` exposes). ValueError (one line) if one cannot be used.
+    """
+    names: list[str] = []
+    for spec in specs:
+        if spec == "auto":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            names += [f"cuda:{i}" for i in range(count)] or ["cpu"]
+        elif spec == "cuda":
+            resolve_device(spec)  # raises when CUDA cannot be used
+            names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        else:
+            names.append(str(resolve_device(spec)))
+    return names
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())

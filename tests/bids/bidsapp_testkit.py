@@ -137,6 +137,9 @@ class FakeEngine:
         res.timings = {"step1_network": 0.01}
         return res
 
+    def close(self, cancel: bool = False) -> None:
+        self.closed = True
+
     @staticmethod
     def _images(labels: np.ndarray, affine: np.ndarray, step1_only: bool) -> dict:
         step1 = np.where(labels >= 11, np.where(labels < 60, 50, labels), labels).astype(np.uint8)

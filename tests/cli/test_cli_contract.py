@@ -252,24 +252,23 @@ def test_missing_weights_exit_78(capsys, dataset, tmp_path):
     assert rc == 78 and "weights folder not found" in err
 
 
-def test_unusable_device_is_one_line_exit_1(capsys, dataset, weights, tmp_path):
-    def no_gpu(weights, device, threads):
-        raise ValueError(f"device {device!r}: CUDA is not available (torch no GPU visible)")
-
-    rc, _, err = participant(
-        dataset,
-        tmp_path / "out",
-        "--device",
-        "cuda",
-        weights=weights,
-        capsys=capsys,
-        factory=no_gpu,
-    )
-    assert rc == 1
+def test_unusable_device_is_one_line_exit_64_before_any_output(capsys, dataset, weights, tmp_path):
+    # This machine has no GPU: the check happens before the output folder is even made.
+    out = tmp_path / "out"
+    rc, _, err = participant(dataset, out, "--device", "cuda", weights=weights, capsys=capsys)
+    assert rc == 64
     errors = [line for line in err.splitlines() if "error" in line.lower()]
     assert errors == [err.strip().splitlines()[-1]]
     assert errors[0].startswith("spineseg: error: --device cuda: device 'cuda': CUDA")
     assert "--gpus all" in errors[0]
+    assert not out.exists()
+
+
+def test_device_lists_are_checked_by_the_parser(capsys, dataset, weights, tmp_path):
+    rc, _, err = participant(
+        dataset, tmp_path / "out", "--device", "cuda:0,auto", weights=weights, capsys=capsys
+    )
+    assert rc == 64 and "auto cannot be combined" in err
 
 
 @pytest.mark.skipif(find_validator() is None, reason="bids-validator-deno not installed")
