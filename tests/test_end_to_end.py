@@ -140,3 +140,66 @@ def test_participant_resume_group_and_validator(phantom_ds, tmp_path):
     report = validate(out)
     assert report.errors == [], report.error_lines()
     print(f"first run {first_s:.0f} s, resume {again_s:.1f} s")
+
+
+TIME_KEYS = ("generated", "finished", "timings")
+
+
+def _compared(root: Path) -> dict[str, object]:
+    """Every NIfTI, TSV and JSON a run wrote, by relative path (JSON without its times).
+
+    Logs (stamps, run logs) are compared separately; only times may differ anywhere.
+    """
+    found: dict[str, object] = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if not p.is_file() or rel.parts[0] == "logs":
+            continue
+        if p.name.endswith(".json"):
+            found[rel.as_posix()] = _timeless(json.loads(p.read_text()))
+        elif p.name.endswith((".nii.gz", ".tsv")):
+            found[rel.as_posix()] = p.read_bytes()
+    return found
+
+
+def _timeless(data: dict) -> dict:
+    return {k: v for k, v in data.items() if k not in TIME_KEYS}
+
+
+def test_outputs_do_not_depend_on_the_schedule(phantom_ds, tmp_path):
+    """One image at a time, or several in flight over two CPU network workers: same bytes."""
+    filt = tmp_path / "filter.json"
+    filt.write_text(json.dumps(FILTER))
+    common = [
+        "participant",
+        "--participant-label",
+        "01",
+        "--weights",
+        "demo",
+        "--bids-filter-file",
+        filt,
+        "--localizer-suffix",
+        "T1w",
+        "--assume-top-disc",
+        "C2-C3",
+        "--skip-bids-validation",
+    ]
+    # One network thread in both runs: torch sums in another order with more threads.
+    common += ["--omp-nthreads", "1"]
+    one = spineseg(phantom_ds, tmp_path / "one", *common, "--device", "cpu", "--pipeline", "off")
+    assert one.returncode == 0, one.stdout + one.stderr
+    assert "up to 1 image(s) in flight" in one.stderr
+    two = spineseg(phantom_ds, tmp_path / "two", *common, "--device", "cpu,cpu")
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert "2 network worker(s) on cpu, cpu x 1 thread(s); up to 4 image(s)" in two.stderr
+    first, second = _compared(tmp_path / "one"), _compared(tmp_path / "two")
+    assert len(first) > 20 and sorted(first) == sorted(second)
+    assert [k for k in first if first[k] != second[k]] == []
+    # The stamps say the same thing about each image, timings and times aside.
+    stamps = sorted((tmp_path / "one" / "logs" / "status").glob("*.json"))
+    assert len(stamps) == 3
+    for one_stamp in stamps:
+        two_stamp = tmp_path / "two" / "logs" / "status" / one_stamp.name
+        assert _timeless(json.loads(one_stamp.read_text())) == _timeless(
+            json.loads(two_stamp.read_text())
+        )
