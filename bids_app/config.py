@@ -63,4 +63,6 @@ class RunConfig:
     resources: Resources = field(default_factory=Resources)
     weights: str | None = None
     overwrite: bool = False
+    retry_failed: bool = False  # recompute images stamped failed/partial by an identical run
     reports_only: bool = False
+    dry_run: bool = False  # print what would be done; write nothing

@@ -3,12 +3,15 @@
 Flow: validate the input -> select images (printed before any work) -> resolve weights -> for
 each image: resume decision, segment, write outputs, QC, stamp. One engine serves every image
 of the process. One bad image fails alone: the others go on, the run ends with a status
-table and exit code 1. It reads a `RunConfig`, never the command line.
+table and exit code 1 (3 when images are only partial). It reads a `RunConfig`, never the
+command line.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import sys
 import tempfile
 import time
 import zlib
@@ -22,6 +25,7 @@ import nibabel as nib
 from bids_app import __version__, qc
 from bids_app.bids import discovery as disc
 from bids_app.bids.derivatives import (
+    LOGS_DIR,
     ModelInfo,
     bids_prefix,
     image_output_paths,
@@ -35,14 +39,16 @@ from bids_app.bids.stamps import (
     options_hash,
     read_stamp,
     resume_decision,
+    source_stem,
     stamp_path,
     write_stamp,
 )
 from bids_app.bids.validation import ValidatorUnavailable, subject_view, validate
 from bids_app.config import RunConfig, SelectionConfig
+from bids_app.crash import crash_reports, write_crash_file
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import Engine, EngineError, EngineResult
-from bids_app.errors import ExitCode, UserError, one_line
+from bids_app.errors import ExitCode, UserError, one_line, without_name
 from bids_app.logs import run_log, say
 from bids_app.nnunet.weights import WeightsError, describe_release, resolve_weights
 from bids_app.qc.records import landmark_list
@@ -103,8 +109,13 @@ def build_queries(cfg: SelectionConfig) -> tuple[dict[str, dict], dict | None]:
     return queries, loc
 
 
-def validate_input(bids_dir: Path, participants: Sequence[str] | None, scratch: Path) -> None:
-    """bids-validator-deno on the input (only the selected subjects); exit 16 on errors."""
+def validate_input(
+    bids_dir: Path, participants: Sequence[str] | None, scratch: Path, logfile: Path
+) -> None:
+    """bids-validator-deno on the input (only the selected subjects); exit 16 on errors.
+
+    Warnings do not stop the run but are shown by kind (a bare count helps nobody).
+    """
     target = (
         subject_view(bids_dir, list(participants), scratch / "bids-view")
         if participants
@@ -124,7 +135,18 @@ def validate_input(bids_dir: Path, participants: Sequence[str] | None, scratch: 
             f"{bids_dir}: the dataset failed BIDS validation ({len(report.errors)} error(s), "
             "listed above); fix them or pass --skip-bids-validation",
         )
-    log.info("BIDS validation passed (%d warning(s))", len(report.warnings))
+    if not report.warnings:
+        log.info("BIDS validation passed with no warning")
+        return
+    kinds = report.warning_lines()
+    log.info(
+        "BIDS validation passed with %d warning(s) of %d kinds; by code (also in the log %s):",
+        len(report.warnings),
+        len(kinds),
+        logfile,
+    )
+    for line in kinds:
+        log.info("  %s", line)
 
 
 def select(config: RunConfig) -> disc.Selection:
@@ -167,6 +189,33 @@ class ImageFailure(Exception):
     """One image cannot be segmented; the run goes on."""
 
 
+class ImageCrash(ImageFailure):
+    """An unexpected error (a bug or a library failure): its traceback goes to a crash file."""
+
+
+class ImageOutOfMemory(ImageFailure):
+    """Out of memory: depends on the machine and its load, so the next run retries it."""
+
+
+# nibabel's messages name the full path and end oddly ("got 0 bytes from \n - could the
+# file be damaged?" for a .nii.gz); the reason gets the fact, in one line.
+_TRUNCATED_RE = re.compile(r"Expected (\d+) bytes, got (\d+) bytes")
+_NOT_GZIP_RE = re.compile(r"is not a gzip file")
+_UNKNOWN_TYPE_RE = re.compile(r"Cannot work out file type")
+
+
+def read_problem(error: BaseException) -> str:
+    """What is wrong with a file that nibabel cannot read, in one line without its path."""
+    text = str(error)
+    if m := _TRUNCATED_RE.search(text):
+        return f"truncated: {m.group(2)} of {m.group(1)} bytes of voxels"
+    if _NOT_GZIP_RE.search(text):
+        return "not a gzip file, although its name ends in .gz"
+    if _UNKNOWN_TYPE_RE.search(text):
+        return "not a NIfTI file (unknown header)"
+    return one_line(error)
+
+
 def create_engine(factory: EngineFactory, weights, device: str, threads: int | None) -> Engine:
     """One engine per process; a device that cannot be used is a one-line error (exit 1)."""
     try:
@@ -188,7 +237,7 @@ def load_image(path: Path) -> nib.Nifti1Image:
     try:
         img = nib.load(str(path))
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as e:
-        raise ImageFailure(f"{path.name}: cannot read the image ({one_line(e)})") from e
+        raise ImageFailure(f"{path.name}: cannot read the image ({read_problem(e)})") from e
     if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
         raise ImageFailure(f"{path.name}: not a NIfTI image ({type(img).__name__})")
     return img
@@ -202,7 +251,10 @@ def segment_image(
     name: str,
     loc: nib.Nifti1Image | None = None,
 ) -> EngineResult:
-    """Run the engine on one loaded image; every per-image problem becomes an ImageFailure."""
+    """Run the engine on one loaded image; every per-image problem becomes an ImageFailure.
+
+    Reasons do not repeat the image's name: the lines that show them name it already.
+    """
     try:
         return engine.segment(
             img,
@@ -214,14 +266,15 @@ def segment_image(
     except WeightsError as e:  # models load on first use: bad weights stop the run (78)
         raise UserError(ExitCode.CONFIG, str(e)) from e
     except EngineError as e:
-        raise ImageFailure(one_line(e)) from e
+        raise ImageFailure(without_name(one_line(e), name)) from e
     except (OSError, EOFError, zlib.error, nib.filebasedimages.ImageFileError) as e:
-        raise ImageFailure(f"{name}: cannot read the image data ({one_line(e)})") from e
+        raise ImageFailure(f"cannot read the image data ({read_problem(e)})") from e
     except MemoryError as e:
-        raise ImageFailure(f"{name}: out of memory (use fewer threads or a GPU)") from e
-    except Exception as e:  # a bug must not cost the other images; the log keeps the trace
-        log.exception("%s: unexpected error", name)
-        raise ImageFailure(f"{name}: unexpected {type(e).__name__}: {one_line(e)}") from e
+        raise ImageOutOfMemory("out of memory (use fewer threads or a GPU)") from e
+    except Exception as e:  # a bug must not cost the other images; the crash file keeps it
+        if type(e).__name__ == "OutOfMemoryError":  # torch's, for CUDA (no torch import here)
+            raise ImageOutOfMemory(f"out of GPU memory ({one_line(e)})") from e
+        raise ImageCrash(f"unexpected {one_line(e, with_type=True)}") from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,6 +326,8 @@ class ImagePlan:
     started: float
 
     def row(self, status: Status, reason: str | None) -> StatusRow:
+        if status == Status.SKIPPED:  # a failure that is not retried still counts as one
+            status = self.decision.status
         job = self.job
         seconds = time.monotonic() - self.started
         return StatusRow(job.subject, job.session, job.name, status, reason, seconds)
@@ -286,7 +341,7 @@ class ParticipantRun:
         config: RunConfig,
         selection: disc.Selection,
         weights,
-        model: ModelInfo,
+        model: ModelInfo | None,
         engine_factory: EngineFactory,
     ):
         self.config, self.selection = config, selection
@@ -374,19 +429,24 @@ class ParticipantRun:
         return plan.row(status, reason)
 
     def decide(self, job: disc.ImageJob) -> ImagePlan:
-        """The image's options (with its localizer) and whether its stamp lets us skip it."""
+        """The image's options (with its localizer) and whether its stamp lets us skip it.
+
+        Without a model (a dry run), the decision does not compare model hashes.
+        """
         started = time.monotonic()
         loc_rel, loc_warning = self.localizer_labels(job)
         options = replace(self.config.options, localizer=loc_rel)
         opts_hash = options_hash(options.record())
         old = read_stamp(stamp_path(self.out, job.name))
+        model = self.model.stamp() if self.model else None
         decision = resume_decision(
             old,
             output_dir=self.out,
             app_version=__version__,
             opts_hash=opts_hash,
-            model=self.model.stamp(),
+            model=model,
             overwrite=self.config.overwrite,
+            retry_failed=self.config.retry_failed,
         )
         record = {
             "source": job.relpath,
@@ -395,7 +455,7 @@ class ParticipantRun:
             "app_version": __version__,
             "options_hash": opts_hash,
             "options": options.record(),
-            "model": self.model.stamp(),
+            "model": model,
         }
         return ImagePlan(job, options, decision, old, record, loc_warning, started)
 
@@ -406,9 +466,28 @@ class ParticipantRun:
         loc = load_image(self.out / plan.options.localizer) if plan.options.localizer else None
         return img, segment_image(engine, img, plan.options, name=job.name, loc=loc)
 
-    def fail(self, plan: ImagePlan, reason: str) -> StatusRow:
-        """Stamp a failed image with its one-line reason."""
-        log.error("%s: failed: %s", plan.job.name, reason)
+    def fail(self, plan: ImagePlan, reason: str, error: BaseException | None = None) -> StatusRow:
+        """Stamp a failed image with its one-line reason.
+
+        `error` (default: the exception being handled) decides the rest: an unexpected one
+        gets a crash file, named by the reason; out of memory is stamped `transient`, so the
+        next run retries it.
+        """
+        job = plan.job
+        error = error or sys.exception()
+        reason = without_name(reason, job.name)
+        plan.record["transient"] = isinstance(error, ImageOutOfMemory)  # stamp fields
+        if isinstance(error, ImageCrash):
+            with _writing(job.name):
+                crash = write_crash_file(
+                    self.out / LOGS_DIR,
+                    source_stem(job.name),
+                    error.__cause__ or error,
+                    {"image": job.relpath, "options": plan.record["options"]},
+                )
+            plan.record["crash_file"] = crash.relative_to(self.out).as_posix()
+            reason = f"{reason} (see {plan.record['crash_file']})"
+        log.error("%s: failed: %s", job.name, reason)
         self._write_stamp(
             plan, Status.FAILED, reason, device=None, timings={}, landmarks={}, warnings=[]
         )
@@ -543,11 +622,14 @@ def _remove_stale(output_dir: Path, old: dict | None, outputs: Sequence[str]) ->
 
 
 def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
-    """The whole participant level; returns the exit code (1 when any image failed)."""
+    """The whole participant level; returns the exit code (see `exit_code`)."""
+    if config.dry_run:
+        return dry_run(config)
     out = config.output_dir
     make_dir(out, "output folder")
     with ExitStack() as stack:
         logfile = stack.enter_context(run_log(run_log_path(out)))
+        stack.enter_context(crash_reports(out, "participant"))
         say(f"spineseg {__version__}: participant level", f"log: {logfile}")
         if config.work_dir is not None:
             make_dir(config.work_dir, "work folder")
@@ -559,7 +641,7 @@ def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
         selection = select(config)
         if not config.selection.skip_validation:
             subset = selection.subjects if config.selection.all_participants else None
-            validate_input(config.bids_dir, subset, scratch)
+            validate_input(config.bids_dir, subset, scratch, logfile)
         say(*selection.describe())
         if config.reports_only:
             written = qc.rebuild_reports(
@@ -574,5 +656,34 @@ def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
         if changed:
             log.info("wrote %s", ", ".join(changed))
         rows = ParticipantRun(config, selection, weights, model, engine_factory).run()
-    bad = [r for r in rows if r.status in (Status.FAILED, Status.PARTIAL)]
-    return ExitCode.FAILED if bad else ExitCode.OK
+    return exit_code(rows)
+
+
+def exit_code(rows: Sequence[StatusRow]) -> ExitCode:
+    """1 when an image failed (now, or unchanged since an earlier run), else 3 when one is
+    partial, else 0: a script can tell "rerun with a fix" from "review the partial ones"."""
+    statuses = {row.status for row in rows}
+    if Status.FAILED in statuses:
+        return ExitCode.FAILED
+    return ExitCode.PARTIAL if Status.PARTIAL in statuses else ExitCode.OK
+
+
+def dry_run(config: RunConfig) -> int:
+    """`--dry-run`: the selection and what a run would do with each image, and why.
+
+    It reads the stamps only: no output folder, log, weights or network, so it takes
+    seconds. Without the weights their hashes are unknown, so a skip says that a changed
+    model would still recompute the image (hashing the checkpoints would cost more than
+    the rest of the dry run). The input is not validated either.
+    """
+    selection = select(config)
+    say(*selection.describe())
+    say("", "Dry run (nothing is written; the input is not validated, the weights not read):")
+    # decide() loads nothing, so the engine factory is never called.
+    planner = ParticipantRun(config, selection, None, None, default_engine_factory)
+    for job in selection.jobs:
+        decision = planner.decide(job).decision
+        where = f"sub-{job.subject}" + (f" ses-{job.session}" if job.session else "")
+        action = "segment" if decision.run else "skip"
+        say(f"  {where}: {job.name}: would {action}: {decision.reason}")
+    return ExitCode.OK

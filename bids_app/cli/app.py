@@ -142,7 +142,9 @@ def build_config(args: argparse.Namespace, paths: Paths) -> RunConfig:
         resources=Resources(device=args.device, nprocs=args.nprocs, omp_nthreads=args.omp_nthreads),
         weights=args.weights,
         overwrite=args.overwrite,
+        retry_failed=args.retry_failed,
         reports_only=args.reports_only,
+        dry_run=args.dry_run,
     )
 
 

@@ -93,6 +93,20 @@ def test_segment_errors(scan, tmp_path, weights, capsys):
     )
 
 
+def test_segment_partial_result_says_which_image_and_what_to_do(scan, tmp_path, weights, capsys):
+    rc = main(
+        ["segment", str(scan), str(tmp_path / "o"), "--weights", str(weights)],
+        engine_factory=FakeEngineFactory(partial={"my_scan.nii.gz"}),
+    )
+    out, err = capsys.readouterr()
+    assert rc == 3
+    assert "error:" not in out + err
+    line = next(ln for ln in out.splitlines() if ln.startswith("my_scan.nii.gz: partial"))
+    assert line.startswith("my_scan.nii.gz: partial result (cord and canal only): step 1 labeling")
+    assert "--assume-top-disc" in line and "--loc" in line
+    assert (tmp_path / "o" / "my_scan_label-cord_probseg.nii.gz").is_file()
+
+
 def test_weights_verify_and_install_from_a_folder(weights, tmp_path, capsys):
     rc = main(["weights", "--verify", "--dest", str(weights)])
     out = capsys.readouterr().out
