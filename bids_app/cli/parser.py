@@ -239,7 +239,8 @@ def segment_parser() -> UsageParser:
         "<name>_label-cord_probseg.nii.gz and <name>_label-canal_probseg.nii.gz (+ JSON).",
         epilog="exit codes: 0 ok, 1 the image could not be segmented, 3 partial result (no "
         "final labels; the message says why), 64 usage, "
-        "66 input missing, 73/74 output errors, 78 weights missing or corrupt",
+        "66 input missing, 70 a bug (traceback in OUTPUT_DIR/logs/crash-*.txt), 73/74 output "
+        "errors, 78 weights missing or corrupt",
     )
     p.add_argument("input", type=Path, help="a .nii or .nii.gz image")
     p.add_argument("output_dir", type=Path, help="folder for the outputs (created)")

@@ -155,3 +155,25 @@ def test_assume_top_disc_reaches_the_engine_and_bad_names_are_usage_errors(
     assert factory.engines[0].top_discs == [63]
     assert main([*args, "--assume-top-disc", "C9-C10"], engine_factory=factory) == 64
     assert "unknown disc 'C9-C10'" in capsys.readouterr().err
+
+
+def test_a_bug_in_a_subcommand_exits_70_with_a_crash_file(
+    scan, tmp_path, weights, capsys, monkeypatch
+):
+    from bids_app.cli import tools
+
+    monkeypatch.setattr(tools, "write_outputs", lambda *args, **kwargs: {}["sidecar"])
+    out = tmp_path / "o"
+    rc = main(
+        ["segment", str(scan), str(out), "--weights", str(weights)],
+        engine_factory=FakeEngineFactory(),
+    )
+    err = capsys.readouterr().err
+    assert rc == 70 and "Traceback" not in err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("spineseg: error: unexpected KeyError: 'sidecar' (a SpineSeg bug")
+    )
+    (crash,) = (out / "logs").glob("crash-*-segment.txt")
+    assert str(crash) in err and "KeyError: 'sidecar'" in crash.read_text()
