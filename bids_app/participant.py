@@ -495,6 +495,7 @@ class ParticipantRun:
 
     def write(self, plan: ImagePlan, result: EngineResult) -> list[str]:
         """The image outputs and their sidecars; returns their output-relative paths."""
+        assert self.model is not None, "a dry run (no model) never writes"
         job = plan.job
         with _writing(job.name):
             return write_image_outputs(
@@ -678,7 +679,11 @@ def dry_run(config: RunConfig) -> int:
     """
     selection = select(config)
     say(*selection.describe())
-    say("", "Dry run (nothing is written; the input is not validated, the weights not read):")
+    say(
+        "",
+        "Dry run: nothing is written and the input is not validated; the weights are not "
+        "read, so an image shown as skipped is still recomputed if the model changed:",
+    )
     # decide() loads nothing, so the engine factory is never called.
     planner = ParticipantRun(config, selection, None, None, default_engine_factory)
     for job in selection.jobs:

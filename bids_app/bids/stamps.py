@@ -99,7 +99,7 @@ def resume_decision(
     """Decide what to do with one image given its previous stamp (see module docstring).
 
     `model` None means the model is unknown (a dry run reads no weights): it is then not
-    compared, and a skip says that a changed model would still recompute the image.
+    compared, and a skip names only the version and options as checked.
     """
     if overwrite:
         return Decision(True, "--overwrite given")
@@ -117,17 +117,16 @@ def resume_decision(
         return Decision(True, changed, warn=not failed)
     if failed and retry_failed:
         return Decision(True, f"previous run ended '{status}' ({why}); --retry-failed given")
-    same, unchecked = ("the same version, options and model", "")
-    if model is None:
-        same = "the same version and options"
-        unchecked = " (a dry run does not read the weights: recomputed if the model changed)"
+    same = (
+        "the same version and options" if model is None else ("the same version, options and model")
+    )
     if not failed:
-        return Decision(False, f"already done with {same}{unchecked}")
+        return Decision(False, f"already done with {same}")
     verb = "failed" if status == Status.FAILED else "ended partial"
     return Decision(
         False,
-        f"{verb} before with {same}: {why}; --retry-failed to try again{unchecked}",
-        status=Status(status),
+        f"{verb} before with {same}: {why}; --retry-failed to try again",
+        status=Status(str(status)),
     )
 
 
