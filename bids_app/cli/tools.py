@@ -14,6 +14,7 @@ from bids_app.errors import ExitCode, UserError, without_name
 from bids_app.logs import say
 from bids_app.participant import (
     EngineFactory,
+    ImageCrash,
     ImageFailure,
     create_engine,
     load_image,
@@ -42,6 +43,8 @@ def run_segment(args, engine_factory: EngineFactory) -> int:
         img = load_image(src)
         loc = load_image(args.loc) if args.loc else None
         result = segment_image(engine, img, options, name=src.name, loc=loc)
+    except ImageCrash as e:  # a bug: main() makes it one line, exit 70 and a crash file
+        raise (e.__cause__ or e) from None
     except ImageFailure as e:
         raise UserError(ExitCode.FAILED, f"{src.name}: {without_name(str(e), src.name)}") from e
     uri = src.resolve().as_uri()

@@ -157,23 +157,23 @@ def test_assume_top_disc_reaches_the_engine_and_bad_names_are_usage_errors(
     assert "unknown disc 'C9-C10'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("where", ["engine", "writer"])
 def test_a_bug_in_a_subcommand_exits_70_with_a_crash_file(
-    scan, tmp_path, weights, capsys, monkeypatch
+    scan, tmp_path, weights, capsys, monkeypatch, where
 ):
     from bids_app.cli import tools
 
-    monkeypatch.setattr(tools, "write_outputs", lambda *args, **kwargs: {}["sidecar"])
+    raises = {"my_scan.nii.gz": KeyError("sidecar")} if where == "engine" else None
+    if where == "writer":
+        monkeypatch.setattr(tools, "write_outputs", lambda *args, **kwargs: {}["sidecar"])
     out = tmp_path / "o"
     rc = main(
         ["segment", str(scan), str(out), "--weights", str(weights)],
-        engine_factory=FakeEngineFactory(),
+        engine_factory=FakeEngineFactory(raises=raises),
     )
     err = capsys.readouterr().err
     assert rc == 70 and "Traceback" not in err
-    assert (
-        err.strip()
-        .splitlines()[-1]
-        .startswith("spineseg: error: unexpected KeyError: 'sidecar' (a SpineSeg bug")
-    )
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("spineseg: error: unexpected KeyError: 'sidecar' (a SpineSeg bug")
     (crash,) = (out / "logs").glob("crash-*-segment.txt")
-    assert str(crash) in err and "KeyError: 'sidecar'" in crash.read_text()
+    assert str(crash) in last and "KeyError: 'sidecar'" in crash.read_text()
