@@ -58,5 +58,7 @@ class RunConfig:
     resources: Resources = field(default_factory=Resources)
     weights: str | None = None
     overwrite: bool = False
+    retry_failed: bool = False  # recompute images stamped failed/partial by an identical run
     reports_only: bool = False
     quiet: bool = False  # no progress bar
+    dry_run: bool = False  # print what would be done; write nothing

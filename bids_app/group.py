@@ -1,17 +1,28 @@
-"""The group level: summarise what the participant level wrote (reads output_dir only)."""
+"""The group level: summarise what the participant level wrote (reads output_dir only).
+
+Which images exist is read from the status records (`logs/status/*.json`, via
+`qc.records.collect`), not from the `sub-*` folders: a failed image writes no folder but
+must still be listed, and a subject whose only image failed can still be selected.
+"""
 
 from __future__ import annotations
+
+import logging
 
 from bids_app import __version__, qc
 from bids_app.bids.derivatives import run_log_path
 from bids_app.config import RunConfig
+from bids_app.crash import crash_reports
 from bids_app.errors import ExitCode, UserError
 from bids_app.logs import run_log, say
+from bids_app.qc.records import collect
+
+log = logging.getLogger(__name__)
 
 
 def run_group(config: RunConfig) -> int:
-    """Group tables and `group.html`; exit 66 without participant outputs, 18 for unknown
-    participants."""
+    """Group tables and `group.html`; exit 66 without participant records, 18 for
+    participants given one by one that have none (those read from a file are skipped)."""
     out = config.output_dir
     if not (out / "dataset_description.json").is_file():
         raise UserError(
@@ -19,24 +30,36 @@ def run_group(config: RunConfig) -> int:
             f"{out}: no participant-level outputs (dataset_description.json missing); "
             "run the participant level first",
         )
-    participants, sessions = config.selection.participants, config.selection.sessions
-    found = sorted(p.name[4:] for p in out.glob("sub-*") if p.is_dir())
-    if not found:
+    selection = config.selection
+    recorded = sorted({r.subject for r in collect(out)})
+    if not recorded:
         raise UserError(
-            ExitCode.NO_INPUT, f"{out}: no sub-* folder; run the participant level first"
+            ExitCode.NO_INPUT,
+            f"{out}: no participant-level records (logs/status/*.json); "
+            "run the participant level first",
         )
-    unknown = sorted(set(participants or []) - set(found))
+    unknown = sorted(set(selection.participants or []) - set(recorded))
     if unknown:
         raise UserError(
             ExitCode.EMPTY_SELECTION,
-            f"{out}: no outputs for participant(s) {', '.join(unknown)} "
-            f"(found: {', '.join(found)})",
+            f"{out}: no participant-level records for participant(s) {', '.join(unknown)} "
+            f"(found: {', '.join(recorded)})",
         )
-    with run_log(run_log_path(out)) as logfile:
+    listed = selection.listed_participants or ()
+    without = [p for p in listed if p not in recorded]
+    chosen = [p for p in selection.all_participants or () if p in recorded]
+    if selection.all_participants and not chosen:
+        raise UserError(
+            ExitCode.EMPTY_SELECTION,
+            f"{out}: no participant-level records for any listed participant "
+            f"(found: {', '.join(recorded)})",
+        )
+    with run_log(run_log_path(out)) as logfile, crash_reports(out, "group"):
         say(f"spineseg {__version__}: group level", f"log: {logfile}")
-        page = qc.run_group(
-            out, list(participants) if participants else None, list(sessions) if sessions else None
-        )
+        if without:
+            log.info("listed participant(s) without records, skipped: %s", ", ".join(without))
+        sessions = list(selection.sessions) if selection.sessions else None
+        page = qc.run_group(out, chosen or None, sessions)
         if page:
             say(f"wrote {page}")
     return ExitCode.OK

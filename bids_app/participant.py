@@ -3,12 +3,15 @@
 Flow: validate the input -> select images (printed before any work) -> resolve weights -> for
 each image: resume decision, segment, write outputs, QC, stamp. One engine serves every image
 of the process. One bad image fails alone: the others go on, the run ends with a status
-table and exit code 1. It reads a `RunConfig`, never the command line.
+table and exit code 1 (3 when images are only partial). It reads a `RunConfig`, never the
+command line.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import sys
 import tempfile
 import threading
 import time
@@ -23,6 +26,7 @@ import nibabel as nib
 from bids_app import __version__, qc
 from bids_app.bids import discovery as disc
 from bids_app.bids.derivatives import (
+    LOGS_DIR,
     ModelInfo,
     bids_prefix,
     image_output_paths,
@@ -36,14 +40,16 @@ from bids_app.bids.stamps import (
     options_hash,
     read_stamp,
     resume_decision,
+    source_stem,
     stamp_path,
     write_stamp,
 )
 from bids_app.bids.validation import ValidatorUnavailable, subject_view, validate
 from bids_app.config import RunConfig, SelectionConfig
+from bids_app.crash import crash_reports, write_crash_file
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import Engine, EngineError, EngineResult
-from bids_app.errors import ExitCode, UserError, one_line
+from bids_app.errors import ExitCode, UserError, one_line, without_name
 from bids_app.logs import run_log, say
 from bids_app.nnunet.weights import WeightsError, describe_release, resolve_weights
 from bids_app.progress import RunProgress
@@ -111,8 +117,13 @@ def build_queries(cfg: SelectionConfig) -> tuple[dict[str, dict], dict | None]:
     return queries, loc
 
 
-def validate_input(bids_dir: Path, participants: Sequence[str] | None, scratch: Path) -> None:
-    """bids-validator-deno on the input (only the selected subjects); exit 16 on errors."""
+def validate_input(
+    bids_dir: Path, participants: Sequence[str] | None, scratch: Path, logfile: Path
+) -> None:
+    """bids-validator-deno on the input (only the selected subjects); exit 16 on errors.
+
+    Warnings do not stop the run but are shown by kind (a bare count helps nobody).
+    """
     target = (
         subject_view(bids_dir, list(participants), scratch / "bids-view")
         if participants
@@ -132,7 +143,18 @@ def validate_input(bids_dir: Path, participants: Sequence[str] | None, scratch: 
             f"{bids_dir}: the dataset failed BIDS validation ({len(report.errors)} error(s), "
             "listed above); fix them or pass --skip-bids-validation",
         )
-    log.info("BIDS validation passed (%d warning(s))", len(report.warnings))
+    if not report.warnings:
+        log.info("BIDS validation passed with no warning")
+        return
+    kinds = report.warning_lines()
+    log.info(
+        "BIDS validation passed with %d warning(s) of %d kinds; by code (also in the log %s):",
+        len(report.warnings),
+        len(kinds),
+        logfile,
+    )
+    for line in kinds:
+        log.info("  %s", line)
 
 
 def select(config: RunConfig) -> disc.Selection:
@@ -175,6 +197,33 @@ class ImageFailure(Exception):
     """One image cannot be segmented; the run goes on."""
 
 
+class ImageCrash(ImageFailure):
+    """An unexpected error (a bug or a library failure): its traceback goes to a crash file."""
+
+
+class ImageOutOfMemory(ImageFailure):
+    """Out of memory: depends on the machine and its load, so the next run retries it."""
+
+
+# nibabel's messages name the full path and end oddly ("got 0 bytes from \n - could the
+# file be damaged?" for a .nii.gz); the reason gets the fact, in one line.
+_TRUNCATED_RE = re.compile(r"Expected (\d+) bytes, got (\d+) bytes")
+_NOT_GZIP_RE = re.compile(r"is not a gzip file")
+_UNKNOWN_TYPE_RE = re.compile(r"Cannot work out file type")
+
+
+def read_problem(error: BaseException) -> str:
+    """What is wrong with a file that nibabel cannot read, in one line without its path."""
+    text = str(error)
+    if m := _TRUNCATED_RE.search(text):
+        return f"truncated: {m.group(2)} of {m.group(1)} bytes of voxels"
+    if _NOT_GZIP_RE.search(text):
+        return "not a gzip file, although its name ends in .gz"
+    if _UNKNOWN_TYPE_RE.search(text):
+        return "not a NIfTI file (unknown header)"
+    return one_line(error)
+
+
 def create_engine(
     factory: EngineFactory, weights, devices: Sequence[str], threads: int | None
 ) -> Engine:
@@ -198,7 +247,7 @@ def load_image(path: Path) -> nib.Nifti1Image:
     try:
         img = nib.load(str(path))
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as e:
-        raise ImageFailure(f"{path.name}: cannot read the image ({one_line(e)})") from e
+        raise ImageFailure(f"{path.name}: cannot read the image ({read_problem(e)})") from e
     if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
         raise ImageFailure(f"{path.name}: not a NIfTI image ({type(img).__name__})")
     return img
@@ -213,7 +262,10 @@ def segment_image(
     loc: nib.Nifti1Image | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> EngineResult:
-    """Run the engine on one loaded image; every per-image problem becomes an ImageFailure."""
+    """Run the engine on one loaded image; every per-image problem becomes an ImageFailure.
+
+    Reasons do not repeat the image's name: the lines that show them name it already.
+    """
     try:
         return engine.segment(
             img,
@@ -225,14 +277,15 @@ def segment_image(
     except WeightsError as e:  # models load on first use: bad weights stop the run (78)
         raise UserError(ExitCode.CONFIG, str(e)) from e
     except EngineError as e:
-        raise ImageFailure(one_line(e)) from e
+        raise ImageFailure(without_name(one_line(e), name)) from e
     except (OSError, EOFError, zlib.error, nib.filebasedimages.ImageFileError) as e:
-        raise ImageFailure(f"{name}: cannot read the image data ({one_line(e)})") from e
+        raise ImageFailure(f"cannot read the image data ({read_problem(e)})") from e
     except MemoryError as e:
-        raise ImageFailure(f"{name}: out of memory (use fewer threads or a GPU)") from e
-    except Exception as e:  # a bug must not cost the other images; the log keeps the trace
-        log.exception("%s: unexpected error", name)
-        raise ImageFailure(f"{name}: unexpected {type(e).__name__}: {one_line(e)}") from e
+        raise ImageOutOfMemory("out of memory (use fewer threads or a GPU)") from e
+    except Exception as e:  # a bug must not cost the other images; the crash file keeps it
+        if type(e).__name__ == "OutOfMemoryError":  # torch's, for CUDA (no torch import here)
+            raise ImageOutOfMemory(f"out of GPU memory ({one_line(e)})") from e
+        raise ImageCrash(f"unexpected {one_line(e, with_type=True)}") from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,6 +337,8 @@ class ImagePlan:
     started: float
 
     def row(self, status: Status, reason: str | None) -> StatusRow:
+        if status == Status.SKIPPED:  # a failure that is not retried still counts as one
+            status = self.decision.status
         job = self.job
         seconds = time.monotonic() - self.started
         return StatusRow(job.subject, job.session, job.name, status, reason, seconds)
@@ -298,7 +353,7 @@ class ParticipantRun:
         config: RunConfig,
         selection: disc.Selection,
         weights,
-        model: ModelInfo,
+        model: ModelInfo | None,
         engine_factory: EngineFactory,
         budget: Budget,
         devices: tuple[str, ...],
@@ -405,11 +460,10 @@ class ParticipantRun:
         with _writing(job.name):
             # No "ok" stamp may outlive the outputs it vouches for.
             stamp_path(self.out, job.name).unlink(missing_ok=True)
-        engine = self.engine()
         try:
-            img, result = self.segment(engine, plan)
+            img, result = self.segment(plan)
         except ImageFailure as e:
-            return self.fail(plan, str(e))
+            return self.fail(plan, str(e), e)
         if plan.localizer_warning:
             result.warnings.append(plan.localizer_warning)
         for warning in result.warnings:  # also in the stamp, the sidecars and the report
@@ -430,19 +484,24 @@ class ParticipantRun:
         return plan.row(status, reason)
 
     def decide(self, job: disc.ImageJob) -> ImagePlan:
-        """The image's options (with its localizer) and whether its stamp lets us skip it."""
+        """The image's options (with its localizer) and whether its stamp lets us skip it.
+
+        Without a model (a dry run), the decision does not compare model hashes.
+        """
         started = time.monotonic()
         loc_rel, loc_warning = self.localizer_labels(job)
         options = replace(self.config.options, localizer=loc_rel)
         opts_hash = options_hash(options.record())
         old = read_stamp(stamp_path(self.out, job.name))
+        model = self.model.stamp() if self.model else None
         decision = resume_decision(
             old,
             output_dir=self.out,
             app_version=__version__,
             opts_hash=opts_hash,
-            model=self.model.stamp(),
+            model=model,
             overwrite=self.config.overwrite,
+            retry_failed=self.config.retry_failed,
         )
         record = {
             "source": job.relpath,
@@ -451,18 +510,19 @@ class ParticipantRun:
             "app_version": __version__,
             "options_hash": opts_hash,
             "options": options.record(),
-            "model": self.model.stamp(),
+            "model": model,
         }
         return ImagePlan(job, options, decision, old, record, loc_warning, started)
 
-    def segment(self, engine: Engine, plan: ImagePlan) -> tuple[nib.Nifti1Image, EngineResult]:
-        """Load the source (and localizer labels) once and run the engine."""
+    def segment(self, plan: ImagePlan) -> tuple[nib.Nifti1Image, EngineResult]:
+        """Load the source (and localizer labels) once, then run the engine: an unreadable
+        file fails before any model is loaded."""
         job = plan.job
         self.stage(job, "read")
         img = load_image(job.path)
         loc = load_image(self.out / plan.options.localizer) if plan.options.localizer else None
         return img, segment_image(
-            engine,
+            self.engine(),
             img,
             plan.options,
             name=job.name,
@@ -470,9 +530,28 @@ class ParticipantRun:
             progress=lambda stage: self.stage(job, stage),
         )
 
-    def fail(self, plan: ImagePlan, reason: str) -> StatusRow:
-        """Stamp a failed image with its one-line reason."""
-        log.error("%s: failed: %s", plan.job.name, reason)
+    def fail(self, plan: ImagePlan, reason: str, error: BaseException | None = None) -> StatusRow:
+        """Stamp a failed image with its one-line reason.
+
+        `error` (default: the exception being handled) decides the rest: an unexpected one
+        gets a crash file, named by the reason; out of memory is stamped `transient`, so the
+        next run retries it.
+        """
+        job = plan.job
+        error = error or sys.exception()
+        reason = without_name(reason, job.name)
+        plan.record["transient"] = isinstance(error, ImageOutOfMemory)  # stamp fields
+        if isinstance(error, ImageCrash):
+            with _writing(job.name):
+                crash = write_crash_file(
+                    self.out / LOGS_DIR,
+                    source_stem(job.name),
+                    error.__cause__ or error,
+                    {"image": job.relpath, "options": plan.record["options"]},
+                )
+            plan.record["crash_file"] = crash.relative_to(self.out).as_posix()
+            reason = f"{reason} (see {plan.record['crash_file']})"
+        log.error("%s: failed: %s", job.name, reason)
         self._write_stamp(
             plan, Status.FAILED, reason, device=None, timings={}, landmarks={}, warnings=[]
         )
@@ -480,6 +559,7 @@ class ParticipantRun:
 
     def write(self, plan: ImagePlan, result: EngineResult) -> list[str]:
         """The image outputs and their sidecars; returns their output-relative paths."""
+        assert self.model is not None, "a dry run (no model) never writes"
         job = plan.job
         with _writing(job.name):
             return write_image_outputs(
@@ -626,14 +706,17 @@ def check_devices(specs: Sequence[str]) -> tuple[str, ...]:
 
 
 def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
-    """The whole participant level; returns the exit code (1 when any image failed)."""
+    """The whole participant level; returns the exit code (see `exit_code`)."""
     out = config.output_dir
     res = config.resources
     devices = check_devices(res.devices)
     budget = plan_budget(devices, res.nprocs, res.omp_nthreads, res.in_flight, res.pipeline)
+    if config.dry_run:
+        return dry_run(config, budget, devices)
     make_dir(out, "output folder")
     with ExitStack() as stack:
         logfile = stack.enter_context(run_log(run_log_path(out)))
+        stack.enter_context(crash_reports(out, "participant"))
         say(f"spineseg {__version__}: participant level", f"log: {logfile}")
         if config.work_dir is not None:
             make_dir(config.work_dir, "work folder")
@@ -645,7 +728,7 @@ def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
         selection = select(config)
         if not config.selection.skip_validation:
             subset = selection.subjects if config.selection.all_participants else None
-            validate_input(config.bids_dir, subset, scratch)
+            validate_input(config.bids_dir, subset, scratch, logfile)
         say(*selection.describe())
         if config.reports_only:
             written = qc.rebuild_reports(
@@ -662,5 +745,39 @@ def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
         log.info("%s", budget.describe(devices))
         run = ParticipantRun(config, selection, weights, model, engine_factory, budget, devices)
         rows = run.run()
-    bad = [r for r in rows if r.status in (Status.FAILED, Status.PARTIAL)]
-    return ExitCode.FAILED if bad else ExitCode.OK
+    return exit_code(rows)
+
+
+def exit_code(rows: Sequence[StatusRow]) -> ExitCode:
+    """1 when an image failed (now, or unchanged since an earlier run), else 3 when one is
+    partial, else 0: a script can tell "rerun with a fix" from "review the partial ones"."""
+    statuses = {row.status for row in rows}
+    if Status.FAILED in statuses:
+        return ExitCode.FAILED
+    return ExitCode.PARTIAL if Status.PARTIAL in statuses else ExitCode.OK
+
+
+def dry_run(config: RunConfig, budget: Budget, devices: tuple[str, ...]) -> int:
+    """`--dry-run`: the selection and what a run would do with each image, and why.
+
+    It reads the stamps only: no output folder, log, weights or network, so it takes
+    seconds. Without the weights their hashes are unknown, so a skip says that a changed
+    model would still recompute the image (hashing the checkpoints would cost more than
+    the rest of the dry run). The input is not validated either.
+    """
+    selection = select(config)
+    say(*selection.describe())
+    say(
+        "",
+        "Dry run: nothing is written and the input is not validated; the weights are not "
+        "read, so an image shown as skipped is still recomputed if the model changed:",
+    )
+    # decide() loads nothing, so the engine factory is never called.
+    say(f"It would run with a {budget.describe(devices)}.")
+    planner = ParticipantRun(config, selection, None, None, default_engine_factory, budget, devices)
+    for job in selection.jobs:
+        decision = planner.decide(job).decision
+        where = f"sub-{job.subject}" + (f" ses-{job.session}" if job.session else "")
+        action = "segment" if decision.run else "skip"
+        say(f"  {where}: {job.name}: would {action}: {decision.reason}")
+    return ExitCode.OK

@@ -5,6 +5,12 @@ with status "ok" proves that every output it lists was complete. A rerun skips a
 when the stamp also matches the app version, the output-affecting options and the model
 hashes; anything else is recomputed, because a half-finished or differently-made result must
 not pass for a current one (the bids-apps/freesurfer lesson).
+
+A "failed" or "partial" stamp made the same way is skipped too: the same inputs would fail
+the same way (no landmark, a bad header), and a rerun of a finished dataset must cost
+seconds. The skip still reports the failure, and `--retry-failed` recomputes it. What died
+without a stamp (killed, out of memory at the system level) and failures stamped `transient`
+(out of memory inside the process) are always retried.
 """
 
 from __future__ import annotations
@@ -68,11 +74,16 @@ def write_stamp(path: Path, record: Mapping[str, object]) -> dict:
 
 @dataclass(frozen=True)
 class Decision:
-    """Whether to (re)compute an image, why, and whether the user should be warned."""
+    """Whether to (re)compute an image, why, and whether the user should be warned.
+
+    `status` is what a skip reports: "skipped" for a result that is done, the previous
+    outcome for a failure that is not retried (so the run still counts it as failed).
+    """
 
     run: bool
     reason: str
     warn: bool = False
+    status: Status = Status.SKIPPED
 
 
 def resume_decision(
@@ -81,30 +92,64 @@ def resume_decision(
     output_dir: Path,
     app_version: str,
     opts_hash: str,
-    model: Mapping[str, object],
+    model: Mapping[str, object] | None,
     overwrite: bool = False,
+    retry_failed: bool = False,
 ) -> Decision:
-    """Decide what to do with one image given its previous stamp (see module docstring)."""
+    """Decide what to do with one image given its previous stamp (see module docstring).
+
+    `model` None means the model is unknown (a dry run reads no weights): it is then not
+    compared, and a skip names only the version and options as checked.
+    """
     if overwrite:
         return Decision(True, "--overwrite given")
     if stamp is None:
         return Decision(True, "no previous result")
     status = stamp.get("status")
-    if status != Status.OK:
-        why = stamp.get("reason") or "no reason recorded"
+    why = stamp.get("reason") or "no reason recorded"
+    failed = status in (Status.FAILED, Status.PARTIAL)
+    if status != Status.OK and not failed:
         return Decision(True, f"previous run ended '{status}' ({why})")
+    if stamp.get("transient"):
+        return Decision(True, f"previous run ended '{status}' ({why}); retrying")
+    changed = _what_changed(stamp, output_dir, app_version, opts_hash, model)
+    if changed:  # a warning only when a good result gets replaced
+        return Decision(True, changed, warn=not failed)
+    if failed and retry_failed:
+        return Decision(True, f"previous run ended '{status}' ({why}); --retry-failed given")
+    same = (
+        "the same version and options" if model is None else ("the same version, options and model")
+    )
+    if not failed:
+        return Decision(False, f"already done with {same}")
+    verb = "failed" if status == Status.FAILED else "ended partial"
+    return Decision(
+        False,
+        f"{verb} before with {same}: {why}; --retry-failed to try again",
+        status=Status(str(status)),
+    )
+
+
+def _what_changed(
+    stamp: Mapping,
+    output_dir: Path,
+    app_version: str,
+    opts_hash: str,
+    model: Mapping[str, object] | None,
+) -> str | None:
+    """Why the stamped result is not what this run would make (None: it is)."""
     if stamp.get("app_version") != app_version:
-        old = stamp.get("app_version")
-        return Decision(True, f"previous result made by spineseg {old}, now {app_version}", True)
+        return f"previous result made by spineseg {stamp.get('app_version')}, now {app_version}"
     if stamp.get("options_hash") != opts_hash:
-        return Decision(True, "previous result made with other options", True)
-    old_model = stamp.get("model") or {}
-    if old_model.get("release") != model.get("release"):
-        old, new = old_model.get("release"), model.get("release")
-        return Decision(True, f"previous result made with model release {old}, now {new}", True)
-    if old_model.get("sha256") != model.get("sha256"):
-        return Decision(True, "previous result made with different model weights (hashes)", True)
+        return "previous result made with other options"
+    if model is not None:
+        old_model = stamp.get("model") or {}
+        if old_model.get("release") != model.get("release"):
+            old, new = old_model.get("release"), model.get("release")
+            return f"previous result made with model release {old}, now {new}"
+        if old_model.get("sha256") != model.get("sha256"):
+            return "previous result made with different model weights (hashes)"
     missing = [o for o in stamp.get("outputs") or [] if not (Path(output_dir) / o).is_file()]
     if missing:
-        return Decision(True, f"{len(missing)} previous output(s) missing, e.g. {missing[0]}", True)
-    return Decision(False, "already done with the same version, options and model")
+        return f"{len(missing)} previous output(s) missing, e.g. {missing[0]}"
+    return None

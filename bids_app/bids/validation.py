@@ -37,12 +37,29 @@ class ValidationReport:
         """One line per error (code and file), at most `limit` plus a count of the rest."""
         lines = []
         for issue in self.errors[:limit]:
-            where = issue.get("location") or ""
-            sub = f" ({issue['subCode']})" if issue.get("subCode") else ""
-            lines.append(f"{issue.get('code')}{sub}: {where}".rstrip(": "))
+            lines.append(f"{_kind(issue)}: {issue.get('location') or ''}".rstrip(": "))
         if len(self.errors) > limit:
             lines.append(f"... and {len(self.errors) - limit} more error(s)")
         return lines
+
+    def warning_lines(self, examples: int = 3) -> list[str]:
+        """One line per kind of warning (code and sub-code), most frequent first: the count
+        and the first few files; a dataset's hundreds of warnings are usually a few kinds."""
+        where: dict[str, list[str]] = {}
+        for issue in self.warnings:
+            where.setdefault(_kind(issue), []).append(issue.get("location") or "")
+        lines = []
+        for kind, locations in sorted(where.items(), key=lambda item: -len(item[1])):
+            shown = [loc for loc in dict.fromkeys(locations) if loc][:examples]
+            example = f", e.g. {', '.join(shown)}" if shown else ""
+            lines.append(f"{kind}: {len(locations)}{example}")
+        return lines
+
+
+def _kind(issue: dict) -> str:
+    """An issue's code with its sub-code ("SIDECAR_KEY_RECOMMENDED (Manufacturer)")."""
+    sub = f" ({issue['subCode']})" if issue.get("subCode") else ""
+    return f"{issue.get('code')}{sub}"
 
 
 def find_validator() -> str | None:

@@ -148,8 +148,10 @@ def build_config(args: argparse.Namespace, paths: Paths) -> RunConfig:
         ),
         weights=args.weights,
         overwrite=args.overwrite,
+        retry_failed=args.retry_failed,
         reports_only=args.reports_only,
         quiet=args.quiet,
+        dry_run=args.dry_run,
     )
 
 

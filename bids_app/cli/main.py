@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from bids_app.cli import parser as cli_parser
 from bids_app.cli.app import run_bids_app
+from bids_app.crash import crash_error
 from bids_app.errors import ExitCode, UserError
 from bids_app.logs import console_logging
 from bids_app.participant import EngineFactory, default_engine_factory
@@ -20,6 +21,9 @@ def main(
     argv: Sequence[str] | None = None, *, engine_factory: EngineFactory = default_engine_factory
 ) -> int:
     """Run the command line; returns the exit code (see `spineseg --help`).
+
+    Errors are one line: a UserError with its own code, anything else (a bug) exit 70 with
+    the traceback in a crash file (`output_dir/logs/crash-*.txt`).
 
     `engine_factory(weights, device, threads)` builds the segmentation engine (once per
     process); tests inject a fake one.
@@ -53,6 +57,10 @@ def main(
         except KeyboardInterrupt:
             print(f"{cli_parser.PROG}: interrupted", file=sys.stderr)
             return 130
+        except Exception as e:  # a bug: one line here, the traceback in a crash file
+            crash = crash_error(e, getattr(args, "output_dir", None), command or "spineseg")
+            print(f"{cli_parser.PROG}: error: {crash}", file=sys.stderr)
+            return int(crash.code)
 
 
 if __name__ == "__main__":

@@ -185,6 +185,18 @@ def bids_app_parser() -> UsageParser:
         "--overwrite", action="store_true", help="recompute images that are already done"
     )
     run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="recompute images that failed or were partial in an earlier run with the same "
+        "version, options and model (skipped by default: they would fail the same way)",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the selection and what would be segmented or skipped, and why; writes "
+        "nothing and needs no weights",
+    )
+    run.add_argument(
         "--reports-only",
         action="store_true",
         help="only regenerate QC and reports from existing outputs (no segmentation)",
@@ -246,8 +258,10 @@ def segment_parser() -> UsageParser:
         description="Segment one NIfTI image (no BIDS). Writes <name>_seg-spine_dseg.nii.gz, "
         "<name>_seg-step1_dseg.nii.gz, <name>_seg-discmarkers_dseg.nii.gz, "
         "<name>_label-cord_probseg.nii.gz and <name>_label-canal_probseg.nii.gz (+ JSON).",
-        epilog="exit codes: 0 ok, 1 the image could not be segmented, 64 usage, "
-        "66 input missing, 73/74 output errors, 78 weights missing or corrupt",
+        epilog="exit codes: 0 ok, 1 the image could not be segmented, 3 partial result (no "
+        "final labels; the message says why), 64 usage, "
+        "66 input missing, 70 a bug (traceback in OUTPUT_DIR/logs/crash-*.txt), 73/74 output "
+        "errors, 78 weights missing or corrupt",
     )
     p.add_argument("input", type=Path, help="a .nii or .nii.gz image")
     p.add_argument("output_dir", type=Path, help="folder for the outputs (created)")

@@ -10,10 +10,11 @@ from pathlib import Path
 from bids_app.bids.derivatives import write_outputs
 from bids_app.bids.stamps import source_stem
 from bids_app.engine.options import SegmentOptions
-from bids_app.errors import ExitCode, UserError
+from bids_app.errors import ExitCode, UserError, without_name
 from bids_app.logs import say
 from bids_app.participant import (
     EngineFactory,
+    ImageCrash,
     ImageFailure,
     create_engine,
     load_image,
@@ -42,8 +43,10 @@ def run_segment(args, engine_factory: EngineFactory) -> int:
         img = load_image(src)
         loc = load_image(args.loc) if args.loc else None
         result = segment_image(engine, img, options, name=src.name, loc=loc)
+    except ImageCrash as e:  # a bug: main() makes it one line, exit 70 and a crash file
+        raise (e.__cause__ or e) from None
     except ImageFailure as e:
-        raise UserError(ExitCode.FAILED, str(e)) from e
+        raise UserError(ExitCode.FAILED, f"{src.name}: {without_name(str(e), src.name)}") from e
     finally:
         engine.close()
     uri = src.resolve().as_uri()
@@ -63,10 +66,13 @@ def run_segment(args, engine_factory: EngineFactory) -> int:
         ) from e
     say(*(str(p) for p in written if p.name.endswith(".nii.gz")))
     for warning in result.warnings:
-        say(f"warning: {warning}")
-    for error in result.errors:
-        say(f"error: {error}")
-    return ExitCode.FAILED if result.errors else ExitCode.OK
+        say(f"{src.name}: warning: {warning}")
+    if not result.errors:
+        return ExitCode.OK
+    # What was written is usable; the errors say what is missing and what to try.
+    kept = "step-1 labels, no final labels" if "levels" in result.native else "cord and canal only"
+    say(f"{src.name}: partial result ({kept}): {'; '.join(result.errors)}")
+    return ExitCode.PARTIAL
 
 
 def run_weights(args) -> int:

@@ -42,7 +42,7 @@ def _numbered(out: labeling.LabelingOutput) -> labeling.LabelingOutput:
     if not out.landmarks:
         raise labeling.LabelingError(
             "the landmark disc was only found in fragments too small to be discs: "
-            "levels cannot be assigned"
+            "levels cannot be assigned; use a localizer or --assume-top-disc"
         )
     return out
 

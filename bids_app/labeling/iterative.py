@@ -392,7 +392,9 @@ def iterative_label(
         ]
         source = "the localizer overlaps no disc" if loc is not None else "no localizer given"
         raise LabelingError(
-            f"no landmark disc ({_names(wanted)}) found and {source}: levels cannot be assigned"
+            f"no landmark disc ({_names(wanted)}) found and {source}: levels cannot be "
+            "assigned; use a localizer (--localizer-suffix, or --loc for `spineseg segment`) "
+            "or --assume-top-disc (e.g. C2-C3 when the scan starts at C1)"
         )
 
     possible = region_labels(disc_landmark_output_labels, REGION_MAX_SIZES)

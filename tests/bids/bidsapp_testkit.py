@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +19,12 @@ from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import EngineError, EngineResult
 
 SHAPE = (8, 10, 12)
+# What the real engine reports when step-1 labeling finds no landmark disc.
+NO_LANDMARK = (
+    "step 1 labeling: no landmark disc (C2-C3, C7-T1, T12-L1 or L5-S) found and no localizer "
+    "given: levels cannot be assigned; use a localizer (--localizer-suffix, or --loc for "
+    "`spineseg segment`) or --assume-top-disc (e.g. C2-C3 when the scan starts at C1)"
+)
 
 # Relative paths of the default tiny dataset: one subject with two sessions and two contrasts,
 # one without sessions, with acq-/run- entities to check that names keep them.
@@ -105,8 +111,10 @@ def fake_labels(shape: tuple[int, ...]) -> np.ndarray:
 class FakeEngine:
     """Stands in for SpineSegEngine: same call, same result shapes, no network.
 
-    `fail` holds file names for which `segment` raises EngineError; `calls` records
-    (name, loc given) in call order and `top_discs` the assumed top disc of each call.
+    `fail` holds file names for which `segment` raises EngineError, `partial` those whose
+    step-1 labeling finds no landmark (cord and canal only, as the real engine returns), and
+    `raises` maps file names to any other exception to raise; `calls` records (name, loc
+    given) in call order and `top_discs` the assumed top disc of each call.
     """
 
     def __init__(
@@ -115,9 +123,12 @@ class FakeEngine:
         device: str = "cpu",
         threads: int | None = None,
         fail: Iterable[str] = (),
+        partial: Iterable[str] = (),
+        raises: Mapping[str, BaseException] | None = None,
     ):
         self.weights, self.device, self.threads = weights, device, threads
-        self.fail = set(fail)
+        self.fail, self.partial = set(fail), set(partial)
+        self.raises = dict(raises or {})
         self.calls: list[tuple[str, bool]] = []
         self.top_discs: list[int | None] = []
 
@@ -127,9 +138,17 @@ class FakeEngine:
         self.top_discs.append(options.assume_top_disc)
         if name in self.fail:
             raise EngineError(f"{name}: step 1 found no spine structure in the image")
+        if name in self.raises:
+            raise self.raises[name]
         data = np.asanyarray(img.dataobj)  # reads the data, as the real engine does
         labels = fake_labels(data.shape)
         res = EngineResult(device=self.device)
+        if name in self.partial:
+            res.errors.append(NO_LANDMARK)
+            res.native = {
+                k: v for k, v in self._images(labels, img.affine, True).items() if k != "levels"
+            }
+            return res
         res.native = self._images(labels, img.affine, step1_only)
         if options.iso:
             res.iso = self._images(labels, np.eye(4), step1_only)
@@ -161,12 +180,19 @@ class FakeEngine:
 class FakeEngineFactory:
     """Engine factory for `main(engine_factory=...)` that remembers the engines it made."""
 
-    def __init__(self, fail: Iterable[str] = ()):
-        self.fail = set(fail)
+    def __init__(
+        self,
+        fail: Iterable[str] = (),
+        partial: Iterable[str] = (),
+        raises: Mapping[str, BaseException] | None = None,
+    ):
+        self.fail, self.partial, self.raises = set(fail), set(partial), dict(raises or {})
         self.engines: list[FakeEngine] = []
 
     def __call__(self, weights, device, threads):
-        engine = FakeEngine(weights, device, threads, fail=self.fail)
+        engine = FakeEngine(
+            weights, device, threads, fail=self.fail, partial=self.partial, raises=self.raises
+        )
         self.engines.append(engine)
         return engine
 

@@ -145,8 +145,35 @@ def test_resume_recomputes_incomplete_or_failed_results(tmp_path):
     (tmp_path / "sub-01" / "a_dseg.nii.gz").unlink()
     decision = st.resume_decision(stamp, **kwargs)
     assert decision.run and "missing" in decision.reason
-    failed = {**stamp, "status": st.Status.FAILED, "reason": "bad header"}
-    assert "bad header" in st.resume_decision(failed, **kwargs).reason
     corrupt = tmp_path / "logs" / "status" / "broken.json"
     corrupt.write_text('{"status": "o')
     assert st.read_stamp(corrupt) is None
+
+
+def test_a_failure_made_the_same_way_is_skipped_but_still_reported(tmp_path):
+    kwargs = {"output_dir": tmp_path, "app_version": "1.0", "opts_hash": "h"}
+    failed = {
+        **_ok_stamp(tmp_path),
+        "status": st.Status.FAILED,
+        "reason": "bad header",
+        "outputs": [],
+    }
+    decision = st.resume_decision(failed, model=MODEL.stamp(), **kwargs)
+    assert (decision.run, decision.status) == (False, st.Status.FAILED)
+    assert decision.reason == (
+        "failed before with the same version, options and model: bad header; "
+        "--retry-failed to try again"
+    )
+    partial = {**failed, "status": st.Status.PARTIAL}
+    assert st.resume_decision(partial, model=MODEL.stamp(), **kwargs).status == "partial"
+    retried = st.resume_decision(failed, model=MODEL.stamp(), retry_failed=True, **kwargs)
+    assert retried.run and "--retry-failed given" in retried.reason
+    transient = st.resume_decision({**failed, "transient": True}, model=MODEL.stamp(), **kwargs)
+    assert transient.run and "retrying" in transient.reason
+    newer = st.resume_decision(failed, model=MODEL.stamp(), **{**kwargs, "app_version": "2.0"})
+    assert (newer.run, newer.warn) == (True, False)  # nothing good is replaced: no warning
+    unknown = st.resume_decision(_ok_stamp(tmp_path), model=None, **kwargs)
+    assert (unknown.run, unknown.reason) == (
+        False,
+        "already done with the same version and options",
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,9 @@ def participant(dataset, out, *extra, weights, capsys, factory=None):
 def test_help_lists_every_exit_code_and_the_subcommands(capsys):
     rc, out, _ = cli(capsys, "--help")
     assert rc == 0
-    codes = {line.split()[0] for line in out.split("exit codes:")[1].splitlines()[1:11]}
-    assert codes == {"0", "1", "16", "17", "18", "64", "66", "73", "74", "78"}
+    block = out.split("exit codes:")[1].split("\n\n")[0].splitlines()
+    codes = {line.split()[0] for line in block if line[:3].strip().isdigit()}
+    assert codes == {"0", "1", "3", "16", "17", "18", "64", "66", "70", "73", "74", "78"}
     for word in (
         "--participant-label",
         "--bids-filter-file",
@@ -309,3 +311,25 @@ def test_validation_covers_only_the_selected_participants(capsys, tmp_path, weig
         tmp_path / "work",
     )
     assert rc == 0
+
+
+def test_a_bug_exits_70_with_one_line_and_a_crash_file(
+    capsys, dataset, weights, tmp_path, monkeypatch
+):
+    from bids_app import participant as run_module
+
+    def broken(*args, **kwargs):
+        return 1 / 0
+
+    monkeypatch.setattr(run_module, "write_dataset_files", broken)
+    out = tmp_path / "out"
+    rc, _, err = participant(dataset, out, weights=weights, capsys=capsys)
+    assert rc == 70
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("spineseg: error: unexpected ZeroDivisionError: division by zero")
+    crash = Path(re.search(r"traceback in (\S+);", last).group(1))
+    assert crash.parent == out / "logs" and crash.name.startswith("crash-")
+    text = crash.read_text()
+    assert "Traceback (most recent call last)" in text and "1 / 0" in text
+    log = next((out / "logs").glob("spineseg-*.log")).read_text()
+    assert str(crash) in log

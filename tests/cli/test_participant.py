@@ -13,7 +13,7 @@ from bidsapp_testkit import FakeEngineFactory, tree_digest
 from bids_app import __version__, participant
 from bids_app.bids.derivatives import image_output_paths
 from bids_app.bids.stamps import read_stamp, stamp_path
-from bids_app.bids.validation import find_validator, validate
+from bids_app.bids.validation import ValidationReport, find_validator, validate
 from bids_app.cli.main import main
 
 IMAGES = {
@@ -36,8 +36,8 @@ def run(dataset, weights, tmp_path, capsys):
     """Run the participant level into tmp_path/out; returns (rc, stdout, stderr, factory)."""
     out = tmp_path / "out"
 
-    def _run(*extra, fail=(), bids_dir=None):
-        factory = FakeEngineFactory(fail)
+    def _run(*extra, fail=(), partial=(), raises=None, bids_dir=None):
+        factory = FakeEngineFactory(fail, partial, raises)
         argv = [
             bids_dir or dataset,
             out,
@@ -129,25 +129,100 @@ def test_one_failing_image_fails_alone(run):
     assert "no spine structure" in failed["reason"]
     logs = list((run.out / "logs").glob("spineseg-*.log"))
     assert "no spine structure" in logs[0].read_text()
-    # The failed image is retried next time; the others are not.
+
+
+def test_a_failure_with_the_same_version_options_and_model_is_not_recomputed(run):
+    bad = "sub-01_ses-01_T1w.nii.gz"
+    run(fail={bad})
+    rc, stdout, _, factory = run(fail={bad})
+    assert factory.engines == []  # a rerun of a finished dataset loads nothing
+    assert rc == 1  # ...and still says that an image failed
+    status, _, reason = status_rows(stdout)[bad]
+    assert status == "failed"
+    assert reason.startswith("failed before with the same version, options and model: ")
+    assert "no spine structure" in reason and reason.endswith("--retry-failed to try again")
+    rc, _, _, factory = run("--retry-failed", fail={bad})
+    assert rc == 1 and [c[0] for c in factory.calls] == [bad]
+    rc, stdout, _, factory = run("--retry-failed")
+    assert rc == 0 and [c[0] for c in factory.calls] == [bad]
+    assert status_rows(stdout)[bad][0] == "ok"
+
+
+def test_out_of_memory_is_retried_on_the_next_run(run):
+    name = "sub-02_T1w.nii.gz"
+    rc, stdout, _, _ = run(raises={name: MemoryError()})
+    assert rc == 1
+    assert status_rows(stdout)[name][2].startswith("out of memory")
     rc, _, _, factory = run()
-    assert rc == 0 and [c[0] for c in factory.calls] == ["sub-01_ses-01_T1w.nii.gz"]
+    assert rc == 0 and [c[0] for c in factory.calls] == [name]
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_corrupt_file_fails_alone_with_a_reason(run, dataset, damage):
+def test_partial_results_have_their_own_exit_code_and_stay_done(run):
+    name = "sub-02_T1w.nii.gz"
+    rc, stdout, _, _ = run(partial={name})
+    assert rc == 3
+    status, _, reason = status_rows(stdout)[name]
+    assert status == "partial" and "no landmark disc" in reason
+    rc, stdout, _, factory = run(partial={name})
+    assert rc == 3 and factory.engines == []
+    assert status_rows(stdout)[name][0] == "partial"
+    assert "--retry-failed" in status_rows(stdout)[name][2]
+    rc, _, _, _ = run("--overwrite", partial={name}, fail={"sub-02_run-1_T2w.nii.gz"})
+    assert rc == 1  # a failure outranks a partial result
+
+
+def test_an_unexpected_error_keeps_its_traceback_in_a_crash_file(run):
+    name = "sub-02_T1w.nii.gz"
+    rc, stdout, stderr, _ = run(raises={name: KeyError("spacing")})
+    assert rc == 1
+    status, _, reason = status_rows(stdout)[name]
+    assert status == "failed"
+    assert reason.startswith("unexpected KeyError: 'spacing' (see logs/crash-")
+    crash_rel = reason.rsplit("(see ", 1)[1].rstrip(")")
+    assert crash_rel.endswith("-sub-02_T1w.txt")
+    text = (run.out / crash_rel).read_text()
+    assert "Traceback (most recent call last)" in text and "KeyError: 'spacing'" in text
+    assert "sub-02/anat/sub-02_T1w.nii.gz" in text and __version__ in text
+    assert stamp(run.out, name)["crash_file"] == crash_rel
+    log = next((run.out / "logs").glob("spineseg-*.log")).read_text()
+    assert crash_rel in log and "Traceback" not in log
+    assert crash_rel in stderr
+
+
+def test_failure_reasons_name_the_file_once(run, dataset):
+    path = dataset / IMAGES["sub-02_T1w.nii.gz"][0]
+    path.write_bytes(b"this is not a nifti file at all" * 20)
+    rc, stdout, _, _ = run()
+    assert rc == 1
+    reason = status_rows(stdout)["sub-02_T1w.nii.gz"][2]
+    assert reason.startswith("cannot read the image") and "sub-02_T1w" not in reason
+    log = next((run.out / "logs").glob("spineseg-*.log")).read_text()
+    line = next(ln for ln in log.splitlines() if "failed:" in ln)
+    assert line.count("sub-02_T1w.nii.gz") == 1
+    assert stamp(run.out, "sub-02_T1w.nii.gz")["reason"] == reason
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        ("garbage", "cannot read the image (not a gzip file"),
+        ("truncated", "cannot read the image data (truncated: 100 of 1920 bytes of voxels)"),
+        ("header-only", "cannot read the image data (truncated: 0 of 1920 bytes of voxels)"),
+    ],
+)
+def test_corrupt_file_fails_alone_with_a_reason(run, dataset, damage, expected):
     path = dataset / IMAGES["sub-02_T1w.nii.gz"][0]
     data = path.read_bytes()
     if damage == "garbage":
         path.write_bytes(b"this is not a nifti file at all" * 20)
     else:  # header intact, data cut short: fails only when the voxels are read
         raw = gzip.decompress(data)
-        path.write_bytes(gzip.compress(raw[: 352 + 100]))
+        path.write_bytes(gzip.compress(raw[: 352 + (100 if damage == "truncated" else 0)]))
     rc, stdout, _, _ = run()
     assert rc == 1
     rows = status_rows(stdout)
     assert rows["sub-02_T1w.nii.gz"][0] == "failed"
-    assert "sub-02_T1w.nii.gz: cannot read the image" in rows["sub-02_T1w.nii.gz"][2]
+    assert rows["sub-02_T1w.nii.gz"][2].startswith(expected)
     assert sum(r[0] == "ok" for r in rows.values()) == 4
 
 
@@ -262,4 +337,55 @@ def test_group_level_checks_the_participant_outputs(run, dataset, capsys):
     assert "run the participant level first" in capsys.readouterr().err
     run()
     assert main([*argv, "--participant-label", "05"]) == 18
-    assert "no outputs for participant(s) 05" in capsys.readouterr().err
+    assert "no participant-level records for participant(s) 05" in capsys.readouterr().err
+
+
+def test_validator_warnings_are_logged_by_code(dataset, weights, tmp_path, capsys, monkeypatch):
+    issues = [
+        {"code": "SIDECAR_KEY_RECOMMENDED", "subCode": "Manufacturer", "location": f"/f{i}.json"}
+        for i in range(150)
+    ] + [{"code": "README_FILE_SMALL", "location": "/README"}] * 2
+    report = ValidationReport(0, [], issues)
+    monkeypatch.setattr(participant, "validate", lambda target: report)
+    out = tmp_path / "out"
+    argv = [dataset, out, "participant", "--weights", weights, "--participant-label", "02"]
+    assert main([str(a) for a in argv], engine_factory=FakeEngineFactory()) == 0
+    err = capsys.readouterr().err
+    log = next((out / "logs").glob("spineseg-*.log"))
+    assert f"152 warning(s) of 2 kinds; by code (also in the log {log})" in err
+    text = log.read_text()
+    assert "SIDECAR_KEY_RECOMMENDED (Manufacturer): 150, e.g. /f0.json, /f1.json, /f2.json" in text
+    assert "README_FILE_SMALL: 2, e.g. /README" in text
+
+
+def plan_of(stdout: str) -> dict[str, str]:
+    """Dry-run lines: image name -> what would be done and why."""
+    lines = stdout.split("Dry run")[1].splitlines()[1:]
+    return {ln.split(": ", 2)[1]: ln.split(": ", 2)[2] for ln in lines if ": would " in ln}
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(run, tmp_path):
+    no_weights = tmp_path / "no-weights"
+    rc, stdout, _, factory = run("--dry-run", "--weights", no_weights)
+    assert rc == 0 and factory.engines == [] and not run.out.exists()
+    plan = plan_of(stdout)
+    assert plan == {name: "would segment: no previous result" for name in IMAGES}
+    assert "  sub-01 ses-01: sub-01_ses-01_T1w.nii.gz: would segment" in stdout
+
+    bad, half = "sub-01_ses-01_T1w.nii.gz", "sub-02_T1w.nii.gz"
+    run(fail={bad}, partial={half})
+    before = tree_digest(run.out)
+    rc, stdout, _, factory = run("--dry-run", "--weights", no_weights)
+    assert rc == 0 and factory.engines == [] and tree_digest(run.out) == before
+    plan = plan_of(stdout)
+    assert plan[bad].startswith("would skip: failed before with the same version and options: ")
+    assert plan[half].startswith("would skip: ended partial before with the same version and")
+    ok = "sub-02_run-1_T2w.nii.gz"
+    assert plan[ok] == "would skip: already done with the same version and options"
+    assert "still recomputed if the model changed" in stdout
+    plan = plan_of(run("--dry-run", "--retry-failed", "--weights", no_weights)[1])
+    assert plan[bad].startswith("would segment: previous run ended 'failed'")
+    assert plan[ok].startswith("would skip")
+    plan = plan_of(run("--dry-run", "--iso", "--weights", no_weights)[1])
+    assert set(plan.values()) == {"would segment: previous result made with other options"}
+    assert tree_digest(run.out) == before

@@ -93,6 +93,20 @@ def test_segment_errors(scan, tmp_path, weights, capsys):
     )
 
 
+def test_segment_partial_result_says_which_image_and_what_to_do(scan, tmp_path, weights, capsys):
+    rc = main(
+        ["segment", str(scan), str(tmp_path / "o"), "--weights", str(weights)],
+        engine_factory=FakeEngineFactory(partial={"my_scan.nii.gz"}),
+    )
+    out, err = capsys.readouterr()
+    assert rc == 3
+    assert "error:" not in out + err
+    line = next(ln for ln in out.splitlines() if ln.startswith("my_scan.nii.gz: partial"))
+    assert line.startswith("my_scan.nii.gz: partial result (cord and canal only): step 1 labeling")
+    assert "--assume-top-disc" in line and "--loc" in line
+    assert (tmp_path / "o" / "my_scan_label-cord_probseg.nii.gz").is_file()
+
+
 def test_weights_verify_and_install_from_a_folder(weights, tmp_path, capsys):
     rc = main(["weights", "--verify", "--dest", str(weights)])
     out = capsys.readouterr().out
@@ -141,3 +155,25 @@ def test_assume_top_disc_reaches_the_engine_and_bad_names_are_usage_errors(
     assert factory.engines[0].top_discs == [63]
     assert main([*args, "--assume-top-disc", "C9-C10"], engine_factory=factory) == 64
     assert "unknown disc 'C9-C10'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["engine", "writer"])
+def test_a_bug_in_a_subcommand_exits_70_with_a_crash_file(
+    scan, tmp_path, weights, capsys, monkeypatch, where
+):
+    from bids_app.cli import tools
+
+    raises = {"my_scan.nii.gz": KeyError("sidecar")} if where == "engine" else None
+    if where == "writer":
+        monkeypatch.setattr(tools, "write_outputs", lambda *args, **kwargs: {}["sidecar"])
+    out = tmp_path / "o"
+    rc = main(
+        ["segment", str(scan), str(out), "--weights", str(weights)],
+        engine_factory=FakeEngineFactory(raises=raises),
+    )
+    err = capsys.readouterr().err
+    assert rc == 70 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("spineseg: error: unexpected KeyError: 'sidecar' (a SpineSeg bug")
+    (crash,) = (out / "logs").glob("crash-*-segment.txt")
+    assert str(crash) in last and "KeyError: 'sidecar'" in crash.read_text()

@@ -66,7 +66,9 @@ def test_without_a_landmark_cord_and_canal_still_come_out(engine, phantom) -> No
     res = engine.segment(phantom.image, SegmentOptions(), name="phantom.nii.gz")
     assert res.errors == [
         "step 1 labeling: no landmark disc (C2-C3, C7-T1, T12-L1 or L5-S) found and no "
-        "localizer given: levels cannot be assigned"
+        "localizer given: levels cannot be assigned; use a localizer (--localizer-suffix, or "
+        "--loc for `spineseg segment`) or --assume-top-disc (e.g. C2-C3 when the scan starts "
+        "at C1)"
     ]
     assert "final" not in res.native and "levels" not in res.native
     assert _ids(res.native["step1"]) == {L.CORD, L.CANAL}

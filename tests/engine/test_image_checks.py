@@ -284,7 +284,7 @@ def test_engine_refuses_colour_and_bad_headers_in_one_line(engine, tmp_path) -> 
     huge = nib.load(_declaring(tmp_path, (10000, 10000, 10000), "huge.nii.gz"))
     with pytest.raises(EngineError, match=r"^huge\.nii\.gz: header declares 10000x10000x10000"):
         engine.segment(huge, SegmentOptions(), name="huge.nii.gz")
-    assert engine._models == {}  # refused before any model was loaded
+    assert engine.networks._models == {}  # refused before any model was loaded
 
 
 @pytest.mark.slow

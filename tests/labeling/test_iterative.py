@@ -134,7 +134,8 @@ def test_no_landmark_is_a_clear_error():
         label_step1(col.seg)
     assert str(err.value) == (
         "no landmark disc (C2-C3, C7-T1, T12-L1 or L5-S) found and no localizer given: "
-        "levels cannot be assigned"
+        "levels cannot be assigned; use a localizer (--localizer-suffix, or --loc for "
+        "`spineseg segment`) or --assume-top-disc (e.g. C2-C3 when the scan starts at C1)"
     )
     assert isinstance(err.value, ValueError)
 
