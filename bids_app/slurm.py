@@ -190,7 +190,9 @@ def container_binds(config: RunConfig, selection_file: Path, cwd: Path) -> list[
     before children so that a read-write output folder inside it stays writable.
     """
     sel = config.selection
-    modes: dict[Path, str] = {cwd: "ro", config.bids_dir: "ro", selection_file.parent: "ro"}
+    modes: dict[Path, str] = {config.bids_dir: "ro", selection_file.parent: "ro"}
+    if cwd != Path(cwd.anchor):  # never the whole host
+        modes.setdefault(cwd, "ro")
     inline = sel.localizer_query and sel.localizer_query.lstrip().startswith("{")
     for path in (sel.filter_file, None if inline else sel.localizer_query, config.weights):
         candidate = Path(path).expanduser().resolve() if path else None

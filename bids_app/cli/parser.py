@@ -40,7 +40,7 @@ class UsageParser(argparse.ArgumentParser):
 class BidsAppParser(UsageParser):
     """Also keeps the command line as typed (`argv`): --slurm-script passes it to the tasks."""
 
-    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
         parsed.argv = list(sys.argv[1:] if args is None else args)
         return parsed
@@ -233,9 +233,9 @@ def _add_slurm_options(p: argparse.ArgumentParser) -> None:
     """The SLURM group (bids_app/slurm.py): write an array script instead of running."""
     group = p.add_argument_group(
         "SLURM",
-        "With --slurm-script, the participant level writes a SLURM array script (one task per "
-        "participant), its group-level script and the frozen selection, and runs nothing. "
-        "Every other option is passed to the tasks unchanged.",
+        "With --slurm-script, the participant level writes a SLURM array script (one task\n"
+        "per participant), its group-level script and the frozen selection, and runs\n"
+        "nothing. Every other option is passed to the tasks unchanged (see the README).",
     )
     group.add_argument(
         "--slurm-script",
@@ -266,8 +266,10 @@ def _add_slurm_options(p: argparse.ArgumentParser) -> None:
         help=f"time limit per task (default {slurm.DEFAULT_TIME})",
     )
     group.add_argument("--slurm-gpus", type=positive_int, metavar="N", help="GPUs per task")
-    group.add_argument("--slurm-partition", type=slurm.slurm_name, metavar="NAME")
-    group.add_argument("--slurm-account", type=slurm.slurm_name, metavar="NAME")
+    group.add_argument("--slurm-partition", type=slurm.slurm_name, metavar="NAME", help="partition")
+    group.add_argument(
+        "--slurm-account", type=slurm.slurm_name, metavar="NAME", help="account to charge"
+    )
     group.add_argument(
         "--container",
         type=Path,
