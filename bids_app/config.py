@@ -25,6 +25,7 @@ class SelectionConfig:
     localizer_suffix: str | None = None
     localizer_query: str | None = None  # inline JSON or a JSON file
     skip_validation: bool = False
+    frozen: Path | None = None  # a selection file written with the SLURM script: no pybids
 
     @property
     def all_participants(self) -> tuple[str, ...] | None:

@@ -158,10 +158,17 @@ def validate_input(
 
 
 def select(config: RunConfig) -> disc.Selection:
-    """The images to segment; each discovery problem becomes its documented exit code."""
+    """The images to segment; each discovery problem becomes its documented exit code.
+
+    A frozen selection (SLURM array tasks) is read instead of indexing the dataset, and
+    restricted to the task's participant and sessions.
+    """
     cfg = config.selection
-    queries, loc_query = build_queries(cfg)
     try:
+        if cfg.frozen is not None:
+            frozen = disc.load_selection(cfg.frozen, config.bids_dir)
+            return disc.restrict_selection(frozen, cfg.frozen, cfg.all_participants, cfg.sessions)
+        queries, loc_query = build_queries(cfg)
         return disc.discover(
             config.bids_dir,
             queries=queries,
@@ -170,7 +177,7 @@ def select(config: RunConfig) -> disc.Selection:
             sessions=cfg.sessions,
             localizer_query=loc_query,
         )
-    except (disc.FilterError, disc.DerivativeInputError) as e:
+    except (disc.FilterError, disc.DerivativeInputError, disc.FrozenSelectionError) as e:
         raise UserError(ExitCode.USAGE, str(e)) from e
     except (disc.UnknownLabelError, disc.EmptySelectionError) as e:
         raise UserError(ExitCode.EMPTY_SELECTION, str(e)) from e

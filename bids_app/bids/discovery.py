@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bids_app.bids.derivatives import DERIVATIVE_ENTITY_ORDER
 from bids_app.bids.stamps import source_stem
+from bids_app.errors import one_line
 
 DEFAULT_SUFFIXES = ("T2w", "T1w")
 NIFTI_EXTENSIONS = [".nii", ".nii.gz"]
@@ -518,3 +519,135 @@ def _job(bids_file, bids_dir: Path, is_localizer: bool, localizers: Mapping) -> 
         relpath=path.relative_to(bids_dir).as_posix(),
         is_localizer=is_localizer,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Frozen selections (SLURM array tasks read the selection instead of indexing the dataset)
+
+SELECTION_FORMAT = "spineseg-selection/1"
+
+
+class FrozenSelectionError(DiscoveryError):
+    """A frozen selection file is unreadable or malformed."""
+
+
+def save_selection(selection: Selection, bids_dir: Path, path: Path) -> None:
+    """Write `selection` as JSON with dataset-relative paths, so that the file stays valid
+    wherever the dataset is mounted (a container binds it elsewhere)."""
+    from bids_app.atomic import write_json_atomic
+
+    bids_dir = Path(bids_dir).resolve()
+    by_path = {job.path: job.relpath for job in selection.jobs}
+    images = [
+        {
+            "subject": job.subject,
+            "session": job.session,
+            "relpath": job.relpath,
+            "suffix": job.suffix,
+            "entities": {k: str(v) for k, v in job.entities.items()},
+            "localizer": by_path.get(job.localizer) if job.localizer else None,
+            "is_localizer": job.is_localizer,
+        }
+        for job in selection.jobs
+    ]
+    write_json_atomic(
+        path,
+        {
+            "format": SELECTION_FORMAT,
+            "bids_dir": str(bids_dir),
+            "queries": selection.queries,
+            "localizer_query": selection.localizer_query,
+            "skipped_subjects": selection.skipped_subjects,
+            "notes": selection.notes,
+            "images": images,
+        },
+    )
+
+
+def load_selection(path: Path, bids_dir: Path) -> Selection:
+    """Read a selection written by `save_selection`; image paths are rebuilt under `bids_dir`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise FrozenSelectionError(f"{path}: cannot read the selection ({_reason(e, path)})") from e
+    except ValueError as e:
+        raise FrozenSelectionError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != SELECTION_FORMAT:
+        raise FrozenSelectionError(
+            f"{path}: not a SpineSeg selection file (format {SELECTION_FORMAT} expected)"
+        )
+    root = Path(bids_dir).resolve()
+    try:
+        jobs = [_frozen_job(item, root) for item in data["images"]]
+        return Selection(
+            jobs,
+            dict(data["queries"]),
+            data["localizer_query"],
+            list(data["skipped_subjects"]),
+            list(data["notes"]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise FrozenSelectionError(
+            f"{path}: malformed selection ({one_line(e, with_type=True)})"
+        ) from e
+
+
+def _frozen_job(item: Mapping, root: Path) -> ImageJob:
+    def inside(relpath: str) -> Path:
+        rel = Path(relpath)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise ValueError(f"image {relpath!r} is not a path inside the dataset")
+        return root / rel
+
+    if not LABEL_RE.match(item["subject"]):
+        raise ValueError(f"subject {item['subject']!r} is not a BIDS label")
+    localizer = item["localizer"]
+    return ImageJob(
+        subject=item["subject"],
+        session=item["session"],
+        path=inside(item["relpath"]),
+        suffix=item["suffix"],
+        entities=dict(item["entities"]),
+        localizer=inside(localizer) if localizer else None,
+        relpath=item["relpath"],
+        is_localizer=bool(item["is_localizer"]),
+    )
+
+
+def restrict_selection(
+    selection: Selection,
+    source: Path,
+    participants: Sequence[str] | None,
+    sessions: Sequence[str] | None,
+) -> Selection:
+    """The images of a frozen selection for some participants/sessions (one array task).
+
+    A participant or session without images, or an image no longer in the dataset, is an
+    error naming `source`: the dataset changed since the selection was written.
+    """
+    jobs = [
+        job
+        for job in selection.jobs
+        if (not participants or job.subject in participants)
+        and (not sessions or job.session in sessions)
+    ]
+    subjects = {job.subject for job in jobs}
+    missing = [label for label in participants or () if label not in subjects]
+    if missing:
+        raise MissingImagesError(
+            f"{source}: no image of {_listing(missing)} in this selection "
+            f"(it has {_listing(selection.subjects)})"
+        )
+    if not jobs:
+        raise UnknownLabelError(
+            f"{source}: no image of session(s) {', '.join(sessions or ())} in this selection"
+        )
+    gone = [job.relpath for job in jobs if not job.path.is_file()]
+    if gone:
+        raise MissingImagesError(
+            f"{source}: {gone[0]} is no longer in the dataset"
+            + (f" (and {len(gone) - 1} more)" if len(gone) > 1 else "")
+            + "; write the SLURM script again"
+        )
+    return Selection(jobs, selection.queries, selection.localizer_query, notes=selection.notes)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bids_app import slurm
 from bids_app.bids import discovery as disc
 from bids_app.cli.parser import LEVELS
 from bids_app.config import Resources, RunConfig, SelectionConfig
@@ -135,6 +136,7 @@ def build_config(args: argparse.Namespace, paths: Paths) -> RunConfig:
             localizer_suffix=args.localizer_suffix,
             localizer_query=args.localizer,
             skip_validation=args.skip_bids_validation,
+            frozen=args.frozen_selection,
         ),
         options=SegmentOptions(
             step1_only=args.step1_only, iso=args.iso, assume_top_disc=args.assume_top_disc
@@ -164,8 +166,11 @@ def run_bids_app(
             ExitCode.BAD_LEVEL,
             f"analysis level {args.analysis_level!r}: must be one of {', '.join(LEVELS)}",
         )
+    slurm_options = slurm.options_from_args(args)
     paths = check_paths(args.bids_dir, args.output_dir, args.work_dir, args.analysis_level)
     config = build_config(args, paths)
+    if slurm_options is not None:
+        return slurm.write_for_cli(config, slurm_options, args.argv)
     if config.level == "group":
         return run_group(config)
     return run_participant(config, engine_factory)

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bids_app import __version__
+from bids_app import __version__, slurm
 from bids_app.errors import EXIT_CODE_HELP, ExitCode
 from bids_app.labels import DISCS
 from bids_app.resources import DEVICE_HELP, parse_devices
@@ -34,6 +34,15 @@ class UsageParser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override,unused-ignore]
         self.print_usage(sys.stderr)
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
+
+
+class BidsAppParser(UsageParser):
+    """Also keeps the command line as typed (`argv`): --slurm-script passes it to the tasks."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        parsed.argv = list(sys.argv[1:] if args is None else args)
+        return parsed
 
 
 def positive_int(text: str) -> int:
@@ -94,7 +103,7 @@ def _add_engine_options(parser: argparse.ArgumentParser | argparse._ArgumentGrou
 
 def bids_app_parser() -> UsageParser:
     """The BIDS-App parser: `spineseg bids_dir output_dir {participant,group} [options]`."""
-    p = UsageParser(
+    p = BidsAppParser(
         prog=PROG,
         description="Whole-spine MRI segmentation (TotalSpineSeg method) as a BIDS App: "
         "vertebrae, intervertebral discs, spinal cord and canal.",
@@ -249,7 +258,64 @@ def bids_app_parser() -> UsageParser:
     run.add_argument(
         "--notrack", action="store_true", help="accepted for compatibility; SpineSeg sends nothing"
     )
+    _add_slurm_options(p)
     return p
+
+
+def _add_slurm_options(p: argparse.ArgumentParser) -> None:
+    """The SLURM group (bids_app/slurm.py): write an array script instead of running."""
+    group = p.add_argument_group(
+        "SLURM",
+        "With --slurm-script, the participant level writes a SLURM array script (one task\n"
+        "per participant), its group-level script and the frozen selection, and runs\n"
+        "nothing. Every other option is passed to the tasks unchanged (see the README).",
+    )
+    group.add_argument(
+        "--slurm-script",
+        type=Path,
+        metavar="FILE",
+        help="write the array script to FILE, the group level to FILE_group.sh and the "
+        "selected images to FILE_selection.json (FILE without .sh)",
+    )
+    group.add_argument(
+        "--slurm-per-session",
+        action="store_true",
+        help="one task per participant x session instead of per participant",
+    )
+    group.add_argument(
+        "--slurm-throttle", type=positive_int, metavar="N", help="at most N tasks at once (%%N)"
+    )
+    group.add_argument(
+        "--slurm-mem",
+        type=slurm.slurm_mem,
+        metavar="MEM",
+        help=f"memory per task (default {slurm.DEFAULT_MEM}); "
+        f"CPUs per task are --nprocs (default {slurm.DEFAULT_CPUS})",
+    )
+    group.add_argument(
+        "--slurm-time",
+        type=slurm.slurm_time,
+        metavar="TIME",
+        help=f"time limit per task (default {slurm.DEFAULT_TIME})",
+    )
+    group.add_argument("--slurm-gpus", type=positive_int, metavar="N", help="GPUs per task")
+    group.add_argument("--slurm-partition", type=slurm.slurm_name, metavar="NAME", help="partition")
+    group.add_argument(
+        "--slurm-account", type=slurm.slurm_name, metavar="NAME", help="account to charge"
+    )
+    group.add_argument(
+        "--container",
+        type=Path,
+        metavar="SIF",
+        help="run the tasks with this Apptainer image instead of this installation",
+    )
+    group.add_argument(
+        slurm.TASK_OPTION,
+        type=Path,
+        metavar="FILE",
+        help="segment the images listed in FILE (written by --slurm-script; its array tasks "
+        "pass it) instead of indexing the dataset",
+    )
 
 
 def segment_parser() -> UsageParser:
