@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -113,8 +115,9 @@ class FakeEngine:
 
     `fail` holds file names for which `segment` raises EngineError, `partial` those whose
     step-1 labeling finds no landmark (cord and canal only, as the real engine returns), and
-    `raises` maps file names to any other exception to raise; `calls` records (name, loc
-    given) in call order and `top_discs` the assumed top disc of each call.
+    `raises` maps file names to any other exception to raise; `delay` seconds of "network"
+    per image (reported through `progress`, as the real engine does); `calls` records
+    (name, loc given) in call order and `top_discs` the assumed top disc of each call.
     """
 
     def __init__(
@@ -125,10 +128,14 @@ class FakeEngine:
         fail: Iterable[str] = (),
         partial: Iterable[str] = (),
         raises: Mapping[str, BaseException] | None = None,
+        delay: float = 0.0,
     ):
         self.weights, self.device, self.threads = weights, device, threads
         self.fail, self.partial = set(fail), set(partial)
         self.raises = dict(raises or {})
+        self.delay = delay
+        self.active = self.peak = 0  # images inside segment() at once, and the most seen
+        self._lock = threading.Lock()
         self.calls: list[tuple[str, bool]] = []
         self.top_discs: list[int | None] = []
 
@@ -140,6 +147,18 @@ class FakeEngine:
             raise EngineError(f"{name}: step 1 found no spine structure in the image")
         if name in self.raises:
             raise self.raises[name]
+        with self._lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            if progress:
+                progress("step1_network")
+            time.sleep(self.delay)
+            if progress:
+                progress("step1_labeling")
+        finally:
+            with self._lock:
+                self.active -= 1
         data = np.asanyarray(img.dataobj)  # reads the data, as the real engine does
         labels = fake_labels(data.shape)
         res = EngineResult(device=self.device)
@@ -185,13 +204,21 @@ class FakeEngineFactory:
         fail: Iterable[str] = (),
         partial: Iterable[str] = (),
         raises: Mapping[str, BaseException] | None = None,
+        delay: float = 0.0,
     ):
         self.fail, self.partial, self.raises = set(fail), set(partial), dict(raises or {})
+        self.delay = delay
         self.engines: list[FakeEngine] = []
 
     def __call__(self, weights, device, threads):
         engine = FakeEngine(
-            weights, device, threads, fail=self.fail, partial=self.partial, raises=self.raises
+            weights,
+            device,
+            threads,
+            fail=self.fail,
+            partial=self.partial,
+            raises=self.raises,
+            delay=self.delay,
         )
         self.engines.append(engine)
         return engine
