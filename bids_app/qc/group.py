@@ -8,7 +8,7 @@ missing or failed: such images get a row saying so.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from bids_app import __version__
@@ -24,7 +24,7 @@ from bids_app.qc.flags import (
     tukey_fences,
 )
 from bids_app.qc.geometry import SPINE_ORDER
-from bids_app.qc.measures import COLUMN_BY_NAME, MEASURE_COLUMNS
+from bids_app.qc.measures import COLUMN_BY_NAME, MEASURE_COLUMNS, number
 from bids_app.qc.plots import Point, strip_plot
 from bids_app.qc.records import NA, ImageRecord, collect, tsv_text
 from bids_app.qc.report import CORD_CSA_WARNING, environment, figure, now
@@ -85,8 +85,12 @@ PLOTS: tuple[tuple[str, str, frozenset[str]], ...] = (
 DISPLAY_ORDER = (L.CORD, L.CANAL, *SPINE_ORDER)
 
 
-def _finite(value: object) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+def measured(row: Mapping[str, object]) -> Iterator[tuple[int, str, float]]:
+    """(position in MEASURE_COLUMNS, measure, value) of each finite measure of a TSV row."""
+    for i, m in enumerate(MEASURE_COLUMNS):
+        value = number(row.get(m))
+        if math.isfinite(value):
+            yield i, m, value
 
 
 def _ids(rec: ImageRecord) -> dict[str, object]:
@@ -107,19 +111,18 @@ def long_rows(records: Sequence[ImageRecord]) -> list[dict[str, object]]:
     rows = []
     for rec in records:
         for row in rec.morphometry:
-            for m in MEASURE_COLUMNS:
-                if _finite(row.get(m)):
-                    rows.append(
-                        {
-                            **_ids(rec),
-                            "index": row.get("index"),
-                            "abbreviation": row.get("abbreviation"),
-                            "structure": row.get("structure"),
-                            "measure": m,
-                            "value": float(row[m]),
-                            "units": COLUMN_BY_NAME[m].units,
-                        }
-                    )
+            for _, m, value in measured(row):
+                rows.append(
+                    {
+                        **_ids(rec),
+                        "index": row.get("index"),
+                        "abbreviation": row.get("abbreviation"),
+                        "structure": row.get("structure"),
+                        "measure": m,
+                        "value": value,
+                        "units": COLUMN_BY_NAME[m].units,
+                    }
+                )
     return rows
 
 
@@ -130,10 +133,10 @@ def judged_values(rec: ImageRecord) -> dict[str, float]:
     coverage, not the anatomy, so they are left out; lengths cut by the border are n/a already.
     """
     return {
-        measure_key(str(r["abbreviation"]), m): float(r[m])
+        measure_key(str(r["abbreviation"]), m): value
         for r in rec.morphometry
-        for m in MEASURE_COLUMNS
-        if _finite(r.get(m)) and not (m == "volume_mm3" and r.get("fov_edge") == 1)
+        for _, m, value in measured(r)
+        if not (m == "volume_mm3" and r.get("fov_edge") == 1)
     }
 
 
@@ -150,11 +153,10 @@ def wide_table(records: Sequence[ImageRecord]) -> tuple[list[str], list[dict[str
             continue
         row = _ids(rec)
         for r in rec.morphometry:
-            for mi, m in enumerate(MEASURE_COLUMNS):
-                if _finite(r.get(m)):
-                    k = measure_key(str(r["abbreviation"]), m)
-                    row[k] = float(r[m])
-                    cols[k] = (_label_rank(r.get("index")), mi, str(r["abbreviation"]), m)
+            for mi, m, value in measured(r):
+                k = measure_key(str(r["abbreviation"]), m)
+                row[k] = value
+                cols[k] = (_label_rank(r.get("index")), mi, str(r["abbreviation"]), m)
         rows.append(row)
     ordered = sorted(cols, key=lambda k: cols[k][:2])
     return [*ID_COLUMNS, *ordered], rows
@@ -173,7 +175,7 @@ def wide_sidecar(columns: Sequence[str]) -> dict[str, dict[str, str]]:
     return out
 
 
-def long_sidecar() -> dict[str, dict[str, object]]:
+def long_sidecar() -> dict[str, Mapping[str, object]]:
     return {
         **ID_DESCRIPTIONS,
         "index": {"Description": "Label value (seg-spine_dseg.tsv)."},
@@ -213,7 +215,7 @@ def qc_row(rec: ImageRecord, outliers: list[tuple[str, float, float, float]]) ->
         "app_version": st.get("app_version") or qc.get("app_version"),
         "model_release": (st.get("model") or {}).get("release"),
         "device": st.get("device"),
-        "runtime_s": float(total) if _finite(total) else None,
+        "runtime_s": number(total),
         "voxel_size_mm": "x".join(f"{v:g}" for v in geo.get("voxel_size_mm") or []) or None,
         "shape": "x".join(str(v) for v in geo.get("shape") or []) or None,
         "orientation": geo.get("orientation"),
@@ -288,14 +290,17 @@ def plots(
     judged = {rec.key: judged_values(rec) for rec in records}
     out = []
     for measure, title, kinds in PLOTS:
-        points, per_cat, shown = [], {}, set()
+        points: list[Point] = []
+        per_cat: dict[int, list[float]] = {}
+        shown: set[int] = set()
         units = COLUMN_BY_NAME[measure].units or ""
         for rec in records:
             flagged = {m for m, *_ in outliers.get(rec.key, [])}
             for row in rec.morphometry:
-                if row.get("structure") not in kinds or not _finite(row.get(measure)):
+                value, index = number(row.get(measure)), number(row.get("index"))
+                if row.get("structure") not in kinds or not math.isfinite(value + index):
                     continue
-                cat, value = int(row["index"]), float(row[measure])
+                cat = int(index)
                 key = measure_key(str(row["abbreviation"]), measure)
                 if key in judged[rec.key]:
                     per_cat.setdefault(cat, []).append(value)

@@ -16,7 +16,7 @@ from bids_app.bids.derivatives import OUTPUTS, output_name
 from bids_app.qc import alignment, measures, plausibility, previews
 from bids_app.qc import flags as F
 from bids_app.qc.flags import Thresholds
-from bids_app.qc.geometry import LabelGeometry, image_data
+from bids_app.qc.geometry import LabelGeometry, image_data, load_nifti
 from bids_app.qc.records import QCPaths, entities, tsv_text
 
 
@@ -40,7 +40,7 @@ def step1_overlay(paths: QCPaths, stem: str, suffix: str) -> LabelGeometry | Non
     if not path.is_file():
         return None
     try:
-        return LabelGeometry.from_image(nib.load(path))
+        return LabelGeometry.from_image(load_nifti(path))
     except (OSError, ValueError, nib.filebasedimages.ImageFileError):
         return None
 
@@ -131,7 +131,7 @@ def write_image_qc(
         geom, zooms, landmarks, th, rows=rows, missing_reason=missing_reason
     )
     present = geom.present if geom is not None else []
-    levels = plausibility.level_labels(geom, th) if geom is not None else []
+    level_ids = plausibility.level_labels(geom, th) if geom is not None else []
     qc = {
         "subject": subject,
         "session": entities(stem).get("ses"),
@@ -141,12 +141,14 @@ def write_image_qc(
         "app_version": __version__,
         "geometry": _geometry_summary(ref) if ref is not None else None,
         "labels_present": [int(x) for x in present],
-        "levels": F.level_range(levels),
+        "levels": F.level_range(level_ids),
         "n_labels": len(present),
         "landmarks": list(landmarks),
         "flags": image_flags,
         "alignment": (
-            alignment.alignment(geom, not F.landmark_flags(landmarks)) if levels else None
+            alignment.alignment(geom, not F.landmark_flags(landmarks))
+            if geom is not None and level_ids
+            else None
         ),
         "thresholds": th.as_dict(),
         "figures": figures,

@@ -117,6 +117,14 @@ MEASURE_COLUMNS: tuple[str, ...] = (
 COLUMN_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
 
 
+def number(value: object) -> float:
+    """A morphometry value (as computed, or parsed from a TSV cell) as a float; NaN for 'n/a',
+    text or anything else not numeric."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return math.nan
+
+
 def sidecar() -> dict[str, dict[str, str]]:
     """BIDS column descriptions of the morphometry TSV."""
     out: dict[str, dict[str, str]] = {}
@@ -199,7 +207,7 @@ def disc_size(geom: LabelGeometry, label: int) -> tuple[float, float]:
     for w, offsets in rows:
         origins = c + w * right + offsets[:, None] * axis - reach_a * ant
         hits = _line_hits(geom, label, origins, ant, 2 * reach_a)[0]
-        depths.append(float(_extent(hits.any(0, keepdims=True))[0]))
+        depths.append(float(_extent(np.asarray(hits.any(0))[None])[0]))
     depth = math.nan if geom.touches_edge(label, ant) else float(np.median(depths))
     if geom.touches_edge(label, axis):
         return math.nan, depth

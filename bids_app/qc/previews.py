@@ -129,7 +129,7 @@ def _spread(rows: Sequence[float], height: int, step: int) -> list[int]:
 
 
 def _view_box(
-    image_shape: Sequence[int], image_affine: np.ndarray, geom: LabelGeometry | None
+    image_shape: tuple[int, ...], image_affine: np.ndarray, geom: LabelGeometry | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """World AABB (lo, hi) shown in the sagittal view: the labels plus a margin, in the image."""
     corners = grid_corners(image_shape, image_affine)
@@ -251,7 +251,8 @@ def sagittal(
             tags.append({"name": name, "side": side, "y": y0, "colour": list(colour)})
 
     present = np.unique(lab)
-    disc_items, vert_items = [], []
+    disc_items: list[tuple[float, str, tuple[int, int, int]]] = []
+    vert_items: list[tuple[float, str, tuple[int, int, int]]] = []
     for label in (int(v) for v in present if v in SPINE_ORDER and v not in untagged):
         row = float(np.nonzero(lab == label)[0].mean())
         item = (row, L.level_name(label), tag_colour(label))
