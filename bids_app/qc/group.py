@@ -167,11 +167,9 @@ def wide_sidecar(columns: Sequence[str]) -> dict[str, dict[str, str]]:
     for col in columns[len(ID_COLUMNS) :]:
         abbr, _, m = col.partition("_")
         meta = COLUMN_BY_NAME[m]
-        out[col] = {
-            "LongName": f"{abbr} {meta.long_name.lower()}",
-            "Description": meta.description,
-            "Units": meta.units or "",
-        }
+        out[col] = {"LongName": f"{abbr} {meta.long_name.lower()}", "Description": meta.description}
+        if meta.units:
+            out[col]["Units"] = meta.units
     return out
 
 

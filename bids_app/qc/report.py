@@ -22,8 +22,8 @@ from bids_app.qc.measures import COLUMN_BY_NAME
 from bids_app.qc.records import ImageRecord, collect, format_value, landmark_list
 
 CORD_CSA_WARNING = (
-    "Cord cross-sectional areas come from a segmentation that was not validated for cord "
-    "morphometry; do not use them as cord CSA measurements."
+    "Cord cross-sectional areas and AP / left-right ratios come from a segmentation that was "
+    "not validated for cord morphometry; do not use them as cord measurements."
 )
 TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("abbreviation", "Level"),
@@ -34,6 +34,10 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("body_height_mm", "Body height (mm)"),
     ("canal_csa_mm2", "Canal CSA (mm²)"),
     ("cord_csa_mm2", "Cord CSA (mm², not validated)"),
+    ("canal_ap_mm", "Canal AP (mm)"),
+    ("canal_ap_ratio", "Canal AP ratio"),
+    ("canal_csa_ratio", "Canal area ratio"),
+    ("cord_ap_lr_ratio", "Cord AP/LR (not validated)"),
     ("fov_edge", "At FOV edge"),
 )
 

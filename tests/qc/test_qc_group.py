@@ -34,7 +34,8 @@ def _clone(out, subject: str, factor: float) -> None:
     rows = read_tsv(next(out.glob("sub-02/anat/*_morphometry.tsv")))
     for row in rows:
         for m in MEASURE_COLUMNS:
-            row[m] *= factor
+            # Sizes scale with the subject; ratios do not, but vary as much between subjects.
+            row[m] *= factor if not m.endswith("_ratio") else 1 + 1.5 * (factor - 1)
             if (subject, row["abbreviation"], m) == OUTLIER:
                 row[m] *= 2
     columns = list(rows[0])
@@ -89,7 +90,12 @@ def test_group_tables(group):
     )
     long = _tsv(out / "group_morphometry_long.tsv")
     assert len(long) == finite
-    assert {r["units"] for r in long} == {"mm", "mm^2", "mm^3"}
+    assert {r["units"] for r in long} == {"mm", "mm^2", "mm^3", "n/a"}  # n/a: ratios
+    assert {r["measure"] for r in long if r["units"] == "n/a"} == {
+        "canal_ap_ratio",
+        "canal_csa_ratio",
+        "cord_ap_lr_ratio",
+    }
     wide = _tsv(out / "group_morphometry_wide.tsv")
     assert len(wide) == 13
     sidecar = json.loads((out / "group_morphometry_wide.json").read_text())

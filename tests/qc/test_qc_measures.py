@@ -173,7 +173,10 @@ def test_morphometry_files(tmp_path, cervical):
     sidecar = json.loads(tsv.with_suffix(".json").read_text())
     assert header == list(measures.COLUMN_NAMES) and set(sidecar) == set(header)
     for col in measures.MEASURE_COLUMNS:
-        assert sidecar[col]["Units"] in ("mm", "mm^2", "mm^3")
+        if col.endswith("_ratio"):
+            assert "Units" not in sidecar[col] and "divided by" in sidecar[col]["Description"]
+        else:
+            assert sidecar[col]["Units"] in ("mm", "mm^2", "mm^3")
     assert "NOT VALIDATED" in sidecar["cord_csa_mm2"]["Description"]
     rows = {r["abbreviation"]: r for r in read_tsv(tsv)}
     assert rows["SC"]["disc_height_mm"] != rows["SC"]["disc_height_mm"]  # n/a reads back as NaN
