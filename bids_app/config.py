@@ -64,3 +64,4 @@ class RunConfig:
     weights: str | None = None
     overwrite: bool = False
     reports_only: bool = False
+    ratings_dir: Path | None = None  # group level: manual ratings (default output_dir/ratings)

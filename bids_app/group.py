@@ -35,7 +35,10 @@ def run_group(config: RunConfig) -> int:
     with run_log(run_log_path(out)) as logfile:
         say(f"spineseg {__version__}: group level", f"log: {logfile}")
         page = qc.run_group(
-            out, list(participants) if participants else None, list(sessions) if sessions else None
+            out,
+            list(participants) if participants else None,
+            list(sessions) if sessions else None,
+            ratings_dir=config.ratings_dir,
         )
         if page:
             say(f"wrote {page}")

@@ -143,6 +143,7 @@ def build_config(args: argparse.Namespace, paths: Paths) -> RunConfig:
         weights=args.weights,
         overwrite=args.overwrite,
         reports_only=args.reports_only,
+        ratings_dir=args.ratings_dir,
     )
 
 

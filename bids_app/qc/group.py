@@ -26,6 +26,7 @@ from bids_app.qc.flags import (
 from bids_app.qc.geometry import SPINE_ORDER
 from bids_app.qc.measures import COLUMN_BY_NAME, MEASURE_COLUMNS, number
 from bids_app.qc.plots import Point, strip_plot
+from bids_app.qc.ratings import PROBLEMS, RATINGS, RATINGS_DIR, Rating, read_ratings
 from bids_app.qc.records import NA, ImageRecord, collect, tsv_text
 from bids_app.qc.report import CORD_CSA_WARNING, environment, figure, now
 
@@ -60,6 +61,8 @@ QC_COLUMNS = (
     "flag_reasons",
     "outlier_measures",
     "qc_rating",
+    "qc_problems",
+    "qc_comment",
 )
 ID_DESCRIPTIONS = {
     "participant_id": {"Description": "Participant label with its sub- prefix."},
@@ -198,7 +201,9 @@ def raised_flags(
     return raised
 
 
-def qc_row(rec: ImageRecord, outliers: list[tuple[str, float, float, float]]) -> dict[str, object]:
+def qc_row(
+    rec: ImageRecord, outliers: list[tuple[str, float, float, float]], rating: Rating | None
+) -> dict[str, object]:
     st, qc = rec.stamp, rec.qc
     geo = qc.get("geometry") or {}
     present = [x for x in SPINE_ORDER if x in (qc.get("labels_present") or [])]
@@ -223,7 +228,7 @@ def qc_row(rec: ImageRecord, outliers: list[tuple[str, float, float, float]]) ->
         "n_labels": qc.get("n_labels"),
         "flag_reasons": "; ".join(f"{k}: {v}" for k, v in raised.items()) or None,
         "outlier_measures": "; ".join(f"{m}={v:.4g}" for m, v, *_ in outliers) or None,
-        "qc_rating": None,
+        **(rating.columns() if rating else {}),
     }
     for f in (*IMAGE_FLAGS, *GROUP_FLAGS):
         row[f"flag_{f}"] = int(f in raised) if qc else None
@@ -257,7 +262,16 @@ def qc_sidecar(th: Thresholds) -> dict[str, object]:
             },
             "voxel_size_mm": {"Description": "Voxel size of the source image.", "Units": "mm"},
             "levels_present": {"Description": "Range of vertebrae and discs found."},
-            "qc_rating": {"Description": "Empty column for a manual rating."},
+            "qc_rating": {
+                "Description": "Manual rating saved from the subject report (read from the "
+                "ratings folder); n/a when not rated.",
+                "Levels": RATINGS,
+            },
+            "qc_problems": {
+                "Description": "Problems ticked in the subject report, comma-separated.",
+                "Levels": PROBLEMS,
+            },
+            "qc_comment": {"Description": "Reviewer's comment from the subject report."},
         }
     )
     for f in (*IMAGE_FLAGS, *GROUP_FLAGS):
@@ -337,9 +351,14 @@ def run_group(
     output_dir: Path,
     participants: list[str] | None = None,
     sessions: list[str] | None = None,
+    ratings_dir: Path | None = None,
 ) -> Path:
-    """Write the group tables (TSV + JSON) and `group.html`; returns the page's path."""
+    """Write the group tables (TSV + JSON) and `group.html`; returns the page's path.
+
+    Manual ratings are read from `ratings_dir` (default `output_dir/ratings`).
+    """
     root = Path(output_dir)
+    ratings = read_ratings(ratings_dir if ratings_dir is not None else root / RATINGS_DIR)
     participants = [p.removeprefix("sub-") for p in participants] if participants else None
     sessions = [s.removeprefix("ses-") for s in sessions] if sessions else None
     th = Thresholds()
@@ -356,7 +375,7 @@ def run_group(
     write_json_atomic(root / "group_morphometry_wide.json", wide_sidecar(wide_cols))
 
     missing = _missing(root, records, participants)
-    qc_rows = [qc_row(r, outliers.get(r.key, [])) for r in records]
+    qc_rows = [qc_row(r, outliers.get(r.key, []), ratings.get(r.key)) for r in records]
     flags = [raised_flags(r, outliers.get(r.key, [])) for r in records] + [{} for _ in missing]
     qc_rows += [
         {
@@ -391,6 +410,8 @@ def run_group(
             thumbs=thumbs,
             thresholds=th,
             n_images=len(records),
+            ratings_dir=ratings_dir if ratings_dir is not None else f"{RATINGS_DIR}/",
+            n_rated=sum(r.key in ratings for r in records),
             participants=participants,
             sessions=sessions,
             cord_warning=CORD_CSA_WARNING,

@@ -1,8 +1,8 @@
 """Per-subject HTML report (`sub-<label>.html`), built only from what participant level wrote.
 
 The page links its previews relatively (`sub-<label>/figures/*.png`, checked to exist) and
-loads nothing else: no script, font or style sheet from the network, so it opens on an
-offline cluster or straight from a copied output folder.
+loads nothing else: no script, font or style sheet from a file or the network (the ratings
+form's script is inline), so it opens on an offline cluster or from a copied output folder.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from bids_app import __version__
 from bids_app import labels as L
 from bids_app.atomic import write_text_atomic
 from bids_app.qc.measures import COLUMN_BY_NAME
+from bids_app.qc.ratings import PROBLEMS, RATINGS, SCHEMA
 from bids_app.qc.records import ImageRecord, collect, format_value, landmark_list
 
 CORD_CSA_WARNING = (
@@ -204,6 +205,9 @@ def write_subject_report(output_dir: Path, subject: str) -> Path:
             failed=[im for im in images if im["status"] in ("failed", "incomplete")],
             columns=table_columns(),
             cord_warning=CORD_CSA_WARNING,
+            ratings=RATINGS,
+            problems=PROBLEMS,
+            schema=SCHEMA,
             app_version=__version__,
             generated=now(),
         )
