@@ -11,9 +11,12 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from markupsafe import Markup
+
 from bids_app import __version__
 from bids_app import labels as L
 from bids_app.atomic import write_json_atomic, write_text_atomic
+from bids_app.qc.alignment import TITLES
 from bids_app.qc.flags import (
     FLAG_DESCRIPTIONS,
     GROUP_FLAGS,
@@ -24,7 +27,7 @@ from bids_app.qc.flags import (
     tukey_fences,
 )
 from bids_app.qc.geometry import SPINE_ORDER
-from bids_app.qc.measures import COLUMN_BY_NAME, MEASURE_COLUMNS, number
+from bids_app.qc.measures import COLUMN_BY_NAME, MEASURE_COLUMNS, Column, number
 from bids_app.qc.plots import Point, strip_plot
 from bids_app.qc.ratings import PROBLEMS, RATINGS, RATINGS_DIR, Rating, read_ratings
 from bids_app.qc.records import NA, ImageRecord, collect, tsv_text
@@ -84,7 +87,40 @@ PLOTS: tuple[tuple[str, str, frozenset[str]], ...] = (
         "Cord cross-sectional area (not validated)",
         frozenset({"vertebra", "disc"}),
     ),
+    ("canal_ap_mm", "Canal antero-posterior diameter", frozenset({"vertebra", "disc"})),
+    (
+        "canal_ap_ratio",
+        "Canal AP compression ratio (disc / adjacent vertebrae)",
+        frozenset({"disc"}),
+    ),
+    ("canal_csa_ratio", "Canal area compression ratio", frozenset({"disc"})),
+    (
+        "cord_ap_lr_ratio",
+        "Cord AP / left-right ratio (not validated)",
+        frozenset({"vertebra", "disc"}),
+    ),
 )
+# Alignment angles: one value per image, from qc.json.
+ANGLES: tuple[Column, ...] = (
+    *(
+        Column(
+            name,
+            title,
+            "Sagittal angle between two endplates (vertebra-disc interfaces) in scanner mm; "
+            "see the README's alignment section.",
+            "deg",
+        )
+        for name, title in TITLES.items()
+    ),
+    Column(
+        "coronal_cobb_deg",
+        "Coronal Cobb estimate",
+        "Largest coronal tilt difference between two thoracic or lumbar vertebrae.",
+        "deg",
+    ),
+)
+ANGLE_BY_NAME: dict[str, Column] = {c.name: c for c in ANGLES}
+SPINE = "spine"  # abbreviation and structure of the angle rows of the long table
 DISPLAY_ORDER = (L.CORD, L.CANAL, *SPINE_ORDER)
 
 
@@ -126,6 +162,17 @@ def long_rows(records: Sequence[ImageRecord]) -> list[dict[str, object]]:
                         "units": COLUMN_BY_NAME[m].units,
                     }
                 )
+        for name, value in angle_values(rec).items():
+            rows.append(
+                {
+                    **_ids(rec),
+                    "abbreviation": SPINE,
+                    "structure": SPINE,
+                    "measure": name,
+                    "value": value,
+                    "units": "deg",
+                }
+            )
     return rows
 
 
@@ -140,7 +187,18 @@ def judged_values(rec: ImageRecord) -> dict[str, float]:
         for r in rec.morphometry
         for _, m, value in measured(r)
         if not (m == "volume_mm3" and r.get("fov_edge") == 1)
+    } | angle_values(rec)
+
+
+def angle_values(rec: ImageRecord) -> dict[str, float]:
+    """The image's measured alignment angles (qc.json), keyed as ANGLES."""
+    data = rec.qc.get("alignment") or {}
+    cobb = data.get("coronal_cobb")
+    values = {
+        **{name: data.get(name) for name in TITLES},
+        "coronal_cobb_deg": cobb.get("angle_deg") if isinstance(cobb, Mapping) else None,
     }
+    return {k: number(v) for k, v in values.items() if math.isfinite(number(v))}
 
 
 def _label_rank(label: object) -> int:
@@ -148,13 +206,16 @@ def _label_rank(label: object) -> int:
 
 
 def wide_table(records: Sequence[ImageRecord]) -> tuple[list[str], list[dict[str, object]]]:
-    """(columns, rows): one row per image with morphometry, one column per level x measure."""
+    """(columns, rows): one row per image with morphometry; the alignment angles measured in
+    any image, then one column per level x measure."""
     cols: dict[str, tuple[int, int, str, str]] = {}
+    angles: set[str] = set()
     rows = []
     for rec in records:
         if not rec.morphometry:
             continue
-        row = _ids(rec)
+        row: dict[str, object] = {**_ids(rec), **angle_values(rec)}
+        angles |= set(row) - set(ID_COLUMNS)
         for r in rec.morphometry:
             for mi, m, value in measured(r):
                 k = measure_key(str(r["abbreviation"]), m)
@@ -162,15 +223,16 @@ def wide_table(records: Sequence[ImageRecord]) -> tuple[list[str], list[dict[str
                 cols[k] = (_label_rank(r.get("index")), mi, str(r["abbreviation"]), m)
         rows.append(row)
     ordered = sorted(cols, key=lambda k: cols[k][:2])
-    return [*ID_COLUMNS, *ordered], rows
+    return [*ID_COLUMNS, *(c.name for c in ANGLES if c.name in angles), *ordered], rows
 
 
 def wide_sidecar(columns: Sequence[str]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = dict(ID_DESCRIPTIONS)
     for col in columns[len(ID_COLUMNS) :]:
         abbr, _, m = col.partition("_")
-        meta = COLUMN_BY_NAME[m]
-        out[col] = {"LongName": f"{abbr} {meta.long_name.lower()}", "Description": meta.description}
+        meta = ANGLE_BY_NAME.get(col) or COLUMN_BY_NAME[m]
+        long_name = meta.long_name if col in ANGLE_BY_NAME else f"{abbr} {meta.long_name.lower()}"
+        out[col] = {"LongName": long_name, "Description": meta.description}
         if meta.units:
             out[col]["Units"] = meta.units
     return out
@@ -181,10 +243,16 @@ def long_sidecar() -> dict[str, Mapping[str, object]]:
         **ID_DESCRIPTIONS,
         "index": {"Description": "Label value (seg-spine_dseg.tsv)."},
         "abbreviation": {"Description": "Level name."},
-        "structure": {"Description": "cord, canal, vertebra, sacrum or disc."},
+        "structure": {
+            "Description": "cord, canal, vertebra, sacrum or disc; 'spine' for the alignment "
+            "angles (one per image, index n/a)."
+        },
         "measure": {
             "Description": "Measurement name; see the per-image *_morphometry.json.",
-            "Levels": {m: COLUMN_BY_NAME[m].description for m in MEASURE_COLUMNS},
+            "Levels": {
+                **{m: COLUMN_BY_NAME[m].description for m in MEASURE_COLUMNS},
+                **{c.name: f"{c.long_name}. {c.description}" for c in ANGLES},
+            },
         },
         "value": {"Description": "Measured value, in `units`."},
         "units": {"Description": "Units of `value`."},
@@ -329,12 +397,44 @@ def plots(
                 )
         if not points:
             continue
-        fences = {
-            c: tukey_fences(v, th.tukey_k) for c, v in per_cat.items() if len(v) >= th.tukey_min_n
-        }
         cats = [(c, names[c]) for c in DISPLAY_ORDER if c in shown]
-        out.append(strip_plot(title, units, cats, points, fences))
-    return out
+        out.append(strip_plot(title, units, cats, points, _fences(per_cat, th)))
+    alignment = alignment_plot(records, outliers, th)
+    return [*out, alignment] if alignment is not None else out
+
+
+def alignment_plot(
+    records: Sequence[ImageRecord],
+    outliers: dict[str, list[tuple[str, float, float, float]]],
+    th: Thresholds,
+) -> Markup | None:
+    """One strip plot of the alignment angles (a column per angle), None when none measured."""
+    points: list[Point] = []
+    per_cat: dict[int, list[float]] = {}
+    for rec in records:
+        flagged = {m for m, *_ in outliers.get(rec.key, [])}
+        for name, value in angle_values(rec).items():
+            cat = [c.name for c in ANGLES].index(name)
+            per_cat.setdefault(cat, []).append(value)
+            points.append(
+                Point(
+                    category=cat,
+                    value=value,
+                    href=f"sub-{rec.subject}.html#{rec.key}",
+                    tooltip=f"{rec.key} {ANGLE_BY_NAME[name].long_name}: {value:.1f} deg",
+                    outlier=name in flagged,
+                    key=rec.key,
+                )
+            )
+    if not points:
+        return None
+    cats = [(i, c.long_name.split(" (")[0]) for i, c in enumerate(ANGLES)]
+    return strip_plot("Alignment angles", "deg", cats, points, _fences(per_cat, th))
+
+
+def _fences(per_cat: dict[int, list[float]], th: Thresholds) -> dict[int, tuple[float, float]]:
+    """Tukey fences of the categories with enough images for them to mean something."""
+    return {c: tukey_fences(v, th.tukey_k) for c, v in per_cat.items() if len(v) >= th.tukey_min_n}
 
 
 def _display_row(root: Path, row: dict[str, object], raised: dict[str, str]) -> dict[str, object]:

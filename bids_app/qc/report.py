@@ -18,6 +18,7 @@ from PIL import Image
 from bids_app import __version__
 from bids_app import labels as L
 from bids_app.atomic import write_text_atomic
+from bids_app.qc.alignment import TITLES
 from bids_app.qc.measures import COLUMN_BY_NAME
 from bids_app.qc.ratings import PROBLEMS, RATINGS, SCHEMA
 from bids_app.qc.records import ImageRecord, collect, format_value, landmark_list
@@ -107,18 +108,11 @@ def _table(rec: ImageRecord) -> list[list[str]]:
     return [[format_value(row.get(name)) for name, _ in TABLE_COLUMNS] for row in rec.morphometry]
 
 
-ANGLE_NAMES = {
-    "cervical_lordosis_deg": "Cervical lordosis (C2-C7)",
-    "thoracic_kyphosis_deg": "Thoracic kyphosis (T4-T12)",
-    "lumbar_lordosis_deg": "Lumbar lordosis (L1-S1)",
-}
-
-
 def alignment_rows(data: Mapping[str, object] | None) -> list[tuple[str, str]]:
     """(angle, value) rows of the report's alignment table; 'n/a' where not measurable."""
     if not data:
         return []
-    rows = [(title, format_angle(data.get(key))) for key, title in ANGLE_NAMES.items()]
+    rows = [(title, format_angle(data.get(key))) for key, title in TITLES.items()]
     cobb = data.get("coronal_cobb")
     if isinstance(cobb, Mapping):
         rows.append(
@@ -150,6 +144,12 @@ def image_context(rec: ImageRecord, root: Path) -> dict:
             "found.",
         ),
         figure(root, figs.get("axial"), "Axial tiles at each disc"),
+        figure(
+            root,
+            figs.get("curvature"),
+            "Curvature: white line through the disc centroids; coloured lines: the endplates "
+            "of each sagittal angle, with its value (the coronal Cobb estimate is not drawn).",
+        ),
     ]
     labels = [
         {

@@ -71,7 +71,8 @@ def test_subject_report_content(derivatives):
     assert "Disc height (mm)" in html and "T12-L1" in html  # measurements of the lumbar image
     assert "not validated" in html
     imgs = [u for t, u in found.urls if t == "img"]
-    assert len(imgs) == 4  # sagittal + axial for each of the two segmented images
+    assert len(imgs) == 6  # sagittal, axial and curvature for each of the two segmented images
+    assert sum(u.endswith("_curvature.png") for u in imgs) == 2
     assert_self_contained(page)
     assert "sub-02" not in html  # only this subject's images
 
