@@ -21,6 +21,7 @@ venv: $(BIN)/spineseg
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: venv lint
 	$(BIN)/python -m pytest -q -ra

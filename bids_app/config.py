@@ -63,3 +63,4 @@ class RunConfig:
     reports_only: bool = False
     quiet: bool = False  # no progress bar
     dry_run: bool = False  # print what would be done; write nothing
+    ratings_dir: Path | None = None  # group level: manual ratings (default output_dir/ratings)

@@ -59,7 +59,7 @@ def run_group(config: RunConfig) -> int:
         if without:
             log.info("listed participant(s) without records, skipped: %s", ", ".join(without))
         sessions = list(selection.sessions) if selection.sessions else None
-        page = qc.run_group(out, chosen or None, sessions)
+        page = qc.run_group(out, chosen or None, sessions, ratings_dir=config.ratings_dir)
         if page:
             say(f"wrote {page}")
     return ExitCode.OK

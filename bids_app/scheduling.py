@@ -79,12 +79,7 @@ class DevicePool(Generic[W]):
             raise Cancelled()
         request = _Request(call)  # type: ignore[arg-type]
         self._queue.put(request)
-        try:
-            return request.future.result()  # type: ignore[no-any-return]
-        except Cancelled:
-            raise
-        except BaseException as e:  # re-raised in the image's thread, with its type kept
-            raise e from None
+        return request.future.result()  # an error on the device is raised here, type kept
 
     def _serve(self, index: int) -> None:
         stats, worker = self.stats[index], None

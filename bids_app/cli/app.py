@@ -154,6 +154,7 @@ def build_config(args: argparse.Namespace, paths: Paths) -> RunConfig:
         reports_only=args.reports_only,
         quiet=args.quiet,
         dry_run=args.dry_run,
+        ratings_dir=args.ratings_dir,
     )
 
 

@@ -73,6 +73,13 @@ def disc_level(value: str) -> int:
         ) from None
 
 
+def existing_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder")
+    return path
+
+
 def _add_engine_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--device",
@@ -259,6 +266,14 @@ def bids_app_parser() -> UsageParser:
         "--notrack", action="store_true", help="accepted for compatibility; SpineSeg sends nothing"
     )
     _add_slurm_options(p)
+    group = p.add_argument_group("group level")
+    group.add_argument(
+        "--ratings-dir",
+        type=existing_dir,
+        metavar="DIR",
+        help="folder of the sub-<label>_ratings.json files saved from the subject reports "
+        "(default: output_dir/ratings); merged into group_qc.tsv",
+    )
     return p
 
 

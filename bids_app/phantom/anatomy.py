@@ -8,6 +8,7 @@ what lets the same spine be rendered in any orientation and voxel size.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +17,7 @@ from bids_app import labels as L
 
 # Segment kinds (integers so per-sample look-ups stay vectorised).
 NONE, C1, BODY, DISC, SACRUM = 0, 1, 2, 3, 4
+NARROWING_RAMP_MM = 3.0  # a narrowing fades out linearly over this length beyond its disc
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class Anatomy:
     y_table: np.ndarray
     s_table: np.ndarray
     curves: dict[str, float] = field(default_factory=dict)
+    # Disc label -> factor on the canal and cord antero-posterior radii over that disc.
+    narrowing: dict[int, float] = field(default_factory=dict)
 
     @property
     def s_total(self) -> float:
@@ -83,6 +87,19 @@ class Anatomy:
         canal_ap = float(np.interp(s, self.radius_knots_s, self.canal_radii[:, 0]))
         return canal_ap + self.arch_thickness * 0.5 + depth / 2
 
+    def ap_factor(self, s: np.ndarray | float) -> np.ndarray:
+        """Factor on the canal and cord AP radii at arc length s: the `narrowing` factor over
+        its disc, back to 1 linearly within `NARROWING_RAMP_MM` (scaled) above and below."""
+        s = np.asarray(s, float)
+        out = np.ones_like(s)
+        ramp = NARROWING_RAMP_MM * self.scale
+        for label, factor in self.narrowing.items():
+            seg = self.segment(label)
+            outside = np.maximum(np.maximum(seg.s_top - s, s - seg.s_bot), 0.0)
+            weight = np.clip(1.0 - outside / ramp, 0.0, 1.0)
+            out = np.minimum(out, 1.0 - (1.0 - factor) * weight)
+        return out
+
     def s_range_of(self, labels: set[int]) -> tuple[float, float]:
         segs = [seg for seg in self.segments if seg.label in labels]
         return min(seg.s_top for seg in segs), max(seg.s_bot for seg in segs)
@@ -107,8 +124,30 @@ def _disc_below(vertebra: int, n_lumbar: int) -> int:
     return vertebra + 51  # L1 -> 92 ... L5 -> 96 (only when 6 lumbar vertebrae)
 
 
-def random_anatomy(seed: int, n_lumbar: int | None = None) -> Anatomy:
-    """Draw a plausible adult spine; sizes follow published vertebral morphometry roughly."""
+def _narrowing_labels(narrowing: Mapping[str, float], segments: list[Segment]) -> dict[int, float]:
+    """{"C5-C6": 0.5} -> {66: 0.5}; ValueError for an unknown or absent disc or a bad factor."""
+    by_name = {name: label for label, name in L.DISCS.items()}
+    present = {seg.label for seg in segments}
+    out = {}
+    for name, factor in narrowing.items():
+        label = by_name.get(name)
+        if label is None or label not in present:
+            raise ValueError(f"narrowing: no disc {name!r} in this anatomy")
+        if not 0.0 < factor <= 1.0:
+            raise ValueError(f"narrowing: factor {factor} at {name} must be in (0, 1]")
+        out[label] = float(factor)
+    return out
+
+
+def random_anatomy(
+    seed: int, n_lumbar: int | None = None, narrowing: Mapping[str, float] | None = None
+) -> Anatomy:
+    """Draw a plausible adult spine; sizes follow published vertebral morphometry roughly.
+
+    `narrowing` maps disc names to a factor on the canal and cord antero-posterior size at
+    that disc ({"C5-C6": 0.5} halves it), the ground truth of the canal narrowing measures.
+    The vertebrae and discs keep their place: only the canal shrinks.
+    """
     rng = np.random.default_rng(seed)
     if n_lumbar is None:
         n_lumbar = int(rng.choice([4, 5, 6], p=[0.05, 0.9, 0.05]))
@@ -237,4 +276,5 @@ def random_anatomy(seed: int, n_lumbar: int | None = None) -> Anatomy:
         y_table=y,
         s_table=s_fine,
         curves=curves,
+        narrowing=_narrowing_labels(narrowing or {}, segments),
     )

@@ -10,6 +10,7 @@ continuous anatomy gives on the image grid.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import nibabel as nib
@@ -110,6 +111,10 @@ class _Tables:
             lut[rows, 7] = width
             lut[rows, 8] = lut[rows, 0] + th * 0.5 + depth / 2  # body centre (a)
             lut[rows, 9] = t
+        # Narrowings shrink the canal and cord AP radii only, bodies and discs staying put.
+        ap = anat.ap_factor(sq)
+        lut[:, 0] *= ap
+        lut[:, 2] *= ap
         # Posterior arch of each vertebra: from 15 % down its body to halfway into its disc.
         segs = anat.segments
         for i, seg in enumerate(segs):
@@ -402,6 +407,7 @@ def render(anat: Anatomy, acq: Acquisition, noise_seed: int = 0) -> Phantom:
         "n_lumbar": anat.n_lumbar,
         "acquisition": asdict(acq),
         "curves": anat.curves,
+        "narrowing": {L.level_name(k): v for k, v in anat.narrowing.items()},
     }
     return Phantom(image=image, labels=seg, anatomy=anat, acquisition=acq, meta=meta)
 
@@ -412,7 +418,11 @@ def render_phantom(
     *,
     n_lumbar: int | None = None,
     noise_seed: int | None = None,
+    narrowing: Mapping[str, float] | None = None,
 ) -> Phantom:
-    """One call for the common case: random anatomy from `seed`, rendered through `acq`."""
-    anat = random_anatomy(seed, n_lumbar=n_lumbar)
+    """One call for the common case: random anatomy from `seed`, rendered through `acq`.
+
+    `narrowing` ({"C5-C6": 0.5}) shrinks the canal and cord AP size at those discs.
+    """
+    anat = random_anatomy(seed, n_lumbar=n_lumbar, narrowing=narrowing)
     return render(anat, acq or Acquisition(), noise_seed=seed if noise_seed is None else noise_seed)

@@ -16,6 +16,7 @@ from pathlib import Path
 import nibabel as nib
 
 from bids_app.bids.derivatives import image_output_paths
+from bids_app.qc.geometry import load_nifti
 from bids_app.qc.group import run_group
 from bids_app.qc.image import write_image_qc
 from bids_app.qc.records import collect, landmark_list, split_source
@@ -31,7 +32,7 @@ def _load(path: Path | None) -> nib.Nifti1Image | None:
     if path is None or not path.is_file():
         return None
     try:
-        return nib.load(path)
+        return load_nifti(path)
     except (OSError, ValueError, nib.filebasedimages.ImageFileError) as e:
         log.warning("%s: cannot read (%s)", path, e)
         return None

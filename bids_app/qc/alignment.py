@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bids_app import labels as L
-from bids_app.qc.geometry import SUPERIOR, LabelGeometry, to_world
+from bids_app.qc.geometry import SPINE_ORDER, SUPERIOR, LabelGeometry, to_world
 
 # name -> (upper endplate (vertebra, disc), lower endplate (vertebra, disc), sign).
 # The angle is sign * (sagittal tilt of the lower endplate - tilt of the upper one), so that
@@ -29,13 +29,24 @@ SAGITTAL: dict[str, tuple[tuple[int, int], tuple[int, int], int]] = {
     "thoracic_kyphosis_deg": ((24, 74), (32, 91), -1),  # T4 superior to T12 inferior
     "lumbar_lordosis_deg": ((41, 91), (L.SACRUM, 100), 1),  # L1 superior to S1 superior
 }
+TITLES: dict[str, str] = {
+    "cervical_lordosis_deg": "Cervical lordosis (C2-C7)",
+    "thoracic_kyphosis_deg": "Thoracic kyphosis (T4-T12)",
+    "lumbar_lordosis_deg": "Lumbar lordosis (L1-S1)",
+}
 COBB_VERTEBRAE: tuple[int, ...] = (*range(21, 33), *range(41, 47))
 COBB_MIN_VERTEBRAE = 5
 CORE = 1.5  # endplate points kept within this many standard deviations of the disc's centre
 
 
 def endplate_normal(geom: LabelGeometry, vertebra: int, disc: int) -> np.ndarray | None:
-    """Unit normal (pointing superior) of the interface between a vertebra and a disc.
+    """Unit normal (pointing superior) of the interface between a vertebra and a disc."""
+    plate = endplate(geom, vertebra, disc)
+    return plate[1] if plate is not None else None
+
+
+def endplate(geom: LabelGeometry, vertebra: int, disc: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(centre, unit normal pointing superior) of the interface between a vertebra and a disc.
 
     The interface is the set of voxel faces with the vertebra on one side and the disc on the
     other. Their oriented areas summed in world mm give the area vector of the surface they
@@ -59,6 +70,7 @@ def endplate_normal(geom: LabelGeometry, vertebra: int, disc: int) -> np.ndarray
     m = geom.affine[:3, :3]
     cofactor = np.linalg.det(m) * np.linalg.inv(m).T  # column k: world area vector of face k
     area = np.zeros(3)
+    centres = []
     for k in range(3):
         lo = [slice(None)] * 3
         hi = [slice(None)] * 3
@@ -69,13 +81,16 @@ def endplate_normal(geom: LabelGeometry, vertebra: int, disc: int) -> np.ndarray
             ijk[:, k] += 0.5  # face centre
             world = to_world(geom.affine, ijk)
             inplane = (world - centre) @ evecs[:, 1:] / scale
-            area += sign * int(((inplane**2).sum(1) <= CORE**2).sum()) * cofactor[:, k]
+            core = (inplane**2).sum(1) <= CORE**2
+            area += sign * int(core.sum()) * cofactor[:, k]
+            centres.append(world[core])
     norm = float(np.linalg.norm(area))
     if norm == 0:
         return None
     normal = area / norm
     axis = geom.spine_axis_near(centre)
-    return normal if normal @ (SUPERIOR if axis is None else axis) >= 0 else -normal
+    normal = normal if normal @ (SUPERIOR if axis is None else axis) >= 0 else -normal
+    return np.concatenate(centres).mean(0), normal
 
 
 def sagittal_tilt(normal: np.ndarray) -> float:
@@ -145,3 +160,22 @@ def alignment(geom: LabelGeometry, levels_trusted: bool) -> dict[str, object]:
             out[name] = sign * (sagittal_tilt(n2) - sagittal_tilt(n1))
     out["coronal_cobb"] = cobb(geom)
     return out
+
+
+def drawn_angles(
+    geom: LabelGeometry, data: dict[str, object]
+) -> list[tuple[str, float, list[tuple[np.ndarray, np.ndarray]]]]:
+    """(title, degrees, both endplates as (centre, normal)) of each sagittal angle in `data`
+    (an `alignment` result), for the curvature figure."""
+    out = []
+    for name, ((v1, d1), (v2, d2), _) in SAGITTAL.items():
+        value = data.get(name)
+        plates = [endplate(geom, v1, d1), endplate(geom, v2, d2)]
+        if isinstance(value, float) and all(p is not None for p in plates):
+            out.append((TITLES[name], value, [p for p in plates if p is not None]))
+    return out
+
+
+def centroid_line(geom: LabelGeometry) -> list[np.ndarray]:
+    """Disc centroids from top to bottom: the line of the vertebral body column."""
+    return [geom.centroid(x) for x in SPINE_ORDER if x in L.DISCS and x in geom.boxes]

@@ -17,6 +17,7 @@ from scipy import ndimage
 from bids_app import labels as L
 from bids_app.qc import plausibility
 from bids_app.qc.geometry import SPINE_ORDER, LabelGeometry
+from bids_app.qc.measures import number
 
 # Flag ids, in the order they are listed (group_qc.tsv has one column per id).
 IMAGE_FLAGS: tuple[str, ...] = (
@@ -33,6 +34,7 @@ IMAGE_FLAGS: tuple[str, ...] = (
     "vertebra_count",
     "transitional_vertebra",
     "implausible_size",
+    "canal_narrowing",
     "no_landmark",
     "thick_slices",
 )
@@ -63,6 +65,9 @@ FLAG_DESCRIPTIONS: dict[str, str] = {
     "implausible_size": "A vertebra whose volume or body height, divided by the mean of its "
     "neighbours', is outside [1/size_jump, size_jump] (C1, C2, sacrum and cut vertebrae not "
     "judged).",
+    "canal_narrowing": "A disc level where the canal's AP diameter or area, divided by the "
+    "mean of the two adjacent mid-vertebral levels' (canal_ap_ratio, canal_csa_ratio), is "
+    "below the narrowing ratio.",
     "measure_outlier": "A measurement outside the group's Tukey fences.",
 }
 # What a flag does to an image's QC status: "fail" (no usable result), "check" (look before
@@ -88,6 +93,7 @@ class Thresholds:
     fragment_mm3: float = 50.0  # a level label smaller than this is a fragment, not a level
     disc_offset_mm: float = 30.0  # disc centroid to the line joining its vertebrae' centroids
     size_jump: float = 1.5  # vertebral volume or height / mean of its neighbours', or inverse
+    canal_narrowing_ratio: float = 0.7  # canal AP or area at a disc / mean of its vertebrae'
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -193,6 +199,7 @@ def segmentation_flags(
             )
         )
     flags += [_flag(i, r) for i, r in plausibility.findings(geom, rows, th)]
+    flags += narrowing_flags(rows, th)
     split = split_labels(geom, th)
     if split:
         parts = [f"{L.level_name(k)} ({len(v)} parts)" for k, v in sorted(split.items())]
@@ -208,6 +215,24 @@ def segmentation_flags(
                 )
             )
     return flags
+
+
+def narrowing_flags(rows: Sequence[Mapping[str, object]], th: Thresholds) -> list[dict[str, str]]:
+    """Disc levels whose canal compression ratio (AP or area) is below the threshold."""
+    narrow = []
+    for row in rows:
+        ratios = [number(row.get(c)) for c in ("canal_ap_ratio", "canal_csa_ratio")]
+        if any(r < th.canal_narrowing_ratio for r in ratios):  # NaN compares False
+            narrow.append(f"{row.get('abbreviation')} (AP {ratios[0]:.2f}, area {ratios[1]:.2f})")
+    if not narrow:
+        return []
+    return [
+        _flag(
+            "canal_narrowing",
+            f"canal narrower than {th.canal_narrowing_ratio:g} x its adjacent vertebrae' at "
+            + ", ".join(narrow),
+        )
+    ]
 
 
 def geometry_flags(zooms: Sequence[float], th: Thresholds) -> list[dict[str, str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 import cc3d
 import nibabel as nib
@@ -49,6 +50,14 @@ def image_data(img: nib.Nifti1Image, dtype: type | None = None) -> np.ndarray:
     elif data.ndim != 3:
         raise ValueError(f"expected a 3-D image, got shape {data.shape}")
     return data.astype(dtype, copy=False) if dtype is not None else data
+
+
+def load_nifti(path: Path) -> nib.Nifti1Image:
+    """A NIfTI image from disk; ValueError naming the file when it is another format."""
+    img = nib.load(path)
+    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image derives from it
+        raise ValueError(f"{path}: not a NIfTI image ({type(img).__name__})")
+    return img
 
 
 def to_world(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:

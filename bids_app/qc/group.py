@@ -8,12 +8,15 @@ missing or failed: such images get a row saying so.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+
+from markupsafe import Markup
 
 from bids_app import __version__
 from bids_app import labels as L
 from bids_app.atomic import write_json_atomic, write_text_atomic
+from bids_app.qc.alignment import TITLES
 from bids_app.qc.flags import (
     FLAG_DESCRIPTIONS,
     GROUP_FLAGS,
@@ -24,8 +27,9 @@ from bids_app.qc.flags import (
     tukey_fences,
 )
 from bids_app.qc.geometry import SPINE_ORDER
-from bids_app.qc.measures import COLUMN_BY_NAME, MEASURE_COLUMNS
+from bids_app.qc.measures import COLUMN_BY_NAME, MEASURE_COLUMNS, Column, number
 from bids_app.qc.plots import Point, strip_plot
+from bids_app.qc.ratings import PROBLEMS, RATINGS, RATINGS_DIR, Rating, read_ratings
 from bids_app.qc.records import NA, ImageRecord, collect, tsv_text
 from bids_app.qc.report import CORD_CSA_WARNING, environment, figure, now
 
@@ -60,6 +64,8 @@ QC_COLUMNS = (
     "flag_reasons",
     "outlier_measures",
     "qc_rating",
+    "qc_problems",
+    "qc_comment",
 )
 ID_DESCRIPTIONS = {
     "participant_id": {"Description": "Participant label with its sub- prefix."},
@@ -81,12 +87,49 @@ PLOTS: tuple[tuple[str, str, frozenset[str]], ...] = (
         "Cord cross-sectional area (not validated)",
         frozenset({"vertebra", "disc"}),
     ),
+    ("canal_ap_mm", "Canal antero-posterior diameter", frozenset({"vertebra", "disc"})),
+    (
+        "canal_ap_ratio",
+        "Canal AP compression ratio (disc / adjacent vertebrae)",
+        frozenset({"disc"}),
+    ),
+    ("canal_csa_ratio", "Canal area compression ratio", frozenset({"disc"})),
+    (
+        "cord_ap_lr_ratio",
+        "Cord AP / left-right ratio (not validated)",
+        frozenset({"vertebra", "disc"}),
+    ),
 )
+# Alignment angles: one value per image, from qc.json.
+ANGLES: tuple[Column, ...] = (
+    *(
+        Column(
+            name,
+            title,
+            "Sagittal angle between two endplates (vertebra-disc interfaces) in scanner mm; "
+            "see the README's alignment section.",
+            "deg",
+        )
+        for name, title in TITLES.items()
+    ),
+    Column(
+        "coronal_cobb_deg",
+        "Coronal Cobb estimate",
+        "Largest coronal tilt difference between two thoracic or lumbar vertebrae.",
+        "deg",
+    ),
+)
+ANGLE_BY_NAME: dict[str, Column] = {c.name: c for c in ANGLES}
+SPINE = "spine"  # abbreviation and structure of the angle rows of the long table
 DISPLAY_ORDER = (L.CORD, L.CANAL, *SPINE_ORDER)
 
 
-def _finite(value: object) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+def measured(row: Mapping[str, object]) -> Iterator[tuple[int, str, float]]:
+    """(position in MEASURE_COLUMNS, measure, value) of each finite measure of a TSV row."""
+    for i, m in enumerate(MEASURE_COLUMNS):
+        value = number(row.get(m))
+        if math.isfinite(value):
+            yield i, m, value
 
 
 def _ids(rec: ImageRecord) -> dict[str, object]:
@@ -107,19 +150,29 @@ def long_rows(records: Sequence[ImageRecord]) -> list[dict[str, object]]:
     rows = []
     for rec in records:
         for row in rec.morphometry:
-            for m in MEASURE_COLUMNS:
-                if _finite(row.get(m)):
-                    rows.append(
-                        {
-                            **_ids(rec),
-                            "index": row.get("index"),
-                            "abbreviation": row.get("abbreviation"),
-                            "structure": row.get("structure"),
-                            "measure": m,
-                            "value": float(row[m]),
-                            "units": COLUMN_BY_NAME[m].units,
-                        }
-                    )
+            for _, m, value in measured(row):
+                rows.append(
+                    {
+                        **_ids(rec),
+                        "index": row.get("index"),
+                        "abbreviation": row.get("abbreviation"),
+                        "structure": row.get("structure"),
+                        "measure": m,
+                        "value": value,
+                        "units": COLUMN_BY_NAME[m].units,
+                    }
+                )
+        for name, value in angle_values(rec).items():
+            rows.append(
+                {
+                    **_ids(rec),
+                    "abbreviation": SPINE,
+                    "structure": SPINE,
+                    "measure": name,
+                    "value": value,
+                    "units": "deg",
+                }
+            )
     return rows
 
 
@@ -130,11 +183,22 @@ def judged_values(rec: ImageRecord) -> dict[str, float]:
     coverage, not the anatomy, so they are left out; lengths cut by the border are n/a already.
     """
     return {
-        measure_key(str(r["abbreviation"]), m): float(r[m])
+        measure_key(str(r["abbreviation"]), m): value
         for r in rec.morphometry
-        for m in MEASURE_COLUMNS
-        if _finite(r.get(m)) and not (m == "volume_mm3" and r.get("fov_edge") == 1)
+        for _, m, value in measured(r)
+        if not (m == "volume_mm3" and r.get("fov_edge") == 1)
+    } | angle_values(rec)
+
+
+def angle_values(rec: ImageRecord) -> dict[str, float]:
+    """The image's measured alignment angles (qc.json), keyed as ANGLES."""
+    data = rec.qc.get("alignment") or {}
+    cobb = data.get("coronal_cobb")
+    values = {
+        **{name: data.get(name) for name in TITLES},
+        "coronal_cobb_deg": cobb.get("angle_deg") if isinstance(cobb, Mapping) else None,
     }
+    return {k: number(v) for k, v in values.items() if math.isfinite(number(v))}
 
 
 def _label_rank(label: object) -> int:
@@ -142,46 +206,53 @@ def _label_rank(label: object) -> int:
 
 
 def wide_table(records: Sequence[ImageRecord]) -> tuple[list[str], list[dict[str, object]]]:
-    """(columns, rows): one row per image with morphometry, one column per level x measure."""
+    """(columns, rows): one row per image with morphometry; the alignment angles measured in
+    any image, then one column per level x measure."""
     cols: dict[str, tuple[int, int, str, str]] = {}
+    angles: set[str] = set()
     rows = []
     for rec in records:
         if not rec.morphometry:
             continue
-        row = _ids(rec)
+        row: dict[str, object] = {**_ids(rec), **angle_values(rec)}
+        angles |= set(row) - set(ID_COLUMNS)
         for r in rec.morphometry:
-            for mi, m in enumerate(MEASURE_COLUMNS):
-                if _finite(r.get(m)):
-                    k = measure_key(str(r["abbreviation"]), m)
-                    row[k] = float(r[m])
-                    cols[k] = (_label_rank(r.get("index")), mi, str(r["abbreviation"]), m)
+            for mi, m, value in measured(r):
+                k = measure_key(str(r["abbreviation"]), m)
+                row[k] = value
+                cols[k] = (_label_rank(r.get("index")), mi, str(r["abbreviation"]), m)
         rows.append(row)
     ordered = sorted(cols, key=lambda k: cols[k][:2])
-    return [*ID_COLUMNS, *ordered], rows
+    return [*ID_COLUMNS, *(c.name for c in ANGLES if c.name in angles), *ordered], rows
 
 
 def wide_sidecar(columns: Sequence[str]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = dict(ID_DESCRIPTIONS)
     for col in columns[len(ID_COLUMNS) :]:
         abbr, _, m = col.partition("_")
-        meta = COLUMN_BY_NAME[m]
-        out[col] = {
-            "LongName": f"{abbr} {meta.long_name.lower()}",
-            "Description": meta.description,
-            "Units": meta.units or "",
-        }
+        meta = ANGLE_BY_NAME.get(col) or COLUMN_BY_NAME[m]
+        long_name = meta.long_name if col in ANGLE_BY_NAME else f"{abbr} {meta.long_name.lower()}"
+        out[col] = {"LongName": long_name, "Description": meta.description}
+        if meta.units:
+            out[col]["Units"] = meta.units
     return out
 
 
-def long_sidecar() -> dict[str, dict[str, object]]:
+def long_sidecar() -> dict[str, Mapping[str, object]]:
     return {
         **ID_DESCRIPTIONS,
         "index": {"Description": "Label value (seg-spine_dseg.tsv)."},
         "abbreviation": {"Description": "Level name."},
-        "structure": {"Description": "cord, canal, vertebra, sacrum or disc."},
+        "structure": {
+            "Description": "cord, canal, vertebra, sacrum or disc; 'spine' for the alignment "
+            "angles (one per image, index n/a)."
+        },
         "measure": {
             "Description": "Measurement name; see the per-image *_morphometry.json.",
-            "Levels": {m: COLUMN_BY_NAME[m].description for m in MEASURE_COLUMNS},
+            "Levels": {
+                **{m: COLUMN_BY_NAME[m].description for m in MEASURE_COLUMNS},
+                **{c.name: f"{c.long_name}. {c.description}" for c in ANGLES},
+            },
         },
         "value": {"Description": "Measured value, in `units`."},
         "units": {"Description": "Units of `value`."},
@@ -198,7 +269,9 @@ def raised_flags(
     return raised
 
 
-def qc_row(rec: ImageRecord, outliers: list[tuple[str, float, float, float]]) -> dict[str, object]:
+def qc_row(
+    rec: ImageRecord, outliers: list[tuple[str, float, float, float]], rating: Rating | None
+) -> dict[str, object]:
     st, qc = rec.stamp, rec.qc
     geo = qc.get("geometry") or {}
     present = [x for x in SPINE_ORDER if x in (qc.get("labels_present") or [])]
@@ -213,7 +286,7 @@ def qc_row(rec: ImageRecord, outliers: list[tuple[str, float, float, float]]) ->
         "app_version": st.get("app_version") or qc.get("app_version"),
         "model_release": (st.get("model") or {}).get("release"),
         "device": st.get("device"),
-        "runtime_s": float(total) if _finite(total) else None,
+        "runtime_s": number(total),
         "voxel_size_mm": "x".join(f"{v:g}" for v in geo.get("voxel_size_mm") or []) or None,
         "shape": "x".join(str(v) for v in geo.get("shape") or []) or None,
         "orientation": geo.get("orientation"),
@@ -223,7 +296,7 @@ def qc_row(rec: ImageRecord, outliers: list[tuple[str, float, float, float]]) ->
         "n_labels": qc.get("n_labels"),
         "flag_reasons": "; ".join(f"{k}: {v}" for k, v in raised.items()) or None,
         "outlier_measures": "; ".join(f"{m}={v:.4g}" for m, v, *_ in outliers) or None,
-        "qc_rating": None,
+        **(rating.columns() if rating else {}),
     }
     for f in (*IMAGE_FLAGS, *GROUP_FLAGS):
         row[f"flag_{f}"] = int(f in raised) if qc else None
@@ -257,7 +330,16 @@ def qc_sidecar(th: Thresholds) -> dict[str, object]:
             },
             "voxel_size_mm": {"Description": "Voxel size of the source image.", "Units": "mm"},
             "levels_present": {"Description": "Range of vertebrae and discs found."},
-            "qc_rating": {"Description": "Empty column for a manual rating."},
+            "qc_rating": {
+                "Description": "Manual rating saved from the subject report (read from the "
+                "ratings folder); n/a when not rated.",
+                "Levels": RATINGS,
+            },
+            "qc_problems": {
+                "Description": "Problems ticked in the subject report, comma-separated.",
+                "Levels": PROBLEMS,
+            },
+            "qc_comment": {"Description": "Reviewer's comment from the subject report."},
         }
     )
     for f in (*IMAGE_FLAGS, *GROUP_FLAGS):
@@ -288,14 +370,17 @@ def plots(
     judged = {rec.key: judged_values(rec) for rec in records}
     out = []
     for measure, title, kinds in PLOTS:
-        points, per_cat, shown = [], {}, set()
+        points: list[Point] = []
+        per_cat: dict[int, list[float]] = {}
+        shown: set[int] = set()
         units = COLUMN_BY_NAME[measure].units or ""
         for rec in records:
             flagged = {m for m, *_ in outliers.get(rec.key, [])}
             for row in rec.morphometry:
-                if row.get("structure") not in kinds or not _finite(row.get(measure)):
+                value, index = number(row.get(measure)), number(row.get("index"))
+                if row.get("structure") not in kinds or not math.isfinite(value + index):
                     continue
-                cat, value = int(row["index"]), float(row[measure])
+                cat = int(index)
                 key = measure_key(str(row["abbreviation"]), measure)
                 if key in judged[rec.key]:
                     per_cat.setdefault(cat, []).append(value)
@@ -312,12 +397,44 @@ def plots(
                 )
         if not points:
             continue
-        fences = {
-            c: tukey_fences(v, th.tukey_k) for c, v in per_cat.items() if len(v) >= th.tukey_min_n
-        }
         cats = [(c, names[c]) for c in DISPLAY_ORDER if c in shown]
-        out.append(strip_plot(title, units, cats, points, fences))
-    return out
+        out.append(strip_plot(title, units, cats, points, _fences(per_cat, th)))
+    alignment = alignment_plot(records, outliers, th)
+    return [*out, alignment] if alignment is not None else out
+
+
+def alignment_plot(
+    records: Sequence[ImageRecord],
+    outliers: dict[str, list[tuple[str, float, float, float]]],
+    th: Thresholds,
+) -> Markup | None:
+    """One strip plot of the alignment angles (a column per angle), None when none measured."""
+    points: list[Point] = []
+    per_cat: dict[int, list[float]] = {}
+    for rec in records:
+        flagged = {m for m, *_ in outliers.get(rec.key, [])}
+        for name, value in angle_values(rec).items():
+            cat = [c.name for c in ANGLES].index(name)
+            per_cat.setdefault(cat, []).append(value)
+            points.append(
+                Point(
+                    category=cat,
+                    value=value,
+                    href=f"sub-{rec.subject}.html#{rec.key}",
+                    tooltip=f"{rec.key} {ANGLE_BY_NAME[name].long_name}: {value:.1f} deg",
+                    outlier=name in flagged,
+                    key=rec.key,
+                )
+            )
+    if not points:
+        return None
+    cats = [(i, c.long_name.split(" (")[0]) for i, c in enumerate(ANGLES)]
+    return strip_plot("Alignment angles", "deg", cats, points, _fences(per_cat, th))
+
+
+def _fences(per_cat: dict[int, list[float]], th: Thresholds) -> dict[int, tuple[float, float]]:
+    """Tukey fences of the categories with enough images for them to mean something."""
+    return {c: tukey_fences(v, th.tukey_k) for c, v in per_cat.items() if len(v) >= th.tukey_min_n}
 
 
 def _display_row(root: Path, row: dict[str, object], raised: dict[str, str]) -> dict[str, object]:
@@ -334,9 +451,14 @@ def run_group(
     output_dir: Path,
     participants: list[str] | None = None,
     sessions: list[str] | None = None,
+    ratings_dir: Path | None = None,
 ) -> Path:
-    """Write the group tables (TSV + JSON) and `group.html`; returns the page's path."""
+    """Write the group tables (TSV + JSON) and `group.html`; returns the page's path.
+
+    Manual ratings are read from `ratings_dir` (default `output_dir/ratings`).
+    """
     root = Path(output_dir)
+    ratings = read_ratings(ratings_dir if ratings_dir is not None else root / RATINGS_DIR)
     participants = [p.removeprefix("sub-") for p in participants] if participants else None
     sessions = [s.removeprefix("ses-") for s in sessions] if sessions else None
     th = Thresholds()
@@ -353,7 +475,7 @@ def run_group(
     write_json_atomic(root / "group_morphometry_wide.json", wide_sidecar(wide_cols))
 
     missing = _missing(root, records, participants)
-    qc_rows = [qc_row(r, outliers.get(r.key, [])) for r in records]
+    qc_rows = [qc_row(r, outliers.get(r.key, []), ratings.get(r.key)) for r in records]
     flags = [raised_flags(r, outliers.get(r.key, [])) for r in records] + [{} for _ in missing]
     qc_rows += [
         {
@@ -388,6 +510,8 @@ def run_group(
             thumbs=thumbs,
             thresholds=th,
             n_images=len(records),
+            ratings_dir=ratings_dir if ratings_dir is not None else f"{RATINGS_DIR}/",
+            n_rated=sum(r.key in ratings for r in records),
             participants=participants,
             sessions=sessions,
             cord_warning=CORD_CSA_WARNING,

@@ -16,7 +16,7 @@ from bids_app.bids.derivatives import OUTPUTS, output_name
 from bids_app.qc import alignment, measures, plausibility, previews
 from bids_app.qc import flags as F
 from bids_app.qc.flags import Thresholds
-from bids_app.qc.geometry import LabelGeometry, image_data
+from bids_app.qc.geometry import LabelGeometry, image_data, load_nifti
 from bids_app.qc.records import QCPaths, entities, tsv_text
 
 
@@ -40,7 +40,7 @@ def step1_overlay(paths: QCPaths, stem: str, suffix: str) -> LabelGeometry | Non
     if not path.is_file():
         return None
     try:
-        return LabelGeometry.from_image(nib.load(path))
+        return LabelGeometry.from_image(load_nifti(path))
     except (OSError, ValueError, nib.filebasedimages.ImageFileError):
         return None
 
@@ -51,25 +51,42 @@ def _write_previews(
     geom: LabelGeometry | None,
     levels: nib.Nifti1Image | None,
     untagged: frozenset[int] = frozenset(),
+    angles: dict[str, object] | None = None,
 ) -> dict[str, str | None]:
-    """Draw both previews; a stale axial strip (no discs any more) is removed."""
+    """Draw the previews; a stale axial strip (no discs) or curvature figure (no sagittal
+    angle measured in `angles`) is removed."""
     data = image_data(image, np.float32)
     marks = None
     if levels is not None:
         marks = (np.asanyarray(levels.dataobj).astype(np.uint8), np.asarray(levels.affine, float))
-    previews.sagittal(data, image.affine, geom, marks, untagged).save(paths.sagittal)
+    view = previews.sagittal(data, image.affine, geom, marks, untagged)
+    view.save(paths.sagittal)
     strip = previews.axial_strip(data, image.affine, geom) if geom is not None else None
-    if strip is None:
-        paths.axial.unlink(missing_ok=True)
-        return {"sagittal": paths.rel(paths.sagittal), "axial": None}
-    strip.save(paths.axial)
-    return {"sagittal": paths.rel(paths.sagittal), "axial": paths.rel(paths.axial)}
+    drawn = alignment.drawn_angles(geom, angles) if geom is not None and angles else []
+    for path, picture in (
+        (paths.axial, strip),
+        (
+            paths.curvature,
+            previews.curvature(view, alignment.centroid_line(geom), drawn)
+            if geom is not None and drawn
+            else None,
+        ),
+    ):
+        if picture is None:
+            path.unlink(missing_ok=True)
+        else:
+            picture.save(path)
+    return _existing_figures(paths)
 
 
 def _existing_figures(paths: QCPaths) -> dict[str, str | None]:
     return {
-        "sagittal": paths.rel(paths.sagittal) if paths.sagittal.is_file() else None,
-        "axial": paths.rel(paths.axial) if paths.axial.is_file() else None,
+        kind: paths.rel(path) if path.is_file() else None
+        for kind, path in (
+            ("sagittal", paths.sagittal),
+            ("axial", paths.axial),
+            ("curvature", paths.curvature),
+        )
     }
 
 
@@ -99,6 +116,12 @@ def write_image_qc(
     paths = QCPaths.of(output_dir, subject, stem, suffix)
     geom = LabelGeometry.from_image(final) if final is not None else None
     written: list[Path] = []
+    level_ids = plausibility.level_labels(geom, th) if geom is not None else []
+    angles = (
+        alignment.alignment(geom, not F.landmark_flags(landmarks))
+        if geom is not None and level_ids
+        else None
+    )
 
     if image is not None:
         shown, preview_note = geom, None
@@ -110,7 +133,9 @@ def write_image_qc(
                     "discs; every other vertebra in one colour, not named)."
                 )
         untagged = frozenset({L.SACRUM}) if shown is not geom else frozenset()
-        figures = _write_previews(paths, image, shown, levels, untagged)
+        figures = _write_previews(
+            paths, image, shown, levels, untagged, angles if shown is geom else None
+        )
         written += [paths.root / p for p in figures.values() if p]
     else:
         figures = _existing_figures(paths)
@@ -131,7 +156,6 @@ def write_image_qc(
         geom, zooms, landmarks, th, rows=rows, missing_reason=missing_reason
     )
     present = geom.present if geom is not None else []
-    levels = plausibility.level_labels(geom, th) if geom is not None else []
     qc = {
         "subject": subject,
         "session": entities(stem).get("ses"),
@@ -141,13 +165,11 @@ def write_image_qc(
         "app_version": __version__,
         "geometry": _geometry_summary(ref) if ref is not None else None,
         "labels_present": [int(x) for x in present],
-        "levels": F.level_range(levels),
+        "levels": F.level_range(level_ids),
         "n_labels": len(present),
         "landmarks": list(landmarks),
         "flags": image_flags,
-        "alignment": (
-            alignment.alignment(geom, not F.landmark_flags(landmarks)) if levels else None
-        ),
+        "alignment": angles,
         "thresholds": th.as_dict(),
         "figures": figures,
         "previews_note": preview_note,

@@ -28,6 +28,9 @@ from bids_app.qc.geometry import (
 STEP = 0.25  # mm between samples along lines and in oblique planes
 CSA_HALF_WIDTH = 25.0  # mm; half side of the square plane sampled around the canal centre
 CSA_MAX_OFFSET = 5.0  # mm; the canal must be this close to the centreline point
+# The cord shape ratio needs voxels this fine across the cord (AP and LR): a 10 mm wide cord
+# over 3 mm slices is 3-4 voxels, and its ratio was off by up to 0.13 on phantoms.
+CORD_RATIO_MAX_VOXEL_MM = 1.5
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,36 @@ COLUMNS: tuple[Column, ...] = (
         "dedicated cord tool for cord morphometry.",
         "mm^2",
     ),
+    Column(
+        "canal_ap_mm",
+        "Spinal canal antero-posterior diameter",
+        "Antero-posterior diameter of canal plus cord in the plane of canal_csa_mm2: the "
+        "equivalent-ellipse diameter, four standard deviations of the section's area along "
+        "the antero-posterior axis (the true diameter for an elliptic canal).",
+        "mm",
+    ),
+    Column(
+        "canal_ap_ratio",
+        "Canal AP compression ratio",
+        "Disc rows: canal_ap_mm at the disc divided by the mean canal_ap_mm of the two "
+        "adjacent vertebrae (at their mid-levels); about 1 for an even canal, lower where the "
+        "canal narrows at the disc. n/a without both adjacent vertebrae measured (L5-S: the "
+        "sacrum is not a vertebra).",
+    ),
+    Column(
+        "canal_csa_ratio",
+        "Canal area compression ratio",
+        "Disc rows: canal_csa_mm2 at the disc divided by the mean canal_csa_mm2 of the two "
+        "adjacent vertebrae (at their mid-levels), as canal_ap_ratio.",
+    ),
+    Column(
+        "cord_ap_lr_ratio",
+        "Cord AP / transverse ratio",
+        "Antero-posterior diameter of the cord divided by its left-right diameter, in the "
+        "plane of canal_csa_mm2 (equivalent-ellipse diameters, as canal_ap_mm; a flattened "
+        "cord gives a low ratio). n/a without cord there, or with voxels over 1.5 mm across "
+        "the cord (thick sagittal or axial slices). NOT VALIDATED, as cord_csa_mm2.",
+    ),
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 MEASURE_COLUMNS: tuple[str, ...] = (
@@ -113,8 +146,26 @@ MEASURE_COLUMNS: tuple[str, ...] = (
     "body_height_mm",
     "canal_csa_mm2",
     "cord_csa_mm2",
+    "canal_ap_mm",
+    "canal_ap_ratio",
+    "canal_csa_ratio",
+    "cord_ap_lr_ratio",
+)
+SECTION_COLUMNS: tuple[str, ...] = (
+    "canal_csa_mm2",
+    "cord_csa_mm2",
+    "canal_ap_mm",
+    "cord_ap_lr_ratio",
 )
 COLUMN_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+
+
+def number(value: object) -> float:
+    """A morphometry value (as computed, or parsed from a TSV cell) as a float; NaN for 'n/a',
+    text or anything else not numeric."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return math.nan
 
 
 def sidecar() -> dict[str, dict[str, str]]:
@@ -199,7 +250,7 @@ def disc_size(geom: LabelGeometry, label: int) -> tuple[float, float]:
     for w, offsets in rows:
         origins = c + w * right + offsets[:, None] * axis - reach_a * ant
         hits = _line_hits(geom, label, origins, ant, 2 * reach_a)[0]
-        depths.append(float(_extent(hits.any(0, keepdims=True))[0]))
+        depths.append(float(_extent(np.asarray(hits.any(0))[None])[0]))
     depth = math.nan if geom.touches_edge(label, ant) else float(np.median(depths))
     if geom.touches_edge(label, axis):
         return math.nan, depth
@@ -231,18 +282,34 @@ def body_height(geom: LabelGeometry, label: int) -> float:
     return float(_run_length(hits).mean())
 
 
-def cross_sections(geom: LabelGeometry, point: np.ndarray) -> tuple[float, float]:
-    """(canal, cord) areas in mm^2 perpendicular to the canal at the level of `point`.
+def _diameter_mm(mask: np.ndarray, axis: int) -> float:
+    """Equivalent-ellipse diameter (mm) of a section along rows (axis 0, AP) or columns (1, LR).
 
-    The canal area includes the cord. NaN when the level is beyond the canal's ends, the
-    canal is not found near the centreline there, or the plane does not contain it whole.
+    Four standard deviations of the area along that axis: the diameter of an ellipse with
+    the same second moment. Every sample counts, so the voxel staircase averages out where
+    a first-to-last extent would be off by up to a voxel.
     """
+    pos = np.nonzero(mask)[axis]
+    if pos.size < 2:
+        return math.nan
+    return 4.0 * math.sqrt(float(np.var(pos)) + 1 / 12) * STEP
+
+
+def cross_sections(geom: LabelGeometry, point: np.ndarray) -> dict[str, float]:
+    """Canal and cord sizes perpendicular to the canal at the level of `point`.
+
+    Keys are SECTION_COLUMNS: canal area (cord included) and cord area in mm^2, canal AP
+    diameter in mm and the cord's AP / left-right ratio. All NaN when the level is beyond
+    the canal's ends, the canal is not found near the centreline there, or the plane does
+    not contain it whole.
+    """
+    missing = dict.fromkeys(SECTION_COLUMNS, math.nan)
     cl = geom.centreline
     if cl is None:
-        return math.nan, math.nan
+        return missing
     i = cl.nearest(point)
     if not cl.is_interior(i):
-        return math.nan, math.nan
+        return missing
     centre, tangent = cl.points[i], cl.tangents[i]
     ant, right = anterior_frame(tangent)
     offs = np.arange(-CSA_HALF_WIDTH + STEP / 2, CSA_HALF_WIDTH, STEP)
@@ -251,19 +318,50 @@ def cross_sections(geom: LabelGeometry, point: np.ndarray) -> tuple[float, float
     canal = (lab == L.CANAL) | (lab == L.CORD)
     comps, n = ndimage.label(canal, structure=np.ones((3, 3)))
     if n == 0:
-        return math.nan, math.nan
+        return missing
     rr, cc = np.nonzero(canal)
     mid = (offs.size - 1) / 2
     dist2 = (rr - mid) ** 2 + (cc - mid) ** 2
     k = int(np.argmin(dist2))
     if math.sqrt(dist2[k]) * STEP > CSA_MAX_OFFSET:
-        return math.nan, math.nan
+        return missing
     comp = comps == comps[rr[k], cc[k]]
     if comp[0].any() or comp[-1].any() or comp[:, 0].any() or comp[:, -1].any():
-        return math.nan, math.nan
-    canal_area = float(comp.sum()) * STEP**2
-    cord_area = float((comp & (lab == L.CORD)).sum()) * STEP**2
-    return canal_area, (cord_area if L.CORD in geom.boxes else math.nan)
+        return missing
+    cord = comp & (lab == L.CORD)
+    has_cord = L.CORD in geom.boxes
+    steps = np.abs(geom.affine[:3, :3].T @ np.stack([ant, right], 1)).max(0)  # voxel, AP and LR
+    fine = bool((steps <= CORD_RATIO_MAX_VOXEL_MM).all())
+    return {
+        "canal_csa_mm2": float(comp.sum()) * STEP**2,
+        "cord_csa_mm2": float(cord.sum()) * STEP**2 if has_cord else math.nan,
+        "canal_ap_mm": _diameter_mm(comp, 0),
+        "cord_ap_lr_ratio": _diameter_mm(cord, 0) / _diameter_mm(cord, 1) if fine else math.nan,
+    }
+
+
+def compression_ratios(rows: list[dict[str, object]], geom: LabelGeometry) -> None:
+    """Fill each disc row's canal_ap_ratio and canal_csa_ratio from its two vertebrae's rows.
+
+    A narrowing at a disc shows against the canal just above and below it, whatever the
+    canal's size at that level of the spine (it widens in the neck and the lumbar spine).
+    """
+    by_index = {r["index"]: r for r in rows}
+    for row in rows:
+        row["canal_ap_ratio"] = row["canal_csa_ratio"] = math.nan
+        if row["index"] not in L.DISCS:
+            continue
+        above, below = (by_index.get(v) for v in geom.neighbours(int(number(row["index"]))))
+        if (
+            above is None
+            or below is None
+            or {above["structure"], below["structure"]} != {"vertebra"}
+        ):
+            continue
+        for ratio, col in (("canal_ap_ratio", "canal_ap_mm"), ("canal_csa_ratio", "canal_csa_mm2")):
+            reference = (number(above[col]) + number(below[col])) / 2
+            if reference > 0:  # NaN compares False
+                row[ratio] = number(row[col]) / reference
 
 
 def _level_point(geom: LabelGeometry, label: int) -> np.ndarray:
@@ -304,10 +402,9 @@ def measure(geom: LabelGeometry) -> list[dict[str, object]]:
             ),
         }
         if lab.kind in ("vertebra", "disc"):
-            row["canal_csa_mm2"], row["cord_csa_mm2"] = cross_sections(
-                geom, _level_point(geom, lab.index)
-            )
+            row.update(cross_sections(geom, _level_point(geom, lab.index)))
         else:
-            row["canal_csa_mm2"] = row["cord_csa_mm2"] = math.nan
+            row.update(dict.fromkeys(SECTION_COLUMNS, math.nan))
         rows.append(row)
+    compression_ratios(rows, geom)
     return rows

@@ -19,6 +19,7 @@ import numpy as np
 
 from bids_app import labels as L
 from bids_app.qc.geometry import SPINE_ORDER, SUPERIOR, LabelGeometry
+from bids_app.qc.measures import number
 
 if TYPE_CHECKING:
     from bids_app.qc.flags import Thresholds
@@ -228,14 +229,10 @@ def size_findings(
         and x not in NO_SIZE_RULE
         and not geom.touches_edge(x, _axis_between(geom, geom.centroid(x), geom.centroid(x)))
     ]
-    heights = {int(r["index"]): r.get("body_height_mm") for r in rows if "index" in r}
+    heights = {number(r.get("index")): number(r.get("body_height_mm")) for r in rows}
     measures = {
         "volume": {v: geom.count(v) * geom.voxel_volume for v in verts},
-        "body height": {
-            v: float(h) if isinstance(h, (int, float)) else math.nan
-            for v in verts
-            for h in [heights.get(v)]
-        },
+        "body height": {v: heights.get(v, math.nan) for v in verts},
     }
     bad = []
     for name, values in measures.items():

@@ -129,7 +129,7 @@ def _spread(rows: Sequence[float], height: int, step: int) -> list[int]:
 
 
 def _view_box(
-    image_shape: Sequence[int], image_affine: np.ndarray, geom: LabelGeometry | None
+    image_shape: tuple[int, ...], image_affine: np.ndarray, geom: LabelGeometry | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """World AABB (lo, hi) shown in the sagittal view: the labels plus a margin, in the image."""
     corners = grid_corners(image_shape, image_affine)
@@ -251,7 +251,8 @@ def sagittal(
             tags.append({"name": name, "side": side, "y": y0, "colour": list(colour)})
 
     present = np.unique(lab)
-    disc_items, vert_items = [], []
+    disc_items: list[tuple[float, str, tuple[int, int, int]]] = []
+    vert_items: list[tuple[float, str, tuple[int, int, int]]] = []
     for label in (int(v) for v in present if v in SPINE_ORDER and v not in untagged):
         row = float(np.nonzero(lab == label)[0].mean())
         item = (row, L.level_name(label), tag_colour(label))
@@ -316,3 +317,49 @@ def axial_strip(image: np.ndarray, image_affine: np.ndarray, geom: LabelGeometry
         draw.text((x0 + 3, y0 + TILE // 2 - 6), "R", fill=TEXT, font=font)
         tags.append({"name": name, "x": x0, "y": y0})
     return Picture(canvas, tags, (0, 0, canvas.width, canvas.height))
+
+
+CURVE_COLOURS = ((255, 210, 0), (0, 220, 255), (255, 110, 200))  # one per sagittal angle
+ENDPLATE_HALF_MM = 25.0  # half length of a drawn endplate line
+
+
+def curvature(
+    view: Picture,
+    line: Sequence[np.ndarray],
+    angles: Sequence[tuple[str, float, Sequence[tuple[np.ndarray, np.ndarray]]]],
+) -> Picture:
+    """The sagittal view with the centroid line and each angle's endplates drawn on it.
+
+    `line` holds world points (disc centroids, top to bottom); `angles` holds (title, degrees,
+    [(centre, normal) of both endplates]). World points map to the view through its `world`
+    record, so the drawing lands where the labels are, whatever the scan's grid.
+    """
+    x0, y0 = view.image_box[:2]
+    top, front, d = (view.world[k] for k in ("top_z_mm", "anterior_y_mm", "mm_per_pixel"))
+
+    def px(p: np.ndarray) -> tuple[float, float]:
+        return x0 + (front - float(p[1])) / d, y0 + (top - float(p[2])) / d
+
+    canvas = view.image.copy()
+    draw = ImageDraw.Draw(canvas)
+    font = _font()
+    if len(line) > 1:
+        draw.line([px(p) for p in line], fill=(255, 255, 255), width=2)
+    tags: list[dict[str, object]] = []
+    for i, (title, degrees, plates) in enumerate(angles):
+        colour = CURVE_COLOURS[i % len(CURVE_COLOURS)]
+        segments = []
+        for centre, normal in plates:
+            along = np.array([0.0, -normal[2], normal[1]])  # in the sagittal plane, across n
+            along /= max(float(np.linalg.norm(along)), 1e-9)
+            ends = [px(centre - ENDPLATE_HALF_MM * along), px(centre + ENDPLATE_HALF_MM * along)]
+            draw.line(ends, fill=colour, width=2)
+            segments.append([round(v, 1) for xy in ends for v in xy])
+        text = f"{title}: {degrees:.1f} deg"
+        ty = y0 + 4 + 15 * i
+        draw.rectangle(
+            [x0 + 2, ty, x0 + 6 + draw.textlength(text, font=font), ty + 14], fill=(0, 0, 0)
+        )
+        draw.text((x0 + 4, ty + 1), text, fill=colour, font=font)
+        tags.append({"name": title, "degrees": round(degrees, 2), "lines": segments})
+    return Picture(canvas, tags, view.image_box, view.world)

@@ -68,6 +68,10 @@ class QCPaths:
     def axial(self) -> Path:
         return self.figures / f"{self.prefix}_axial.png"
 
+    @property
+    def curvature(self) -> Path:
+        return self.figures / f"{self.prefix}_curvature.png"
+
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 

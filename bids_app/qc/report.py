@@ -1,8 +1,8 @@
 """Per-subject HTML report (`sub-<label>.html`), built only from what participant level wrote.
 
 The page links its previews relatively (`sub-<label>/figures/*.png`, checked to exist) and
-loads nothing else: no script, font or style sheet from the network, so it opens on an
-offline cluster or straight from a copied output folder.
+loads nothing else: no script, font or style sheet from a file or the network (the ratings
+form's script is inline), so it opens on an offline cluster or from a copied output folder.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from PIL import Image
 from bids_app import __version__
 from bids_app import labels as L
 from bids_app.atomic import write_text_atomic
+from bids_app.qc.alignment import TITLES
 from bids_app.qc.measures import COLUMN_BY_NAME
+from bids_app.qc.ratings import PROBLEMS, RATINGS, SCHEMA
 from bids_app.qc.records import ImageRecord, collect, format_value, landmark_list
 
 CORD_CSA_WARNING = (
-    "Cord cross-sectional areas come from a segmentation that was not validated for cord "
-    "morphometry; do not use them as cord CSA measurements."
+    "Cord cross-sectional areas and AP / left-right ratios come from a segmentation that was "
+    "not validated for cord morphometry; do not use them as cord measurements."
 )
 TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("abbreviation", "Level"),
@@ -34,6 +36,10 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("body_height_mm", "Body height (mm)"),
     ("canal_csa_mm2", "Canal CSA (mm²)"),
     ("cord_csa_mm2", "Cord CSA (mm², not validated)"),
+    ("canal_ap_mm", "Canal AP (mm)"),
+    ("canal_ap_ratio", "Canal AP ratio"),
+    ("canal_csa_ratio", "Canal area ratio"),
+    ("cord_ap_lr_ratio", "Cord AP/LR (not validated)"),
     ("fov_edge", "At FOV edge"),
 )
 
@@ -102,18 +108,11 @@ def _table(rec: ImageRecord) -> list[list[str]]:
     return [[format_value(row.get(name)) for name, _ in TABLE_COLUMNS] for row in rec.morphometry]
 
 
-ANGLE_NAMES = {
-    "cervical_lordosis_deg": "Cervical lordosis (C2-C7)",
-    "thoracic_kyphosis_deg": "Thoracic kyphosis (T4-T12)",
-    "lumbar_lordosis_deg": "Lumbar lordosis (L1-S1)",
-}
-
-
 def alignment_rows(data: Mapping[str, object] | None) -> list[tuple[str, str]]:
     """(angle, value) rows of the report's alignment table; 'n/a' where not measurable."""
     if not data:
         return []
-    rows = [(title, format_angle(data.get(key))) for key, title in ANGLE_NAMES.items()]
+    rows = [(title, format_angle(data.get(key))) for key, title in TITLES.items()]
     cobb = data.get("coronal_cobb")
     if isinstance(cobb, Mapping):
         rows.append(
@@ -145,6 +144,12 @@ def image_context(rec: ImageRecord, root: Path) -> dict:
             "found.",
         ),
         figure(root, figs.get("axial"), "Axial tiles at each disc"),
+        figure(
+            root,
+            figs.get("curvature"),
+            "Curvature: white line through the disc centroids; coloured lines: the endplates "
+            "of each sagittal angle, with its value (the coronal Cobb estimate is not drawn).",
+        ),
     ]
     labels = [
         {
@@ -200,6 +205,9 @@ def write_subject_report(output_dir: Path, subject: str) -> Path:
             failed=[im for im in images if im["status"] in ("failed", "incomplete")],
             columns=table_columns(),
             cord_warning=CORD_CSA_WARNING,
+            ratings=RATINGS,
+            problems=PROBLEMS,
+            schema=SCHEMA,
             app_version=__version__,
             generated=now(),
         )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from bids_app import labels as L
+from bids_app.phantom.anatomy import random_anatomy
 from bids_app.phantom.render import Acquisition, render_phantom
 from bids_app.phantom.targets import step1_target, step2_target
 
@@ -137,3 +140,27 @@ def test_training_targets(cervical) -> None:
             marked = bool(ch_a[final == disc].all())
             assert np.all(a[final == below] == (7 if marked else 8))
     assert np.array_equal(a == 10, final == L.CANAL) and np.array_equal(a == 11, final == L.CORD)
+
+
+def test_narrowing_shrinks_only_the_canal_at_its_disc() -> None:
+    acq = Acquisition(fov="cervical", lr_extent=40.0)
+    even = render_phantom(11, acq)
+    narrow = render_phantom(11, acq, narrowing={"C5-C6": 0.5})
+    anat = narrow.anatomy
+    seg = anat.segment(66)
+    assert anat.ap_factor((seg.s_top + seg.s_bot) / 2) == pytest.approx(0.5)
+    assert anat.ap_factor(anat.segment(14).s_top) == 1.0  # a vertebra away from it
+    assert narrow.meta["narrowing"] == {"C5-C6": 0.5}
+    a, b = np.asarray(even.labels.dataobj), np.asarray(narrow.labels.dataobj)
+    discs = list(L.DISCS)
+    assert np.array_equal(np.isin(a, discs) * a, np.isin(b, discs) * b)  # discs stay put
+    assert (b == L.CANAL).sum() + (b == L.CORD).sum() < (a == L.CANAL).sum() + (a == L.CORD).sum()
+
+
+@pytest.mark.parametrize(
+    ("narrowing", "message"),
+    [({"C5-C7": 0.5}, "no disc 'C5-C7'"), ({"L5-L6": 0.5}, "no disc"), ({"C5-C6": 0.0}, "(0, 1]")],
+)
+def test_bad_narrowing_is_refused(narrowing, message) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        random_anatomy(11, n_lumbar=5, narrowing=narrowing)

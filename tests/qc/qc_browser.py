@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,8 +83,73 @@ class _Pipe:
                 return
 
 
-def load_page(chromium: str, url: str, timeout: float = 60.0) -> PageLoad:
-    """Open `url` in a fresh headless Chromium profile and report errors, requests and images."""
+class Page:
+    """A page open in headless Chromium: run scripts in it and collect its downloads."""
+
+    def __init__(self, pipe: _Pipe, session: str) -> None:
+        self.pipe, self.session = pipe, session
+
+    def evaluate(self, expression: str) -> object:
+        """Value of a JavaScript expression (JSON-serialisable), or RuntimeError if it threw."""
+        result = self.pipe.send(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "userGesture": True},
+            session=self.session,
+        )
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression!r}: {result['exceptionDetails'].get('text')}")
+        return result["result"].get("value")
+
+    def wait_download(self, folder: Path, timeout: float = 20.0) -> tuple[Path, str]:
+        """(file, name the page gave it) of the first download, once Chromium completed it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            names = {
+                e["params"]["guid"]: e["params"]["suggestedFilename"]
+                for e in self.pipe.events
+                if e.get("method") == "Browser.downloadWillBegin"
+            }
+            for e in self.pipe.events:
+                p = e.get("params", {})
+                if e.get("method") == "Browser.downloadProgress" and p.get("state") == "completed":
+                    return Path(folder) / p["guid"], names.get(p["guid"], "")
+            self.pipe.events.append(self.pipe.read(deadline))
+
+    def load_report(self) -> PageLoad:
+        """What happened since the page was opened: errors, requests and images."""
+        page = json.loads(
+            str(
+                self.evaluate(
+                    "JSON.stringify({title: document.title, images: Array.from("
+                    "document.images).map(i => ({src: i.currentSrc || i.src, complete: "
+                    "i.complete, naturalWidth: i.naturalWidth}))})"
+                )
+            )
+        )
+        load = PageLoad(title=page["title"], images=page["images"])
+        for e in self.pipe.events:
+            method, p = e.get("method"), e.get("params", {})
+            if method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+                args = p.get("args", [])
+                text = " ".join(str(a.get("value", a.get("description", ""))) for a in args)
+                load.errors.append("console: " + text)
+            elif method == "Runtime.exceptionThrown":
+                load.errors.append("exception: " + p["exceptionDetails"].get("text", ""))
+            elif method == "Log.entryAdded" and p["entry"].get("level") == "error":
+                load.errors.append("log: " + p["entry"].get("text", ""))
+            elif method == "Network.loadingFailed":
+                load.errors.append("network: " + p.get("errorText", ""))
+            elif method == "Network.requestWillBeSent":
+                load.requests.append(p["request"]["url"])
+        return load
+
+
+@contextlib.contextmanager
+def open_page(
+    chromium: str, url: str, downloads: Path | None = None, timeout: float = 60.0
+) -> Iterator[Page]:
+    """Open `url` in a fresh headless Chromium profile; downloads go to `downloads`, named
+    by their download id (Page.wait_download gives the path)."""
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
 
@@ -121,6 +187,15 @@ def load_page(chromium: str, url: str, timeout: float = 60.0) -> PageLoad:
         os.close(from_child_w)
         pipe = _Pipe(proc, to_child_w, from_child_r)
         try:
+            if downloads is not None:
+                pipe.send(
+                    "Browser.setDownloadBehavior",
+                    {
+                        "behavior": "allowAndName",
+                        "downloadPath": str(downloads),
+                        "eventsEnabled": True,
+                    },
+                )
             target = pipe.send("Target.createTarget", {"url": "about:blank"})["targetId"]
             session = pipe.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
                 "sessionId"
@@ -130,33 +205,7 @@ def load_page(chromium: str, url: str, timeout: float = 60.0) -> PageLoad:
             pipe.events.clear()
             pipe.send("Page.navigate", {"url": url}, session=session)
             pipe.wait_for("Page.loadEventFired", timeout)
-            result = pipe.send(
-                "Runtime.evaluate",
-                {
-                    "expression": "JSON.stringify({title: document.title, images: Array.from("
-                    "document.images).map(i => ({src: i.currentSrc || i.src, complete: "
-                    "i.complete, naturalWidth: i.naturalWidth}))})",
-                    "returnByValue": True,
-                },
-                session=session,
-            )
-            page = json.loads(result["result"]["value"])
-            load = PageLoad(title=page["title"], images=page["images"])
-            for e in pipe.events:
-                method, p = e.get("method"), e.get("params", {})
-                if method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-                    args = p.get("args", [])
-                    text = " ".join(str(a.get("value", a.get("description", ""))) for a in args)
-                    load.errors.append("console: " + text)
-                elif method == "Runtime.exceptionThrown":
-                    load.errors.append("exception: " + p["exceptionDetails"].get("text", ""))
-                elif method == "Log.entryAdded" and p["entry"].get("level") == "error":
-                    load.errors.append("log: " + p["entry"].get("text", ""))
-                elif method == "Network.loadingFailed":
-                    load.errors.append("network: " + p.get("errorText", ""))
-                elif method == "Network.requestWillBeSent":
-                    load.requests.append(p["request"]["url"])
-            return load
+            yield Page(pipe, session)
         finally:
             with contextlib.suppress(RuntimeError, OSError):
                 pipe.send("Browser.close")
@@ -167,6 +216,12 @@ def load_page(chromium: str, url: str, timeout: float = 60.0) -> PageLoad:
                 proc.wait()
             os.close(to_child_w)
             os.close(from_child_r)
+
+
+def load_page(chromium: str, url: str, timeout: float = 60.0) -> PageLoad:
+    """Open `url` in a fresh headless Chromium profile and report errors, requests and images."""
+    with open_page(chromium, url, timeout=timeout) as page:
+        return page.load_report()
 
 
 def page_url(path: Path) -> str:

@@ -54,13 +54,15 @@ def true_length(anat: Anatomy, seg: Segment, point: np.ndarray, direction: np.nd
 
 
 def canal_radii(anat: Anatomy, s: float) -> tuple[float, float, float, float]:
-    """(canal AP, canal LR, cord AP, cord LR) radii in mm at arc length s (cord tapered)."""
+    """(canal AP, canal LR, cord AP, cord LR) radii in mm at arc length s (cord tapered,
+    AP radii narrowed where the anatomy has a narrowing)."""
     k = anat.radius_knots_s
     taper = float(np.clip((anat.cord_end_s - s) / (20 * anat.scale), 0, 1))
+    ap = float(anat.ap_factor(s))
     return (
-        float(np.interp(s, k, anat.canal_radii[:, 0])),
+        float(np.interp(s, k, anat.canal_radii[:, 0])) * ap,
         float(np.interp(s, k, anat.canal_radii[:, 1])),
-        float(np.interp(s, k, anat.cord_radii[:, 0])) * np.sqrt(taper),
+        float(np.interp(s, k, anat.cord_radii[:, 0])) * np.sqrt(taper) * ap,
         float(np.interp(s, k, anat.cord_radii[:, 1])) * np.sqrt(taper),
     )
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import nibabel as nib
 import numpy as np
 import pytest
+from PIL import Image
 from qc_helpers import reorient, true_endplate_normal
 
 from bids_app import labels as L
@@ -85,3 +87,41 @@ def test_angles_reach_qc_json_and_the_report(derivatives):
     assert '"cervical_lordosis_deg": ' in qc
     html = (derivatives.out / "sub-01.html").read_text()
     assert "Cervical lordosis (C2-C7)" in html and " deg" in html
+
+
+def test_curvature_figure_draws_the_true_endplates(derivatives, cervical):
+    """The lines of the curvature figure, mapped back to scanner mm, lie on the phantom's
+    endplates (position and tilt), and carry the angles of qc.json."""
+    qc = json.loads(next(derivatives.out.glob("sub-01/ses-01/anat/*_qc.json")).read_text())
+    path = derivatives.out / qc["figures"]["curvature"]
+    assert path.name.endswith("_seg-spine_desc-T2w_curvature.png")
+    with Image.open(path) as im:
+        tags = json.loads(im.text["spineseg:tags"])
+        world = json.loads(im.text["spineseg:world"])
+        x0, y0 = json.loads(im.text["spineseg:image_box"])[:2]
+    d = world["mm_per_pixel"]
+
+    def to_yz(px: float, py: float) -> np.ndarray:
+        return np.array([world["anterior_y_mm"] - (px - x0) * d, world["top_z_mm"] - (py - y0) * d])
+
+    (tag,) = tags  # a cervical image: only the cervical lordosis
+    assert tag["name"] == "Cervical lordosis (C2-C7)"
+    assert tag["degrees"] == pytest.approx(qc["alignment"]["cervical_lordosis_deg"], abs=0.01)
+    (v1, d1), (v2, d2), _ = SAGITTAL["cervical_lordosis_deg"]
+    anat = cervical.anatomy
+    x, y, z = anat.x_table, anat.y_table, anat.z_table
+    for (vertebra, disc), line in zip(((v1, d1), (v2, d2)), tag["lines"], strict=True):
+        upper = L.VERTEBRA_BELOW_DISC[disc] == vertebra
+        seg = anat.segment(vertebra)
+        s = seg.s_top if upper else seg.s_bot
+        tangent = np.array(
+            [np.interp(s, anat.s_table, np.gradient(v, anat.s_table)) for v in (x, y, z)]
+        )
+        # The body lies anterior to the canal across the spine axis, not along world y.
+        ant = np.array([0.0, 1.0, 0.0]) - tangent[1] * tangent / (tangent @ tangent)
+        centre = anat.centre_at_s(s) + anat.body_offset(seg.depth, s) * ant / np.linalg.norm(ant)
+        a, b = to_yz(*line[:2]), to_yz(*line[2:])
+        assert np.linalg.norm((a + b) / 2 - centre[1:]) < 1.0  # mm (0.2 measured)
+        normal = true_endplate_normal(anat, vertebra, upper)
+        cos = abs(float((b - a) @ normal[1:])) / np.linalg.norm(b - a) / np.linalg.norm(normal[1:])
+        assert np.degrees(np.arcsin(min(cos, 1.0))) < TOL  # the line is across the normal

@@ -34,7 +34,8 @@ def _clone(out, subject: str, factor: float) -> None:
     rows = read_tsv(next(out.glob("sub-02/anat/*_morphometry.tsv")))
     for row in rows:
         for m in MEASURE_COLUMNS:
-            row[m] *= factor
+            # Sizes scale with the subject; ratios do not, but vary as much between subjects.
+            row[m] *= factor if not m.endswith("_ratio") else 1 + 1.5 * (factor - 1)
             if (subject, row["abbreviation"], m) == OUTLIER:
                 row[m] *= 2
     columns = list(rows[0])
@@ -45,6 +46,11 @@ def _clone(out, subject: str, factor: float) -> None:
         shutil.copy(out / rel, target)
         figures[kind] = target.relative_to(out).as_posix()
     qc = {**src_qc, "subject": subject, "stem": stem, "figures": figures}
+    # Angles differ between subjects by degrees, not in proportion to their size.
+    qc["alignment"] = {
+        k: v + 150 * (factor - 1) if isinstance(v, float) else v
+        for k, v in src_qc["alignment"].items()
+    }
     qc["morphometry"] = (anat / f"{prefix}_morphometry.tsv").relative_to(out).as_posix()
     (anat / f"{prefix}_qc.json").write_text(json.dumps(qc))
     source = f"sub-{subject}/anat/{stem}_T2w.nii.gz"
@@ -88,13 +94,28 @@ def test_group_tables(group):
         1 for rows in morph.values() for r in rows for m in MEASURE_COLUMNS if math.isfinite(r[m])
     )
     long = _tsv(out / "group_morphometry_long.tsv")
-    assert len(long) == finite
-    assert {r["units"] for r in long} == {"mm", "mm^2", "mm^3"}
+    angles = [r for r in long if r["structure"] == "spine"]
+    assert len(long) == finite + len(angles)
+    assert {r["measure"] for r in angles} == {
+        "cervical_lordosis_deg",  # cervical images
+        "lumbar_lordosis_deg",  # the lumbar one (T8 to S)
+        "coronal_cobb_deg",
+    }
+    assert {r["units"] for r in angles} == {"deg"}
+    assert {r["units"] for r in long} == {"mm", "mm^2", "mm^3", "n/a", "deg"}  # n/a: ratios
+    assert {r["measure"] for r in long if r["units"] == "n/a"} == {
+        "canal_ap_ratio",
+        "canal_csa_ratio",
+        "cord_ap_lr_ratio",
+    }
     wide = _tsv(out / "group_morphometry_wide.tsv")
     assert len(wide) == 13
     sidecar = json.loads((out / "group_morphometry_wide.json").read_text())
     assert set(sidecar) == set(wide[0])
     assert sidecar["C3-C4_disc_height_mm"]["Units"] == "mm"
+    assert sidecar["cervical_lordosis_deg"]["Units"] == "deg"
+    assert sidecar["C5-C6_canal_ap_ratio"]["LongName"] == "C5-C6 canal ap compression ratio"
+    assert wide[0]["cervical_lordosis_deg"] != "n/a"
     thresholds = json.loads((out / "group_qc.json").read_text())["Thresholds"]
     assert thresholds["tukey_min_n"] == 10
 
@@ -184,4 +205,8 @@ def test_tables_are_ascii_and_whole_numbers_plain(group):
 def test_plot_tooltips_carry_units(group):
     _, page = group
     tips = re.findall(r"<circle [^>]*><title>([^<]*)</title>", page.read_text())
-    assert tips and all(t.endswith((" mm", " mm^2", " mm^3")) for t in tips), tips[:3]
+    ratios = [t for t in tips if re.search(r": [0-9.]+$", t)]  # ratios have no unit
+    assert ratios and all(
+        t.endswith((" mm", " mm^2", " mm^3", " deg")) for t in tips if t not in ratios
+    )
+    assert any("Cervical lordosis (C2-C7): " in t and t.endswith(" deg") for t in tips)

@@ -12,7 +12,7 @@ from qc_helpers import canal_radii, reorient, true_length
 
 from bids_app import labels as L
 from bids_app.qc import measures
-from bids_app.qc.geometry import LabelGeometry, anterior_frame, unit, voxel_extent
+from bids_app.qc.geometry import LabelGeometry, anterior_frame, load_nifti, unit, voxel_extent
 from bids_app.qc.image import write_image_qc
 from bids_app.qc.records import read_tsv
 
@@ -173,7 +173,10 @@ def test_morphometry_files(tmp_path, cervical):
     sidecar = json.loads(tsv.with_suffix(".json").read_text())
     assert header == list(measures.COLUMN_NAMES) and set(sidecar) == set(header)
     for col in measures.MEASURE_COLUMNS:
-        assert sidecar[col]["Units"] in ("mm", "mm^2", "mm^3")
+        if col.endswith("_ratio"):
+            assert "Units" not in sidecar[col] and "divided by" in sidecar[col]["Description"]
+        else:
+            assert sidecar[col]["Units"] in ("mm", "mm^2", "mm^3")
     assert "NOT VALIDATED" in sidecar["cord_csa_mm2"]["Description"]
     rows = {r["abbreviation"]: r for r in read_tsv(tsv)}
     assert rows["SC"]["disc_height_mm"] != rows["SC"]["disc_height_mm"]  # n/a reads back as NaN
@@ -182,3 +185,18 @@ def test_morphometry_files(tmp_path, cervical):
     for r in rows.values():
         assert r["voxels"] == counts[r["index"]]
         assert r["volume_mm3"] == pytest.approx(counts[r["index"]] * 1.0, abs=0.01)
+
+
+def test_non_nifti_label_file_is_refused_with_its_name(tmp_path, cervical):
+    """An image format other than NIfTI gives a one-line error naming the file."""
+    path = tmp_path / "labels.mgz"
+    nib.save(nib.MGHImage(np.asarray(cervical.labels.dataobj), cervical.labels.affine), path)
+    with pytest.raises(ValueError, match=r"labels\.mgz: not a NIfTI image"):
+        load_nifti(path)
+    nib.save(cervical.labels, tmp_path / "labels.nii.gz")
+    assert isinstance(load_nifti(tmp_path / "labels.nii.gz"), nib.Nifti1Image)
+
+
+def test_tsv_cells_read_as_numbers():
+    assert measures.number(3) == 3.0 and measures.number(2.5) == 2.5
+    assert all(math.isnan(measures.number(v)) for v in ("n/a", "C5", None, True))
