@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
+from filelock import FileLock, Timeout
 
 from bids_app import __version__, qc
 from bids_app.bids import discovery as disc
@@ -455,6 +456,24 @@ class ParticipantRun:
         return None, f"localizer {loc_job.name} has no labels ({why}); segmented without it"
 
     def process(self, job: disc.ImageJob) -> StatusRow:
+        """One image under its lock: another run on the same output folder (a second
+        terminal, a resubmitted task) skips it instead of computing it twice."""
+        lock_file = stamp_path(self.out, job.name).with_name(f".{job.name}.lock")
+        with _writing(job.name):
+            lock_file.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_file), blocking=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            reason = f"being segmented by another run (lock {lock_file.name}); rerun after it"
+            log.warning("%s: skipped, %s", job.name, reason)
+            return StatusRow(job.subject, job.session, job.name, Status.SKIPPED, reason, 0.0)
+        try:
+            return self._process(job)
+        finally:
+            lock.release()
+
+    def _process(self, job: disc.ImageJob) -> StatusRow:
         """Decide, then segment, write, QC and stamp one image."""
         self.stage(job, "resume check")
         plan = self.decide(job)

@@ -96,3 +96,21 @@ def test_sigterm_stops_cleanly_and_a_rerun_finishes(dataset, weights, tmp_path):
     assert len(factory.calls) == len(DEFAULT_IMAGES) - len(done)  # only what was left
     for rel in DEFAULT_IMAGES:
         assert read_stamp(stamp_path(out, Path(rel).name))["status"] == "ok"
+
+
+def test_an_image_another_run_is_segmenting_is_skipped(capsys, dataset, weights, tmp_path):
+    from filelock import FileLock
+
+    out = tmp_path / "out"
+    busy = Path(DEFAULT_IMAGES[0]).name
+    lock_file = stamp_path(out, busy).with_name(f".{busy}.lock")
+    lock_file.parent.mkdir(parents=True)
+    factory = FakeEngineFactory()
+    with FileLock(str(lock_file)):  # held by "another run" (another process in real life)
+        rc, stdout, _ = run(capsys, dataset, out, weights, factory=factory)
+    assert rc == 0
+    line = next(ln for ln in stdout.splitlines() if busy in ln and "skipped" in ln)
+    assert "being segmented by another run" in line
+    assert busy not in [name for name, _ in factory.calls]
+    assert read_stamp(stamp_path(out, busy)) is None  # nothing written for it by this run
+    assert len(factory.calls) == len(DEFAULT_IMAGES) - 1
