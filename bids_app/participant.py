@@ -70,7 +70,10 @@ def default_engine_factory(weights, devices: Sequence[str], threads: int | None)
     from bids_app.engine.pipeline import SpineSegEngine
     from bids_app.nnunet.model import resolve_devices
 
-    pool = DevicePool(resolve_devices(devices), lambda d: Networks(weights, d, threads))
+    # Step 1 is loaded at once (every image needs it); step 2 on first use.
+    pool = DevicePool(
+        resolve_devices(devices), lambda d: Networks(weights, d, threads).warm("step1")
+    )
     return SpineSegEngine(weights, threads=threads, predictor=PooledNetworks(pool))
 
 

@@ -53,7 +53,9 @@ class DevicePool(Generic[W]):
     """One worker thread per device; `run(call)` executes `call(worker)` on the next free one.
 
     `make_worker(device)` builds what a device holds (its networks); it is called in the
-    device's own thread, once, on first use. Requests are served first come, first served by
+    device's own thread, once, as soon as the pool starts, so loading the models overlaps
+    with the first image's reading and preprocessing; if it fails, every call on that device
+    gets its error. Requests are served first come, first served by
     whichever device is free, so two GPUs each take every other image's network call.
     """
 
@@ -82,7 +84,12 @@ class DevicePool(Generic[W]):
         return request.future.result()  # an error on the device is raised here, type kept
 
     def _serve(self, index: int) -> None:
-        stats, worker = self.stats[index], None
+        stats = self.stats[index]
+        worker, failure = None, None
+        try:
+            worker = self._make_worker(self.devices[index])
+        except Exception as e:  # e.g. corrupt weights: each call on this device reports it
+            failure = e
         while True:
             request = self._queue.get()
             if request is None:
@@ -94,8 +101,8 @@ class DevicePool(Generic[W]):
                 continue
             t0 = time.perf_counter()
             try:
-                if worker is None:
-                    worker = self._make_worker(self.devices[index])
+                if failure is not None:
+                    raise failure
                 request.future.set_result(request.call(worker))
             except BaseException as e:  # the image's thread decides what the error means
                 request.future.set_exception(e)

@@ -54,6 +54,13 @@ class Networks:
         self._models: dict[str, NnUNetModel] = {}
         self._lock = threading.Lock()  # two threads asking at once load the model once
 
+    def warm(self, *steps: str) -> Networks:
+        """Load these steps' models now (a device worker does it before the first image
+        asks); returns self."""
+        for step in steps:
+            self.model(step)
+        return self
+
     def model(self, step: str) -> NnUNetModel:
         with self._lock:
             if step not in self._models:

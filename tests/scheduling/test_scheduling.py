@@ -158,3 +158,14 @@ def test_budget_splits():
     assert "capped" in capped.source
     chosen = plan_budget(("cpu",), None, None, in_flight=5)
     assert chosen.in_flight == (5 if chosen.cpus > 1 else 1)
+
+
+def test_a_device_whose_models_cannot_load_reports_it_to_every_call():
+    def broken(device: str) -> Worker:
+        raise OSError(f"{device}: checkpoint unreadable")
+
+    pool = DevicePool(["cpu"], broken)
+    for _ in range(2):
+        with pytest.raises(OSError, match="checkpoint unreadable"):
+            pool.run(lambda w: w.device)
+    pool.close()
