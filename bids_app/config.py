@@ -44,6 +44,7 @@ class Resources:
     omp_nthreads: int | None = None
     pipeline: bool = True
     in_flight: int | None = None
+    mem_mb: int | None = None  # None: the cgroup/SLURM limit or the machine's memory
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import tempfile
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bids_app import __version__
@@ -29,7 +29,7 @@ def write_crash_file(
 
     Raises OSError when the folder cannot be written.
     """
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     path = Path(logs_dir) / f"crash-{now.strftime('%Y%m%dT%H%M%SZ')}-{what}.txt"
     lines = [
         f"spineseg {__version__} crash report",

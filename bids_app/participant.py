@@ -48,15 +48,23 @@ from bids_app.bids.stamps import (
 from bids_app.bids.validation import ValidatorUnavailable, subject_view, validate
 from bids_app.config import RunConfig, SelectionConfig
 from bids_app.crash import crash_reports, write_crash_file
+from bids_app.engine.geometry import iso_grid
+from bids_app.engine.memory import estimate_peak_bytes
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import Engine, EngineError, EngineResult
 from bids_app.errors import ExitCode, UserError, one_line, without_name
+from bids_app.labels import STEP1_REGIONS, STEP2_REGIONS
 from bids_app.logs import run_log, say
-from bids_app.nnunet.weights import WeightsError, describe_release, resolve_weights
+from bids_app.nnunet.weights import (
+    WeightsError,
+    describe_release,
+    find_checkpoint,
+    resolve_weights,
+)
 from bids_app.progress import RunProgress
 from bids_app.qc.records import landmark_list
-from bids_app.resources import Budget, plan_budget
-from bids_app.scheduling import DevicePool, ImageScheduler
+from bids_app.resources import Budget, MemoryBudget, plan_budget, plan_memory, process_rss
+from bids_app.scheduling import DevicePool, ImageScheduler, MemoryGate
 
 log = logging.getLogger(__name__)
 
@@ -368,6 +376,7 @@ class ParticipantRun:
         engine_factory: EngineFactory,
         budget: Budget,
         devices: tuple[str, ...],
+        memory: MemoryBudget | None = None,
     ):
         self.config, self.selection = config, selection
         self.out = config.output_dir
@@ -378,6 +387,7 @@ class ParticipantRun:
         self._engine_lock = threading.Lock()
         self._scheduler: ImageScheduler | None = None
         self._progress = RunProgress(0, quiet=True)
+        self.memory = MemoryGate(memory.for_images if memory else 2**62)
         self.by_path = {job.path: job for job in selection.jobs}
 
     def engine(self) -> Engine:
@@ -544,19 +554,41 @@ class ParticipantRun:
         return ImagePlan(job, options, decision, old, record, loc_warning, started)
 
     def segment(self, plan: ImagePlan) -> tuple[nib.Nifti1Image, EngineResult]:
-        """Load the source (and localizer labels) once, then run the engine: an unreadable
-        file fails before any model is loaded."""
+        """Load the source (and localizer labels) once, wait until its arrays fit in the
+        memory budget, then run the engine: an unreadable or oversized file fails before any
+        model is loaded or any array allocated."""
         job = plan.job
         self.stage(job, "read")
         img = load_image(job.path)
         loc = load_image(self.out / plan.options.localizer) if plan.options.localizer else None
-        return img, segment_image(
-            self.engine(),
-            img,
-            plan.options,
-            name=job.name,
-            loc=loc,
-            progress=lambda stage: self.stage(job, stage),
+        need = self.image_memory(img, plan.options)
+        if not self.memory.fits(need):
+            raise ImageOutOfMemory(
+                f"needs about {need / 2**30:.1f} GiB for its arrays on the 1 mm grid, more "
+                f"than the {self.memory.capacity / 2**30:.1f} GiB the memory budget leaves "
+                "for images (raise --mem-mb or run it on a node with more memory)"
+            )
+        self.stage(job, "waiting for memory")
+        with self.memory.reserve(need, check=lambda: self.stage(job, "waiting for memory")):
+            return img, segment_image(
+                self.engine(),
+                img,
+                plan.options,
+                name=job.name,
+                loc=loc,
+                progress=lambda stage: self.stage(job, stage),
+            )
+
+    @staticmethod
+    def image_memory(img: nib.Nifti1Image, options: SegmentOptions) -> int:
+        """Estimated peak bytes of the image's arrays, from its header alone."""
+        shape, _ = iso_grid(img)
+        return estimate_peak_bytes(
+            shape,
+            len(STEP1_REGIONS),
+            len(STEP2_REGIONS),
+            input_itemsize=img.get_data_dtype().itemsize,
+            step1_only=options.step1_only,
         )
 
     def fail(self, plan: ImagePlan, reason: str, error: BaseException | None = None) -> StatusRow:
@@ -715,6 +747,18 @@ def _remove_stale(output_dir: Path, old: dict | None, outputs: Sequence[str]) ->
             path.unlink(missing_ok=True)
 
 
+def networks_bytes(weights, workers: int) -> int:
+    """Memory the networks will hold: each worker keeps both checkpoints' weights, and a
+    load briefly holds a second copy."""
+    sizes = 0
+    for folder in (weights.step1, weights.step2):
+        try:
+            sizes += find_checkpoint(Path(folder)).stat().st_size
+        except (OSError, TypeError, WeightsError):  # a fake or partial set: count nothing
+            continue
+    return 2 * sizes * workers
+
+
 def check_devices(specs: Sequence[str]) -> tuple[str, ...]:
     """The devices the run will use, checked before any work (64 when one is unusable).
 
@@ -771,8 +815,13 @@ def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
             changed = write_dataset_files(out, config.bids_dir, model)
         if changed:
             log.info("wrote %s", ", ".join(changed))
-        log.info("%s", budget.describe(devices))
-        run = ParticipantRun(config, selection, weights, model, engine_factory, budget, devices)
+        memory = plan_memory(
+            res.mem_mb, budget.cpus, process_rss() + networks_bytes(weights, len(devices))
+        )
+        log.info("%s; %s", budget.describe(devices), memory.describe())
+        run = ParticipantRun(
+            config, selection, weights, model, engine_factory, budget, devices, memory
+        )
         rows = run.run()
     return exit_code(rows)
 

@@ -107,3 +107,70 @@ def plan_budget(
     threads = min(omp_nthreads or default_threads, cpus)
     flight = 1 if not pipeline or cpus == 1 else in_flight or 2 * workers
     return Budget(cpus, source, workers, threads, max(1, flight))
+
+
+def _cgroup_memory(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes allowed by a cgroup v2 memory limit (`memory.max`), if one is set."""
+    try:
+        text = (root / "memory.max").read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _machine_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_allocation(cpus: int, env: Mapping[str, str] = os.environ) -> tuple[int, str]:
+    """(bytes this run may use, where that number comes from): the smallest of SLURM's
+    allocation, the cgroup limit of a container or job, and the machine's memory."""
+    candidates = [(_machine_memory(), "machine memory")]
+    per_node, per_cpu = env.get("SLURM_MEM_PER_NODE", ""), env.get("SLURM_MEM_PER_CPU", "")
+    if per_node.isdigit() and int(per_node) > 0:
+        candidates.append((int(per_node) * 2**20, "SLURM_MEM_PER_NODE"))
+    elif per_cpu.isdigit() and int(per_cpu) > 0:
+        candidates.append((int(per_cpu) * 2**20 * cpus, "SLURM_MEM_PER_CPU x CPUs"))
+    limit = _cgroup_memory()
+    if limit:
+        candidates.append((limit, "cgroup memory limit"))
+    return min(candidates)
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """Bytes the arrays of the images in flight may take together (see `plan_memory`)."""
+
+    total: int  # --mem-mb or the allocation
+    source: str
+    for_images: int  # total minus what the process and the networks already hold
+
+    def describe(self) -> str:
+        return (
+            f"memory budget {self.total / 2**30:.1f} GiB ({self.source}), "
+            f"{self.for_images / 2**30:.1f} GiB of it for the arrays of images in flight"
+        )
+
+
+def plan_memory(
+    mem_mb: int | None, cpus: int, held_bytes: int, env: Mapping[str, str] = os.environ
+) -> MemoryBudget:
+    """Memory for images: --mem-mb (or the allocation) minus `held_bytes` (the process as it
+    stands plus the networks it will load), never below a quarter of the total, so a small
+    budget still lets small images through one at a time."""
+    allowed, source = memory_allocation(cpus, env)
+    total = min(mem_mb * 2**20, allowed) if mem_mb else allowed
+    if mem_mb:
+        source = "--mem-mb" if mem_mb * 2**20 <= allowed else f"--mem-mb capped to the {source}"
+    return MemoryBudget(total, source, max(total - held_bytes, total // 4))
+
+
+def process_rss() -> int:
+    """Resident bytes of this process now (Linux; 0 where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

@@ -181,3 +181,44 @@ class ImageScheduler:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+class MemoryGate:
+    """Admits images by their estimated memory: an image waits until the images in flight
+    leave room for it, so the sum of their estimates stays within `capacity` bytes. An image
+    larger than the whole capacity is the caller's to refuse (`fits`); one that fits alone
+    is always admitted once nothing else is in flight."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def fits(self, nbytes: int) -> bool:
+        return nbytes <= self.capacity
+
+    def reserve(self, nbytes: int, check: Callable[[], None] = lambda: None) -> _Reservation:
+        """Block until `nbytes` fit (calling `check` while waiting, to honour a cancel)."""
+        with self._cond:
+            while self.used and self.used + nbytes > self.capacity:
+                check()
+                self._cond.wait(timeout=0.5)
+            self.used += nbytes
+        return _Reservation(self, nbytes)
+
+    def release(self, nbytes: int) -> None:
+        with self._cond:
+            self.used -= nbytes
+            self._cond.notify_all()
+
+
+@dataclass
+class _Reservation:
+    gate: MemoryGate
+    nbytes: int
+
+    def __enter__(self) -> _Reservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.gate.release(self.nbytes)

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 import nibabel as nib
@@ -169,7 +169,7 @@ def final_output_relpath(relpath: str, suffix: str) -> str:
 
 def run_log_path(output_dir: Path, when: datetime | None = None) -> Path:
     """`logs/spineseg-<UTC time>-<pid>.log`: unique per run, even for parallel runs."""
-    when = when or datetime.now(timezone.utc)
+    when = when or datetime.now(UTC)
     stamp = when.strftime("%Y%m%dT%H%M%SZ")
     return Path(output_dir) / LOGS_DIR / f"spineseg-{stamp}-{os.getpid()}.log"
 

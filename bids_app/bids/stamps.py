@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -67,7 +67,7 @@ def read_stamp(path: Path) -> dict | None:
 def write_stamp(path: Path, record: Mapping[str, object]) -> dict:
     """Write the stamp (adds `finished`); call only after every listed output exists."""
     data = dict(record)
-    data["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    data["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_json_atomic(path, data)
     return data
 

@@ -257,6 +257,16 @@ def bids_app_parser() -> UsageParser:
         "or --nprocs 1); each whole-spine image holds about 1-2 GB on the 1 mm grid",
     )
     run.add_argument(
+        "--mem-mb",
+        "--mem_mb",
+        dest="mem_mb",
+        type=positive_int,
+        metavar="MB",
+        help="memory the run may use (default: the SLURM or container limit, else the "
+        "machine's); images whose 1 mm arrays would not fit fail alone before allocating, and "
+        "images in flight wait until their estimated memory fits",
+    )
+    run.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar (log lines still go to the log)"
     )
     run.add_argument(

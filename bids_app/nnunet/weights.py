@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from filelock import FileLock
@@ -363,7 +363,7 @@ def _verify(
 
 def _record_first_use(release_dir: Path, datasets: dict[str, Path], env: Mapping[str, str]) -> dict:
     """Hash a folder that has no manifest and record it: in the folder, else the user cache."""
-    installed = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    installed = datetime.now(UTC).isoformat(timespec="seconds")
     entries = {
         ds.name: {
             "source": f"{ds.resolve()} (recorded at first use)",
@@ -736,7 +736,7 @@ def _commit(staged: list[_Staged], release_dir: Path, tmp: Path) -> None:
     release_dir.mkdir(exist_ok=True)
     manifest = _read_manifest(release_dir / MANIFEST) or {"datasets": {}}
     manifest.pop("first_use", None)
-    installed = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    installed = datetime.now(UTC).isoformat(timespec="seconds")
     for item in staged:
         final = release_dir / item.folder.name
         if final.exists():

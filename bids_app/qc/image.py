@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nibabel as nib
@@ -161,7 +161,7 @@ def write_image_qc(
         "session": entities(stem).get("ses"),
         "stem": stem,
         "suffix": suffix,
-        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "app_version": __version__,
         "geometry": _geometry_summary(ref) if ref is not None else None,
         "labels_present": [int(x) for x in present],

@@ -8,7 +8,7 @@ form's script is inline), so it opens on an offline cluster or from a copied out
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
@@ -56,7 +56,7 @@ def environment() -> jinja2.Environment:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def figure(root: Path, rel: str | None, caption: str) -> dict | None:

@@ -114,3 +114,26 @@ def test_an_image_another_run_is_segmenting_is_skipped(capsys, dataset, weights,
     assert busy not in [name for name, _ in factory.calls]
     assert read_stamp(stamp_path(out, busy)) is None  # nothing written for it by this run
     assert len(factory.calls) == len(DEFAULT_IMAGES) - 1
+
+
+def test_an_image_too_large_for_the_memory_budget_fails_alone(capsys, tmp_path, weights):
+    import nibabel as nib
+    import numpy as np
+    from bidsapp_testkit import make_bids
+
+    dataset = make_bids(tmp_path / "ds", ["sub-01/anat/sub-01_T2w.nii.gz"])
+    # A long 0.5 x 0.5 x 3 mm sagittal stack: small on disk, large on the 1 mm grid.
+    big = tmp_path / "ds" / "sub-02" / "anat" / "sub-02_T2w.nii.gz"
+    big.parent.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.ones((800, 800, 40), np.uint8), np.diag([0.5, 0.5, 3, 1])), big)
+    factory = FakeEngineFactory()
+    rc, out, err = run(
+        capsys, dataset, tmp_path / "out", weights, "--mem-mb", "400", factory=factory
+    )
+    assert rc == 1
+    line = next(ln for ln in out.splitlines() if "sub-02_T2w.nii.gz" in ln and "failed" in ln)
+    assert "GiB for its arrays on the 1 mm grid" in line and "--mem-mb" in line
+    assert [name for name, _ in factory.calls] == ["sub-01_T2w.nii.gz"]  # the other one ran
+    assert "memory budget 0.4 GiB (--mem-mb)" in err
+    stamp = read_stamp(stamp_path(tmp_path / "out", "sub-02_T2w.nii.gz"))
+    assert stamp["status"] == "failed" and stamp["transient"] is True  # retried next run

@@ -169,3 +169,37 @@ def test_a_device_whose_models_cannot_load_reports_it_to_every_call():
         with pytest.raises(OSError, match="checkpoint unreadable"):
             pool.run(lambda w: w.device)
     pool.close()
+
+
+def test_the_memory_gate_holds_images_until_their_estimate_fits():
+    from bids_app.scheduling import MemoryGate
+
+    gate = MemoryGate(100)
+    assert gate.fits(100) and not gate.fits(101)
+    first = gate.reserve(70)
+    admitted = threading.Event()
+
+    def second() -> None:
+        with gate.reserve(60):
+            admitted.set()
+
+    t = threading.Thread(target=second)
+    t.start()
+    assert not admitted.wait(0.3)  # 70 + 60 > 100: waits
+    first.__exit__(None, None, None)
+    assert admitted.wait(5)
+    t.join()
+    assert gate.used == 0
+
+
+def test_memory_budget_from_the_option_and_slurm():
+    from bids_app.resources import plan_memory
+
+    mib = 2**20
+    chosen = plan_memory(1000, 2, held_bytes=200 * mib)
+    assert chosen.total == 1000 * mib and chosen.for_images == 800 * mib
+    assert chosen.source == "--mem-mb"
+    tiny = plan_memory(100, 2, held_bytes=500 * mib)
+    assert tiny.for_images == 25 * mib  # never below a quarter of the total
+    slurm = plan_memory(None, 4, 0, env={"SLURM_MEM_PER_CPU": "1000"})
+    assert slurm.total <= 4000 * mib
