@@ -101,28 +101,46 @@ def engine_batch(
     step1_only: bool,
     loc_dir: Path | None = None,
 ) -> int:
-    """Child-process entry of the batch mode: one SpineSegEngine for every image of a folder,
-    outputs named like `spineseg segment` names them."""
-    from bids_app.engine.pipeline import SpineSegEngine
+    """Child-process entry of the batch mode: every image of a folder through one engine
+    (models loaded once per device) and the participant level's pipeline (two images in
+    flight per network worker), outputs named like `spineseg segment` names them."""
+    from bids_app.engine.options import SegmentOptions
     from bids_app.engine.result import EngineError
     from bids_app.nnunet.weights import resolve_weights
+    from bids_app.participant import default_engine_factory
+    from bids_app.resources import plan_budget
+    from bids_app.scheduling import ImageScheduler
 
-    engine = SpineSegEngine(resolve_weights(_our_weights_arg(weights)), device, threads)
+    devices = (device,)
+    budget = plan_budget(devices, threads, threads)
+    engine = default_engine_factory(
+        resolve_weights(_our_weights_arg(weights)), devices, budget.network_threads
+    )
+    options = SegmentOptions(step1_only=step1_only)
     out.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    for path in sorted(in_dir.glob("*.nii.gz")):
+
+    def one(path: Path) -> list[str]:
         name = path.name.removesuffix(".nii.gz")
         loc_path = loc_dir / path.name if loc_dir is not None else None
         loc = nib.load(loc_path) if loc_path is not None and loc_path.exists() else None
         try:
-            res = engine.segment(nib.load(path), step1_only=step1_only, loc=loc, name=path.name)
+            res = engine.segment(nib.load(path), options, loc=loc, name=path.name)
         except EngineError as err:
-            print(f"Error: {path.name}, {err}", flush=True)
-            failures += 1
-            continue
+            return [f"Error: {path.name}, {err}"]
         for kind, img in res.native.items():
             nib.save(img, out / f"{name}_{OUR_OUTPUTS[kind]}.nii.gz")
-        for msg in res.errors:
-            print(f"Error: {path.name}, {msg}", flush=True)
-        print(f"{path.name}: {res.timings}", flush=True)
+        return [f"Error: {path.name}, {msg}" for msg in res.errors] + [
+            f"{path.name}: {res.timings}"
+        ]
+
+    scheduler = ImageScheduler(budget.in_flight)
+    failures = 0
+    try:
+        for _, fut in scheduler.map_unordered(one, sorted(in_dir.glob("*.nii.gz"))):
+            lines = fut.result()
+            failures += any(line.startswith("Error:") for line in lines[:1])
+            print(*lines, sep="\n", flush=True)
+    finally:
+        scheduler.close()
+        engine.close()
     return 1 if failures else 0
