@@ -471,7 +471,7 @@ class ParticipantRun:
     def process(self, job: disc.ImageJob) -> StatusRow:
         """One image under its lock: another run on the same output folder (a second
         terminal, a resubmitted task) skips it instead of computing it twice."""
-        lock_file = stamp_path(self.out, job.name).with_name(f".{job.name}.lock")
+        lock_file = self.out / LOGS_DIR / "locks" / f".{job.name}.lock"
         with _writing(job.name):
             lock_file.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(lock_file), blocking=False)

@@ -179,15 +179,20 @@ def read_query_source(text: str, what: str) -> dict:
     return _normalise_query(data, source)
 
 
+def _read_json(path: Path, what: str, error: type[DiscoveryError]) -> object:
+    """A JSON file the user gave us; unreadable or malformed = `error`, one line."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise error(f"{path}: cannot read {what} ({_reason(e, path)})") from e
+    except ValueError as e:
+        raise error(f"{path}: not valid JSON ({e})") from e
+
+
 def load_filter_file(path: Path) -> dict[str, dict]:
     """Read a --bids-filter-file: {kind: {entity: value | null | "*" | [values]}}."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise FilterError(f"{path}: cannot read the filter file ({_reason(e, path)})") from e
-    except ValueError as e:
-        raise FilterError(f"{path}: not valid JSON ({e})") from e
+    data = _read_json(path, "the filter file", FilterError)
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise FilterError(f"{path}: must be a JSON object of image kind -> query object")
     return {str(k).lower(): _normalise_query(v, f"{path} [{k}]") for k, v in data.items()}
@@ -567,12 +572,7 @@ def save_selection(selection: Selection, bids_dir: Path, path: Path) -> None:
 def load_selection(path: Path, bids_dir: Path) -> Selection:
     """Read a selection written by `save_selection`; image paths are rebuilt under `bids_dir`."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise FrozenSelectionError(f"{path}: cannot read the selection ({_reason(e, path)})") from e
-    except ValueError as e:
-        raise FrozenSelectionError(f"{path}: not valid JSON ({e})") from e
+    data = _read_json(path, "the selection", FrozenSelectionError)
     if not isinstance(data, dict) or data.get("format") != SELECTION_FORMAT:
         raise FrozenSelectionError(
             f"{path}: not a SpineSeg selection file (format {SELECTION_FORMAT} expected)"

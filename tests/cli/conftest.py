@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bids"))
-
-from bidsapp_testkit import FakeEngineFactory, make_bids, make_weights
+from bidsapp_testkit import FakeEngineFactory
 
 # Stands in for `bids_app.qc` in the participant run: writes nothing, reports nothing.
 NO_QC = SimpleNamespace(
@@ -22,16 +17,6 @@ NO_QC = SimpleNamespace(
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "with_qc: run the real QC layer in a CLI test")
-
-
-@pytest.fixture
-def dataset(tmp_path):
-    return make_bids(tmp_path / "ds")
-
-
-@pytest.fixture(scope="session")
-def weights(tmp_path_factory):
-    return make_weights(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture

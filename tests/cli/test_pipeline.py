@@ -103,7 +103,7 @@ def test_an_image_another_run_is_segmenting_is_skipped(capsys, dataset, weights,
 
     out = tmp_path / "out"
     busy = Path(DEFAULT_IMAGES[0]).name
-    lock_file = stamp_path(out, busy).with_name(f".{busy}.lock")
+    lock_file = out / "logs" / "locks" / f".{busy}.lock"
     lock_file.parent.mkdir(parents=True)
     factory = FakeEngineFactory()
     with FileLock(str(lock_file)):  # held by "another run" (another process in real life)

@@ -1,4 +1,8 @@
-"""Fixtures for the SLURM script tests: a tiny dataset and fake weights (tests/bids helpers)."""
+"""Fixtures shared by the CLI and SLURM tests: a tiny BIDS dataset and fake weights.
+
+The helpers live beside the BIDS-layer tests (tests/bids/bidsapp_testkit.py); this puts them
+on the import path for every test package.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bids"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "bids"))
 
 from bidsapp_testkit import make_bids, make_weights
 
