@@ -69,6 +69,31 @@ class Correction:
         return self.path.relative_to(root).as_posix()
 
 
+def resolve_dir(value: str | None, bids_dir: Path, output_dir: Path) -> Path | None:
+    """The corrections folder: `value`, else `bids_dir/derivatives/labels` when it exists
+    (None for 'none'). ValueError for a missing folder or SpineSeg's own output folder."""
+    if value is not None and value.lower() == "none":
+        return None
+    if value is None:
+        default = Path(bids_dir) / DEFAULT_DIR
+        return default.resolve() if default.is_dir() else None
+    path = Path(value).expanduser().resolve()
+    if not path.is_dir():
+        raise ValueError(f"{value}: not a folder")
+    if path == Path(output_dir).resolve():
+        raise ValueError(f"{value}: is the output folder; SpineSeg's results are not corrections")
+    return path
+
+
+def source_uri(path: Path, root: Path, bids_dir: Path) -> str:
+    """BIDS URI of a correction file for `Sources`: `bids:raw:` when the corrections live in
+    the raw dataset (derivatives/labels), else `bids:corrections:` + its path in `root`."""
+    try:
+        return f"bids:raw:{path.resolve().relative_to(Path(bids_dir).resolve()).as_posix()}"
+    except ValueError:
+        return f"bids:corrections:{path.relative_to(root).as_posix()}"
+
+
 def _parse(stem: str) -> tuple[dict[str, str], str | None, str] | None:
     """(source entities, source suffix, kind) of a correction file name, None if not one."""
     parts = stem.split("_")

@@ -275,6 +275,13 @@ def bids_app_parser() -> UsageParser:
     run.add_argument(
         "--notrack", action="store_true", help="accepted for compatibility; SpineSeg sends nothing"
     )
+    run.add_argument(
+        "--corrections",
+        metavar="DIR|none",
+        help="BIDS derivatives folder of manual corrections (disc points, corrected "
+        "segmentations; see the README's correction loop). Default: bids_dir/derivatives/labels "
+        "when it exists; 'none' reads none",
+    )
     _add_slurm_options(p)
     group = p.add_argument_group("group level")
     group.add_argument(
