@@ -48,6 +48,7 @@ BIDSIGNORE = (
     "*_morphometry.json",
     "*_qc.json",
     "group_*",
+    "ratings",  # the subject reports' rating files (default --ratings-dir)
 )
 ISO_RESOLUTION = "1 mm isotropic resampling of the source image on the RAS model grid"
 _DOI_RE = re.compile(r"^(?:doi:|https?://doi\.org/)?(10\.\d+/\S+)$", re.IGNORECASE)

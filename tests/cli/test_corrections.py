@@ -163,3 +163,59 @@ def test_none_turns_the_default_folder_off_and_the_output_is_refused(run, datase
     assert rc == 0 and (T2, False) in factory.calls
     rc, stderr, _ = run("--corrections", str(run.out))
     assert rc == 64 and "SpineSeg's results are not corrections" in stderr
+
+
+@pytest.mark.with_qc
+def test_the_loop_ratings_worklist_correction_reports(run, dataset, capsys) -> None:
+    """Rate, list, correct, rerun: the measurements follow the correction, reports mark it."""
+    assert run()[0] == 0
+    out = run.out
+    (out / "ratings").mkdir()
+    (out / "ratings" / "sub-01_ratings.json").write_text(
+        json.dumps(
+            {
+                "schema": "spineseg-ratings/1",
+                "subject": "01",
+                "date": "2026-12-10T10:00:00Z",
+                "ratings": [
+                    {"image": "sub-01_ses-01_acq-sag_T2w", "rating": "bad", "comment": "C4?"}
+                ],
+            }
+        )
+    )
+    assert main([str(dataset), str(out), "group"]) == 0
+    rows = (out / "group_worklist.tsv").read_text().splitlines()
+    assert rows[0].split("\t")[:6] == ["image", "status", "qc_status", "flags", "rating", "comment"]
+    assert len(rows) == 2 and rows[1].startswith("sub-01_ses-01_acq-sag_T2w\tok\t")
+    assert "\tbad\tC4?\t" in rows[1]
+    capsys.readouterr()
+    assert main(["review", str(out), "--bids-dir", str(dataset), "--print"]) == 0
+    printed = capsys.readouterr().out
+    assert f"fsleyes {dataset / ANAT / T2} {out / SEG} --overlayType label" in printed
+    assert f"itksnap -g {dataset / ANAT / T2} -s {out / SEG}" in printed
+
+    automatic = json.loads(
+        (out / ANAT / "sub-01_ses-01_acq-sag_seg-spine_desc-T2w_qc.json").read_text()
+    )
+    fixed = corrected(dataset)
+    put(dataset, SEG, fixed, sidecar=MANUAL)
+    assert run()[0] == 0
+    morph = (out / ANAT / "sub-01_ses-01_acq-sag_seg-spine_desc-T2w_morphometry.tsv").read_text()
+    header, *body = [ln.split("\t") for ln in morph.splitlines()]
+    by_label = {int(r[header.index("index")]): r for r in body}
+    voxel = float(np.prod(nib.load(dataset / ANAT / T2).header.get_zooms()[:3]))
+    assert 64 not in by_label
+    volume = float(by_label[65][header.index("volume_mm3")])
+    assert volume == pytest.approx((fixed == 65).sum() * voxel, rel=1e-3)
+    stamp = read_stamp(stamp_path(out, T2))
+    assert stamp["automatic_flags"] == automatic["flags"]
+    assert "status-manual" in (out / "sub-01.html").read_text()
+    assert main([str(dataset), str(out), "group"]) == 0
+    qc_rows = (out / "group_qc.tsv").read_text().splitlines()
+    header = qc_rows[0].split("\t")
+    row = next(
+        r.split("\t") for r in qc_rows if r.startswith("sub-01\tses-01\tsub-01_ses-01_acq-sag_T2w")
+    )
+    assert row[header.index("correction")] == "corrected segmentation"
+    if find_validator() is not None:
+        assert validate(out).errors == []
