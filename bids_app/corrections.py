@@ -143,7 +143,7 @@ def find_corrections(root: Path) -> list[Correction]:
         if parsed is None:
             continue
         entities, suffix, kind = parsed
-        order = [e for e in ("sub", "ses") if e in entities]
+        order: list[str] = [e for e in ("sub", "ses") if e in entities]
         order += [e for e in entities if e not in ("sub", "ses")]
         name = "_".join([*(f"{k}-{entities[k]}" for k in order), suffix or ""])
         rel_dir = path.parent.relative_to(root).as_posix()
@@ -210,9 +210,11 @@ def _load(corr: Correction, img: nib.Nifti1Image) -> np.ndarray:
     """The correction's voxels, refused unless it lies on the image's grid."""
     try:
         loaded = nib.load(str(corr.path))
-        data = np.asanyarray(loaded.dataobj)
+        data = np.asanyarray(getattr(loaded, "dataobj", None))
     except Exception as e:  # nibabel raises many kinds for a damaged file
         raise CorrectionError(f"{corr.path}: cannot read it ({str(e).splitlines()[0]})") from e
+    if not isinstance(loaded, nib.Nifti1Image):
+        raise CorrectionError(f"{corr.path}: not a NIfTI image")
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     shape = img.shape[:3]

@@ -570,7 +570,7 @@ class ParticipantRun:
             overwrite=self.config.overwrite,
             retry_failed=self.config.retry_failed,
         )
-        record = {
+        record: dict[str, object] = {
             "source": job.relpath,
             "subject": job.subject,
             "session": job.session,

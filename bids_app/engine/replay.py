@@ -43,7 +43,8 @@ def save_kept(path: Path, kept: Mapping[str, np.ndarray], meta: Mapping[str, obj
     arrays = {k: np.asarray(v) for k, v in kept.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, ".npz") as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, meta=np.array(json.dumps(dict(meta), sort_keys=True)), **arrays)
+        meta_text = np.array(json.dumps(dict(meta), sort_keys=True))
+        np.savez_compressed(f, meta=meta_text, **arrays)  # type: ignore[arg-type]
     return path.stat().st_size
 
 
