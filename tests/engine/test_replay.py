@@ -88,13 +88,17 @@ def test_first_run_keeps_what_the_networks_gave(first_run) -> None:
     assert all(v.dtype == np.uint8 for k, v in kept.items() if "soft" not in k)
 
 
-def test_disc_points_fix_the_levels_without_a_network(phantom, truth, first_run) -> None:
+def test_disc_points_fix_the_levels_without_a_network(tmp_path, phantom, truth, first_run):
     final = np.asarray(first_run.native["final"].dataobj)
     # The wrong assumption shifted every level: the truth's C2-C3 is called C3-C4.
     assert _dice(final == 64, truth == 63) > 0.8
-    sct = _sct_points(truth, {3: 63, 4: 64, 6: 66})
-    img = nib.Nifti1Image(sct, phantom.image.affine)
-    loc = C.points_localizer(_points_of(img))
+    path = tmp_path / "sub-01_T2w_label-discs_dlabel.nii.gz"
+    nib.save(nib.Nifti1Image(_sct_points(truth, {3: 63, 4: 64, 6: 66}), phantom.image.affine), path)
+    points = C.disc_points(
+        C.Correction(C.DISCS_KIND, path, "sub-01/anat/sub-01_T2w"), phantom.image
+    )
+    assert sorted(points) == [63, 64, 66]
+    loc = C.points_localizer(points)
     res = relabel(phantom.image, first_run.kept, SegmentOptions(), device="cpu", loc=loc)
     fixed = np.asarray(res.native["final"].dataobj)
     for level in (63, 64, 65, 66, 12, 13, 14):
@@ -102,15 +106,6 @@ def test_disc_points_fix_the_levels_without_a_network(phantom, truth, first_run)
     assert res.landmarks["step1"][0] == "localizer C2-C3"
     assert res.timings["step1_device"] == res.timings["step2_device"] == 0.0
     assert res.kept == {}
-
-
-def _points_of(img: nib.Nifti1Image) -> dict[int, np.ndarray]:
-    data = np.asarray(img.dataobj)
-    return {
-        C.SCT_DISCS[int(v)]: nib.affines.apply_affine(img.affine, np.argwhere(data == v)[0])
-        for v in np.unique(data)
-        if v
-    }
 
 
 def test_kept_outputs_round_trip_and_refuse_another_image(tmp_path, first_run) -> None:
