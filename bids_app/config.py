@@ -65,3 +65,4 @@ class RunConfig:
     quiet: bool = False  # no progress bar
     dry_run: bool = False  # print what would be done; write nothing
     ratings_dir: Path | None = None  # group level: manual ratings (default output_dir/ratings)
+    corrections_dir: Path | None = None  # participant level: manual corrections (None: none)

@@ -9,6 +9,7 @@ command line.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import sys
@@ -19,12 +20,14 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import nibabel as nib
+import numpy as np
 from filelock import FileLock, Timeout
 
 from bids_app import __version__, qc
+from bids_app import corrections as corr
 from bids_app.bids import discovery as disc
 from bids_app.bids.derivatives import (
     LOGS_DIR,
@@ -62,7 +65,7 @@ from bids_app.nnunet.weights import (
     resolve_weights,
 )
 from bids_app.progress import RunProgress
-from bids_app.qc.records import landmark_list
+from bids_app.qc.records import QCPaths, landmark_list, read_json
 from bids_app.resources import Budget, MemoryBudget, plan_budget, plan_memory, process_rss
 from bids_app.scheduling import DevicePool, ImageScheduler, MemoryGate
 
@@ -343,6 +346,19 @@ def status_table(rows: Sequence[StatusRow]) -> list[str]:
     return [ln.rstrip() for ln in lines]
 
 
+KEPT_DIR = LOGS_DIR / "cache"  # raw network outputs per image, for corrections
+
+
+@dataclass
+class Corrected:
+    """An image with its checked corrections: corrected labels, or disc points as a
+    localizer image."""
+
+    image: nib.Nifti1Image
+    labels: np.ndarray | None  # final labels on the image's grid
+    localizer: nib.Nifti1Image | None
+
+
 @dataclass
 class ImagePlan:
     """What the run decided for one image before touching it."""
@@ -389,6 +405,7 @@ class ParticipantRun:
         self._progress = RunProgress(0, quiet=True)
         self.memory = MemoryGate(memory.for_images if memory else 2**62)
         self.by_path = {job.path: job for job in selection.jobs}
+        self.corrections = self.find_corrections()
 
     def engine(self) -> Engine:
         """Created on first need, so a fully resumed run never loads torch or the models."""
@@ -496,13 +513,21 @@ class ParticipantRun:
         (log.warning if plan.decision.warn else log.info)(
             "%s: %s; segmenting", job.name, plan.decision.reason
         )
+        try:  # before anything is touched: a bad correction leaves the image as it was
+            fixes = self.read_corrections(plan)
+        except corr.CorrectionError as e:
+            log.error("%s: %s; its outputs are left as they were", job.name, e)
+            return plan.row(Status.FAILED, f"{e}; outputs left as they were")
+        except ImageFailure as e:
+            return self.fail(plan, str(e), e)
         with _writing(job.name):
             # No "ok" stamp may outlive the outputs it vouches for.
             stamp_path(self.out, job.name).unlink(missing_ok=True)
         try:
-            img, result = self.segment(plan)
+            img, result = self.segment(plan) if fixes is None else self.correct(plan, fixes)
         except ImageFailure as e:
             return self.fail(plan, str(e), e)
+        self.keep(plan, result)
         if plan.localizer_warning:
             result.warnings.append(plan.localizer_warning)
         for warning in result.warnings:  # also in the stamp, the sidecars and the report
@@ -529,7 +554,10 @@ class ParticipantRun:
         """
         started = time.monotonic()
         loc_rel, loc_warning = self.localizer_labels(job)
-        options = replace(self.config.options, localizer=loc_rel)
+        found = self.corrections_of(job)
+        options = replace(
+            self.config.options, localizer=loc_rel, corrections=corr.options_value(found)
+        )
         opts_hash = options_hash(options.record())
         old = read_stamp(stamp_path(self.out, job.name))
         model = self.model.stamp() if self.model else None
@@ -542,7 +570,7 @@ class ParticipantRun:
             overwrite=self.config.overwrite,
             retry_failed=self.config.retry_failed,
         )
-        record = {
+        record: dict[str, object] = {
             "source": job.relpath,
             "subject": job.subject,
             "session": job.session,
@@ -551,16 +579,23 @@ class ParticipantRun:
             "options": options.record(),
             "model": model,
         }
+        if found:
+            root = self.config.corrections_dir
+            assert root is not None
+            record["corrections"] = [c.record(root) for c in found.values()]
         return ImagePlan(job, options, decision, old, record, loc_warning, started)
 
-    def segment(self, plan: ImagePlan) -> tuple[nib.Nifti1Image, EngineResult]:
-        """Load the source (and localizer labels) once, wait until its arrays fit in the
-        memory budget, then run the engine: an unreadable or oversized file fails before any
-        model is loaded or any array allocated."""
+    def segment(
+        self, plan: ImagePlan, loc: nib.Nifti1Image | None = None
+    ) -> tuple[nib.Nifti1Image, EngineResult]:
+        """Load the source (and localizer labels, unless `loc` is given) once, wait until its
+        arrays fit in the memory budget, then run the engine: an unreadable or oversized file
+        fails before any model is loaded or any array allocated."""
         job = plan.job
         self.stage(job, "read")
         img = load_image(job.path)
-        loc = load_image(self.out / plan.options.localizer) if plan.options.localizer else None
+        if loc is None and plan.options.localizer:
+            loc = load_image(self.out / plan.options.localizer)
         need = self.image_memory(img, plan.options)
         if not self.memory.fits(need):
             raise ImageOutOfMemory(
@@ -590,6 +625,119 @@ class ParticipantRun:
             input_itemsize=img.get_data_dtype().itemsize,
             step1_only=options.step1_only,
         )
+
+    # -- corrections (see bids_app/corrections.py and the README's correction loop) ---------
+
+    def find_corrections(self) -> corr.Matched:
+        """The selected images' corrections; a file that matches no image is one error line."""
+        root = self.config.corrections_dir
+        if root is None:
+            return corr.Matched({}, [])
+        sources = [job.relpath for job in self.selection.jobs]
+        matched = corr.match(corr.find_corrections(root), root, self.config.bids_dir, sources)
+        for line in matched.problems:
+            log.error("%s", line)
+        if matched.by_source:
+            log.info("%d image(s) with corrections from %s", len(matched.by_source), root)
+        return matched
+
+    def corrections_of(self, job: disc.ImageJob) -> dict[str, corr.Correction]:
+        """The image's corrections in use: a corrected segmentation makes disc points moot."""
+        found = self.corrections.by_source.get(
+            str(PurePosixPath(job.relpath).parent / source_stem(job.name)), {}
+        )
+        return {corr.SEG_KIND: found[corr.SEG_KIND]} if corr.SEG_KIND in found else dict(found)
+
+    def manual_sources(self, job: disc.ImageJob) -> dict[str, str]:
+        """Correction kind -> BIDS URI of its file, for the sidecars."""
+        root = self.config.corrections_dir
+        return {
+            kind: corr.source_uri(c.path, root, self.config.bids_dir)
+            for kind, c in self.corrections_of(job).items()
+            if root is not None
+        }
+
+    def read_corrections(self, plan: ImagePlan) -> Corrected | None:
+        """The image and its checked corrections (None without any); CorrectionError names
+        the file and its problem."""
+        found = self.corrections_of(plan.job)
+        if not found:
+            return None
+        img = load_image(plan.job.path)
+        if corr.SEG_KIND in found:
+            return Corrected(img, corr.corrected_labels(found[corr.SEG_KIND], img), None)
+        points = corr.disc_points(found[corr.DISCS_KIND], img)
+        return Corrected(img, None, corr.points_localizer(points))
+
+    def correct(self, plan: ImagePlan, fixes: Corrected) -> tuple[nib.Nifti1Image, EngineResult]:
+        """Redo an image from its corrections: a corrected segmentation as it is, disc points
+        by relabeling the kept network outputs. The networks run only when nothing usable
+        was kept; the automatic result's flags go to the stamp for provenance."""
+        from bids_app.engine import replay  # numpy/scipy only, but not needed before
+
+        job = plan.job
+        self.stage(job, "corrections")
+        plan.record["manual"] = corr.KIND_NAMES[
+            corr.SEG_KIND if fixes.labels is not None else corr.DISCS_KIND
+        ]
+        plan.record["automatic_flags"] = self.automatic_flags(plan)
+        kept = replay.load_kept(self.kept_path(job), self.kept_meta(job))
+        device = str((plan.old_stamp or {}).get("device") or "cpu")
+        try:
+            if fixes.labels is not None:
+                result = replay.from_manual(
+                    fixes.image, fixes.labels, plan.options, kept=kept, name=job.name
+                )
+                return fixes.image, result
+            if kept is not None:
+                try:
+                    result = replay.relabel(
+                        fixes.image,
+                        kept,
+                        plan.options,
+                        device=device,
+                        loc=fixes.localizer,
+                        name=job.name,
+                        progress=lambda stage: self.stage(job, stage),
+                    )
+                    return fixes.image, result
+                except replay.KeptMismatch as e:
+                    log.info("%s: %s; running the networks", job.name, e)
+        except EngineError as e:
+            raise ImageFailure(without_name(one_line(e), job.name)) from e
+        log.info("%s: no kept network outputs; running the networks", job.name)
+        return self.segment(plan, loc=fixes.localizer)
+
+    def automatic_flags(self, plan: ImagePlan) -> list | None:
+        """The QC flags of the image's last automatic result (kept across corrections)."""
+        old = plan.old_stamp or {}
+        if old.get("corrections"):
+            return old.get("automatic_flags")
+        job = plan.job
+        paths = QCPaths.of(self.out, job.subject, bids_prefix(job.name, job.suffix), job.suffix)
+        return read_json(paths.qc).get("flags") if paths.qc.is_file() else None
+
+    def kept_path(self, job: disc.ImageJob) -> Path:
+        return self.out / KEPT_DIR / f"{source_stem(job.name)}.npz"
+
+    def kept_meta(self, job: disc.ImageJob) -> dict[str, object]:
+        """What kept network outputs were made from: a change makes them unusable."""
+        digest = hashlib.sha256(job.path.read_bytes()).hexdigest()
+        model = self.model.stamp() if self.model else None
+        return {"source_sha256": digest, "app_version": __version__, "model": model}
+
+    def keep(self, plan: ImagePlan, result: EngineResult) -> None:
+        """Keep what the networks gave (a few MB per image, compressed), for corrections."""
+        if not result.kept:
+            return
+        from bids_app.engine import replay
+
+        try:
+            size = replay.save_kept(self.kept_path(plan.job), result.kept, self.kept_meta(plan.job))
+        except OSError as e:  # only a later correction loses: it will run the networks
+            log.warning("%s: network outputs not kept (%s)", plan.job.name, e.strerror or e)
+            return
+        log.debug("%s: kept network outputs, %.1f MB", plan.job.name, size / 1e6)
 
     def fail(self, plan: ImagePlan, reason: str, error: BaseException | None = None) -> StatusRow:
         """Stamp a failed image with its one-line reason.
@@ -630,6 +778,7 @@ class ParticipantRun:
                 result,
                 self.model,
                 localizer_output=plan.options.localizer,
+                manual=self.manual_sources(plan.job),
             )
 
     def outcome(self, plan: ImagePlan, result: EngineResult) -> tuple[Status, str | None]:

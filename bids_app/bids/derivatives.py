@@ -48,6 +48,7 @@ BIDSIGNORE = (
     "*_morphometry.json",
     "*_qc.json",
     "group_*",
+    "ratings",  # the subject reports' rating files (default --ratings-dir)
 )
 ISO_RESOLUTION = "1 mm isotropic resampling of the source image on the RAS model grid"
 _DOI_RE = re.compile(r"^(?:doi:|https?://doi\.org/)?(10\.\d+/\S+)$", re.IGNORECASE)
@@ -105,6 +106,15 @@ OUTPUTS: tuple[OutputSpec, ...] = (
         (1,),
     ),
 )
+
+
+# Outputs a manual correction changes (the soft maps are the network's either way), and how
+# a sidecar names each kind.
+CORRECTED_OUTPUTS = frozenset({"final", "step1", "levels"})
+MANUAL_WHAT = {
+    "seg": "corrected final segmentation, taken as it is",
+    "discs": "disc points that numbered the levels",
+}
 
 
 @dataclass(frozen=True)
@@ -383,12 +393,23 @@ def sidecar(
     spatial_reference: str | None,
     model: ModelInfo,
     result,
+    manual: Mapping[str, str] | None = None,
 ) -> dict:
-    """JSON sidecar of one output image (`result` is an `EngineResult`)."""
-    data: dict = {"Description": spec.description, "Sources": list(sources)}
+    """JSON sidecar of one output image (`result` is an `EngineResult`).
+
+    `manual` maps a correction kind ("seg": a corrected final segmentation, "discs": disc
+    points) to its BIDS URI: the outputs made from it list it in `Sources` and say so in
+    `GeneratedBy`; only the corrected segmentation itself is `Manual`.
+    """
+    used = dict(manual or {}) if spec.key in CORRECTED_OUTPUTS else {}
+    data: dict = {"Description": spec.description, "Sources": [*sources, *used.values()]}
     if spatial_reference:
         data["SpatialReference"] = spatial_reference
-    data["Manual"] = False
+    data["Manual"] = spec.key == "final" and "seg" in used
+    if used:
+        data["GeneratedBy"] = [
+            {"Name": "Manual", "Description": f"{MANUAL_WHAT[k]}: {uri}"} for k, uri in used.items()
+        ] + [{"Name": "spineseg", "Version": __version__}]
     if iso:
         data["Resolution"] = ISO_RESOLUTION
     data["Model"] = {
@@ -413,6 +434,7 @@ def write_outputs(
     desc: str | None,
     sources: Sequence[str],
     spatial_reference: str | None,
+    manual: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Save every image of `result` (native and iso) with its sidecar, atomically.
 
@@ -434,6 +456,7 @@ def write_outputs(
                 spatial_reference=spatial_reference,
                 model=model,
                 result=result,
+                manual=manual,
             )
             json_path = path.with_name(source_stem(path.name) + ".json")
             write_json_atomic(json_path, meta)
@@ -449,12 +472,13 @@ def write_image_outputs(
     model: ModelInfo,
     *,
     localizer_output: str | None = None,
+    manual: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Write the outputs of one BIDS source image; returns paths relative to output_dir.
 
     `localizer_output` is the derivative (relative to output_dir) whose labels guided this
     image; it is listed in `Sources` as a `bids::` URI (same dataset), per BIDS, since it was a
-    direct input.
+    direct input. `manual`: the image's corrections (see `sidecar`).
     """
     src = PurePosixPath(relpath)
     raw_uri = f"bids:raw:{relpath}"
@@ -467,5 +491,6 @@ def write_image_outputs(
         desc=suffix,
         sources=sources,
         spatial_reference=raw_uri,
+        manual=manual,
     )
     return [p.relative_to(output_dir).as_posix() for p in written]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bids_app import slurm
+from bids_app import corrections, slurm
 from bids_app.bids import discovery as disc
 from bids_app.cli.parser import LEVELS
 from bids_app.config import Resources, RunConfig, SelectionConfig
@@ -156,7 +156,16 @@ def build_config(args: argparse.Namespace, paths: Paths) -> RunConfig:
         quiet=args.quiet,
         dry_run=args.dry_run,
         ratings_dir=args.ratings_dir,
+        corrections_dir=corrections_dir(args.corrections, paths),
     )
+
+
+def corrections_dir(value: str | None, paths: Paths) -> Path | None:
+    """`--corrections`, or its default; never SpineSeg's own output folder (exit 64)."""
+    try:
+        return corrections.resolve_dir(value, paths.bids_dir, paths.output_dir)
+    except ValueError as e:
+        raise UserError(ExitCode.USAGE, f"--corrections: {e}") from e
 
 
 def run_bids_app(

@@ -61,12 +61,14 @@ def main(
         "segment": cli_parser.segment_parser,
         "weights": cli_parser.weights_parser,
         "phantoms": cli_parser.phantoms_parser,
+        "review": cli_parser.review_parser,
         None: cli_parser.bids_app_parser,
     }
     runners = {
         "segment": lambda a: tools.run_segment(a, engine_factory),
         "weights": tools.run_weights,
         "phantoms": tools.run_phantoms,
+        "review": tools.run_review,
         None: lambda a: run_bids_app(a, engine_factory),
     }
     try:

@@ -18,13 +18,14 @@ from bids_app.resources import DEVICE_HELP, parse_devices
 
 PROG = "spineseg"
 LEVELS = ("participant", "group")
-SUBCOMMANDS = ("segment", "weights", "phantoms")
+SUBCOMMANDS = ("segment", "weights", "phantoms", "review")
 
 SUBCOMMAND_HELP = """\
 subcommands (given as the first argument, instead of bids_dir):
   spineseg segment INPUT OUTPUT_DIR   segment one NIfTI image, no BIDS needed
   spineseg weights                    install or verify the TotalSpineSeg weights
   spineseg phantoms OUT_DIR           write a small synthetic BIDS dataset
+  spineseg review OUTPUT_DIR          open the images of group_worklist.tsv in a viewer
 """
 
 
@@ -275,6 +276,13 @@ def bids_app_parser() -> UsageParser:
     run.add_argument(
         "--notrack", action="store_true", help="accepted for compatibility; SpineSeg sends nothing"
     )
+    run.add_argument(
+        "--corrections",
+        metavar="DIR|none",
+        help="BIDS derivatives folder of manual corrections (disc points, corrected "
+        "segmentations; see the README's correction loop). Default: bids_dir/derivatives/labels "
+        "when it exists; 'none' reads none",
+    )
     _add_slurm_options(p)
     group = p.add_argument_group("group level")
     group.add_argument(
@@ -407,5 +415,27 @@ def phantoms_parser() -> UsageParser:
     p.add_argument("out_dir", type=Path, help="dataset root to create")
     p.add_argument("--subjects", type=positive_int, default=3, metavar="N", help="default: 3")
     p.add_argument("--seed", type=int, default=7000, metavar="S", help="default: 7000")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def review_parser() -> UsageParser:
+    p = UsageParser(
+        prog=f"{PROG} review",
+        description="Open each image of group_worklist.tsv (written by the group level) with "
+        "its final labels in FSLeyes or ITK-SNAP, one after the other; the command lines are "
+        "printed when no viewer is installed.",
+    )
+    p.add_argument("output_dir", type=Path, help="SpineSeg output folder")
+    p.add_argument(
+        "--bids-dir",
+        type=existing_dir,
+        metavar="DIR",
+        help="raw dataset (default: the output's DatasetLinks.raw)",
+    )
+    p.add_argument("--viewer", choices=("fsleyes", "itksnap"), help="default: the first installed")
+    p.add_argument(
+        "--print", dest="print_only", action="store_true", help="print the commands only"
+    )
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p

@@ -1,4 +1,4 @@
-"""Subcommands beside the BIDS App: `segment` (one file), `weights`, `phantoms`."""
+"""Subcommands beside the BIDS App: `segment` (one file), `weights`, `phantoms`, `review`."""
 
 from __future__ import annotations
 
@@ -127,4 +127,20 @@ def run_phantoms(args) -> int:
             ExitCode.CANT_CREATE, f"{e.filename or out}: cannot write ({e.strerror})"
         ) from e
     say(f"wrote {len(written)} phantom images to {out} (ground truth in derivatives/truth)")
+    return ExitCode.OK
+
+
+def run_review(args) -> int:
+    """Open (or print) the viewer commands for every image of `group_worklist.tsv`."""
+    import subprocess
+
+    from bids_app.qc.worklist import review
+
+    try:
+        lines, commands = review(args.output_dir, args.bids_dir, args.viewer, args.print_only)
+    except ValueError as e:
+        raise UserError(ExitCode.NO_INPUT, str(e)) from e
+    say(*lines)
+    for command in commands:  # one image at a time: the next opens when the viewer closes
+        subprocess.run(command, check=False)
     return ExitCode.OK

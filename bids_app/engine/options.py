@@ -23,7 +23,15 @@ class SegmentOptions:
     iso: bool = False
     assume_top_disc: int | None = None
     localizer: str | None = None
+    corrections: str | None = None
 
     def record(self) -> dict[str, object]:
-        """JSON-ready form, the input of the stamp's options hash."""
-        return asdict(self)
+        """JSON-ready form, the input of the stamp's options hash.
+
+        An image without corrections hashes as before corrections existed, so the results
+        of earlier runs stay valid.
+        """
+        record = asdict(self)
+        if record["corrections"] is None:
+            del record["corrections"]
+        return record

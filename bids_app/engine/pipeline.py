@@ -142,6 +142,7 @@ class SpineSegEngine:
             canal_soft = labeling.extract_soft(prob1[CANAL_HEAD], step1, (CORD, CANAL))
             cord_soft = labeling.extract_soft(prob1[CORD_HEAD], step1, (CORD,))
             del prob1
+            res.kept.update(canal_soft=canal_soft, cord_soft=cord_soft)
             levels = None
             if not res.errors:
                 try:
@@ -174,6 +175,9 @@ class SpineSegEngine:
         counts any wait for a free device)."""
         pred = self.networks.predict(step, channels, return_probabilities)
         res.timings[f"{step}_device"] = round(pred.seconds, 3)
+        res.kept[step] = pred.labels
+        if len(channels) > 1:  # the guide channels it was given (step 2: alternate discs)
+            res.kept[f"{step}_guide"] = channels[1:].astype(np.uint8)
         devices.append(pred.device)
         return pred
 

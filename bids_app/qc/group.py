@@ -32,6 +32,7 @@ from bids_app.qc.plots import Point, strip_plot
 from bids_app.qc.ratings import PROBLEMS, RATINGS, RATINGS_DIR, Rating, read_ratings
 from bids_app.qc.records import NA, ImageRecord, collect, tsv_text
 from bids_app.qc.report import CORD_CSA_WARNING, environment, figure, now
+from bids_app.qc.worklist import write_worklist
 
 ID_COLUMNS = ("participant_id", "session_id", "image", "source_suffix")
 LONG_COLUMNS = (
@@ -49,6 +50,7 @@ QC_COLUMNS = (
     "qc_status",
     "status",
     "reason",
+    "correction",
     "app_version",
     "model_release",
     "device",
@@ -283,6 +285,7 @@ def qc_row(
         "qc_status": rec.qc_status(list(raised)),
         "status": rec.status,
         "reason": rec.reason,
+        "correction": st.get("manual"),
         "app_version": st.get("app_version") or qc.get("app_version"),
         "model_release": (st.get("model") or {}).get("release"),
         "device": st.get("device"),
@@ -324,6 +327,14 @@ def qc_sidecar(th: Thresholds) -> dict[str, object]:
                 },
             },
             "reason": {"Description": "One-line reason for a non-ok status."},
+            "correction": {
+                "Description": "Manual correction the outputs were made from (the stamp's "
+                "automatic_flags keep the automatic result's flags); n/a without.",
+                "Levels": {
+                    "corrected segmentation": "final labels taken from a manual file",
+                    "disc points": "levels numbered from manual disc points",
+                },
+            },
             "runtime_s": {
                 "Description": "Wall time of the image at participant level.",
                 "Units": "s",
@@ -488,6 +499,7 @@ def run_group(
     ]
     write_text_atomic(root / "group_qc.tsv", tsv_text(QC_COLUMNS, qc_rows))
     write_json_atomic(root / "group_qc.json", qc_sidecar(th))
+    write_worklist(root, qc_rows)
 
     counts: dict[str, int] = {}
     for r in qc_rows:

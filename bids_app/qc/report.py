@@ -177,6 +177,8 @@ def image_context(rec: ImageRecord, root: Path) -> dict:
         "table": _table(rec),
         "morphometry": rec.qc.get("morphometry"),
         "provenance": provenance(rec, root),
+        "manual": rec.stamp.get("manual"),
+        "automatic_flags": rec.stamp.get("automatic_flags") or [],
     }
 
 

@@ -130,6 +130,7 @@ def test_root_files_are_written_once_and_not_rewritten(tmp_path):
         "*_morphometry.json",
         "*_qc.json",
         "group_*",
+        "ratings",
     ]
     mtime = (out / "dataset_description.json").stat().st_mtime_ns
     assert d.write_dataset_files(out, raw, MODEL, env={}) == []
