@@ -20,6 +20,8 @@ from pathlib import Path
 import nibabel as nib
 from filelock import FileLock
 
+from bids_app.errors import ExitCode, UserError
+
 LOCK_TIMEOUT_S = 600.0
 LOCK_NAME = ".spineseg.lock"  # one hidden lock per folder of shared files
 
@@ -99,3 +101,15 @@ def write_shared(path: Path, data: bytes) -> bool:
             return False
         write_bytes_atomic(path, data)
         return True
+
+
+def make_dir(path: Path, what: str) -> None:
+    """Create a folder and prove it is writable, or exit 73 naming it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".spineseg-write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(
+            ExitCode.CANT_CREATE, f"{path}: cannot create the {what} ({e.strerror or e})"
+        ) from e

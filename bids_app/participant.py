@@ -1,5 +1,8 @@
 """The participant level: select, then for each image decide, segment, write, QC and stamp.
 
+Selection lives in `bids_app.selection`, one image's segmentation in `bids_app.segmentation`;
+this module schedules the images and records what became of each.
+
 Flow: validate the input -> select images (printed before any work) -> resolve weights -> for
 each image: resume decision, segment, write outputs, QC, stamp. One engine serves every image
 of the process. One bad image fails alone: the others go on, the run ends with a status
@@ -11,13 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import sys
 import tempfile
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -28,6 +29,7 @@ from filelock import FileLock, Timeout
 
 from bids_app import __version__, qc
 from bids_app import corrections as corr
+from bids_app.atomic import make_dir
 from bids_app.bids import discovery as disc
 from bids_app.bids.derivatives import (
     LOGS_DIR,
@@ -48,8 +50,7 @@ from bids_app.bids.stamps import (
     stamp_path,
     write_stamp,
 )
-from bids_app.bids.validation import ValidatorUnavailable, subject_view, validate
-from bids_app.config import RunConfig, SelectionConfig
+from bids_app.config import RunConfig
 from bids_app.crash import crash_reports, write_crash_file
 from bids_app.engine.geometry import iso_grid
 from bids_app.engine.memory import estimate_peak_bytes
@@ -62,253 +63,25 @@ from bids_app.nnunet.weights import (
     WeightsError,
     describe_release,
     find_checkpoint,
-    resolve_weights,
 )
 from bids_app.progress import RunProgress
 from bids_app.qc.records import QCPaths, landmark_list, read_json
 from bids_app.resources import Budget, MemoryBudget, plan_budget, plan_memory, process_rss
-from bids_app.scheduling import DevicePool, ImageScheduler, MemoryGate
+from bids_app.scheduling import ImageScheduler, MemoryGate
+from bids_app.segmentation import (
+    EngineFactory,
+    ImageCrash,
+    ImageFailure,
+    ImageOutOfMemory,
+    create_engine,
+    default_engine_factory,
+    load_image,
+    resolve_model,
+    segment_image,
+)
+from bids_app.selection import select, validate_input
 
 log = logging.getLogger(__name__)
-
-EngineFactory = Callable[..., Engine]  # (weights, device specs, threads per network) -> engine
-
-
-def default_engine_factory(weights, devices: Sequence[str], threads: int | None) -> Engine:
-    """The real engine: one network worker per device; imported here so that --help, resume
-    and tests need no torch."""
-    from bids_app.engine.networks import Networks, PooledNetworks
-    from bids_app.engine.pipeline import SpineSegEngine
-    from bids_app.nnunet.model import resolve_devices
-
-    # Step 1 is loaded at once (every image needs it); step 2 on first use.
-    pool = DevicePool(
-        resolve_devices(devices), lambda d: Networks(weights, d, threads).warm("step1")
-    )
-    return SpineSegEngine(weights, threads=threads, predictor=PooledNetworks(pool))
-
-
-def make_dir(path: Path, what: str) -> None:
-    """Create a folder and prove it is writable, or exit 73 naming it."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".spineseg-write-test-"):
-            pass
-    except OSError as e:
-        raise UserError(
-            ExitCode.CANT_CREATE, f"{path}: cannot create the {what} ({e.strerror or e})"
-        ) from e
-
-
-# ---------------------------------------------------------------------------------------------
-# Selection
-
-
-def build_queries(cfg: SelectionConfig) -> tuple[dict[str, dict], dict | None]:
-    """Default queries per suffix, updated by the filter file; plus the localizer query."""
-    try:
-        queries = disc.default_queries(cfg.suffixes or disc.DEFAULT_SUFFIXES)
-        loc: dict | None = None
-        if cfg.localizer_suffix:
-            loc = disc.localizer_base_query(cfg.localizer_suffix)
-        if cfg.localizer_query:
-            loc = {
-                **(loc or {"datatype": "anat"}),
-                **disc.read_query_source(cfg.localizer_query, "--localizer"),
-            }
-        if cfg.filter_file:
-            filters = disc.load_filter_file(cfg.filter_file)
-            loc_filter = filters.pop(disc.LOCALIZER_KEY, None)
-            queries = disc.merge_queries(queries, filters, str(cfg.filter_file))
-            if loc_filter is not None:
-                if loc is None:
-                    raise disc.FilterError(
-                        f"{cfg.filter_file}: has a 'localizer' query but neither "
-                        "--localizer-suffix nor --localizer was given"
-                    )
-                loc.update(loc_filter)
-    except disc.FilterError as e:
-        raise UserError(ExitCode.USAGE, str(e)) from e
-    return queries, loc
-
-
-def validate_input(
-    bids_dir: Path, participants: Sequence[str] | None, scratch: Path, logfile: Path
-) -> None:
-    """bids-validator-deno on the input (only the selected subjects); exit 16 on errors.
-
-    Warnings do not stop the run but are shown by kind (a bare count helps nobody).
-    """
-    target = (
-        subject_view(bids_dir, list(participants), scratch / "bids-view")
-        if participants
-        else bids_dir
-    )
-    log.info("validating %s with bids-validator-deno (skip with --skip-bids-validation)", bids_dir)
-    try:
-        report = validate(target)
-    except ValidatorUnavailable as e:
-        log.warning("%s; input not validated", e)
-        return
-    if not report.ok:
-        for line in report.error_lines():
-            log.error("  %s", line)
-        raise UserError(
-            ExitCode.VALIDATION,
-            f"{bids_dir}: the dataset failed BIDS validation ({len(report.errors)} error(s), "
-            "listed above); fix them or pass --skip-bids-validation",
-        )
-    if not report.warnings:
-        log.info("BIDS validation passed with no warning")
-        return
-    kinds = report.warning_lines()
-    log.info(
-        "BIDS validation passed with %d warning(s) of %d kinds; by code (also in the log %s):",
-        len(report.warnings),
-        len(kinds),
-        logfile,
-    )
-    for line in kinds:
-        log.info("  %s", line)
-
-
-def select(config: RunConfig) -> disc.Selection:
-    """The images to segment; each discovery problem becomes its documented exit code.
-
-    A frozen selection (SLURM array tasks) is read instead of indexing the dataset, and
-    restricted to the task's participant and sessions.
-    """
-    cfg = config.selection
-    try:
-        if cfg.frozen is not None:
-            frozen = disc.load_selection(cfg.frozen, config.bids_dir)
-            return disc.restrict_selection(frozen, cfg.frozen, cfg.all_participants, cfg.sessions)
-        queries, loc_query = build_queries(cfg)
-        return disc.discover(
-            config.bids_dir,
-            queries=queries,
-            participants=cfg.participants,
-            listed_participants=cfg.listed_participants,
-            sessions=cfg.sessions,
-            localizer_query=loc_query,
-        )
-    except (disc.FilterError, disc.DerivativeInputError, disc.FrozenSelectionError) as e:
-        raise UserError(ExitCode.USAGE, str(e)) from e
-    except (disc.UnknownLabelError, disc.EmptySelectionError) as e:
-        raise UserError(ExitCode.EMPTY_SELECTION, str(e)) from e
-    except disc.MissingImagesError as e:
-        raise UserError(ExitCode.NO_INPUT, str(e)) from e
-    except disc.DiscoveryError as e:
-        raise UserError(ExitCode.VALIDATION, str(e)) from e
-
-
-def resolve_model(weights_arg: str | None):
-    """The verified weights and their provenance; missing or corrupt weights exit 78."""
-    try:
-        weights = resolve_weights(weights_arg)
-    except WeightsError as e:
-        raise UserError(ExitCode.CONFIG, str(e)) from e
-    return weights, ModelInfo.from_weights(weights)
-
-
-# ---------------------------------------------------------------------------------------------
-# One image
-
-
-class ImageFailure(Exception):
-    """One image cannot be segmented; the run goes on."""
-
-
-class ImageCrash(ImageFailure):
-    """An unexpected error (a bug or a library failure): its traceback goes to a crash file."""
-
-
-class ImageOutOfMemory(ImageFailure):
-    """Out of memory: depends on the machine and its load, so the next run retries it."""
-
-
-# nibabel's messages name the full path and end oddly ("got 0 bytes from \n - could the
-# file be damaged?" for a .nii.gz); the reason gets the fact, in one line.
-_TRUNCATED_RE = re.compile(r"Expected (\d+) bytes, got (\d+) bytes")
-_NOT_GZIP_RE = re.compile(r"is not a gzip file")
-_UNKNOWN_TYPE_RE = re.compile(r"Cannot work out file type")
-
-
-def read_problem(error: BaseException) -> str:
-    """What is wrong with a file that nibabel cannot read, in one line without its path."""
-    text = str(error)
-    if m := _TRUNCATED_RE.search(text):
-        return f"truncated: {m.group(2)} of {m.group(1)} bytes of voxels"
-    if _NOT_GZIP_RE.search(text):
-        return "not a gzip file, although its name ends in .gz"
-    if _UNKNOWN_TYPE_RE.search(text):
-        return "not a NIfTI file (unknown header)"
-    return one_line(error)
-
-
-def create_engine(
-    factory: EngineFactory, weights, devices: Sequence[str], threads: int | None
-) -> Engine:
-    """One engine per process; a device that cannot be used is a one-line error (exit 1)."""
-    try:
-        engine = factory(weights, devices, threads)
-    except WeightsError as e:
-        raise UserError(ExitCode.CONFIG, str(e)) from e
-    except (ValueError, EngineError) as e:
-        raise UserError(
-            ExitCode.FAILED,
-            f"--device {','.join(devices)}: {one_line(e)} (containers need `--gpus all` "
-            "with Docker or `--nv` with Apptainer for CUDA)",
-        ) from e
-    log.info("engine ready (device %s, threads %s)", engine.device, engine.threads)
-    return engine
-
-
-def load_image(path: Path) -> nib.Nifti1Image:
-    """The image, opened read-only by nibabel (never written); unreadable = ImageFailure."""
-    try:
-        img = nib.load(str(path))
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as e:
-        raise ImageFailure(f"{path.name}: cannot read the image ({read_problem(e)})") from e
-    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
-        raise ImageFailure(f"{path.name}: not a NIfTI image ({type(img).__name__})")
-    return img
-
-
-def segment_image(
-    engine: Engine,
-    img: nib.Nifti1Image,
-    options: SegmentOptions,
-    *,
-    name: str,
-    loc: nib.Nifti1Image | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> EngineResult:
-    """Run the engine on one loaded image; every per-image problem becomes an ImageFailure.
-
-    Reasons do not repeat the image's name: the lines that show them name it already.
-    """
-    try:
-        return engine.segment(
-            img,
-            options,
-            loc=loc,
-            name=name,
-            progress=progress,
-        )
-    except WeightsError as e:  # models load on first use: bad weights stop the run (78)
-        raise UserError(ExitCode.CONFIG, str(e)) from e
-    except EngineError as e:
-        raise ImageFailure(without_name(one_line(e), name)) from e
-    except (OSError, EOFError, zlib.error, nib.filebasedimages.ImageFileError) as e:
-        raise ImageFailure(f"cannot read the image data ({read_problem(e)})") from e
-    except MemoryError as e:
-        raise ImageOutOfMemory("out of memory (use fewer threads or a GPU)") from e
-    except Exception as e:  # a bug must not cost the other images; the crash file keeps it
-        if type(e).__name__ == "OutOfMemoryError":  # torch's, for CUDA (no torch import here)
-            raise ImageOutOfMemory(f"out of GPU memory ({one_line(e)})") from e
-        raise ImageCrash(f"unexpected {one_line(e, with_type=True)}") from e
-
 
 # ---------------------------------------------------------------------------------------------
 # The participant run

@@ -326,7 +326,7 @@ def write_scripts(
 ) -> ScriptSet:
     """Freeze the selection and write both scripts (executable); the log folder is created
     too, because SLURM does not create the folder of `--output`."""
-    from bids_app.participant import make_dir
+    from bids_app.atomic import make_dir
 
     group, selection_file = script_paths(opts.script)
     tasks = array_tasks(selection, opts.per_session)
@@ -348,7 +348,7 @@ def write_scripts(
 
 def write_for_cli(config: RunConfig, opts: SlurmOptions, argv: Sequence[str]) -> int:
     """`--slurm-script`: select, print the selection, write the scripts and how to submit."""
-    from bids_app.participant import select
+    from bids_app.selection import select
 
     selection = select(config)
     say(*selection.describe())

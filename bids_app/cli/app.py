@@ -21,7 +21,8 @@ from bids_app.config import Resources, RunConfig, SelectionConfig
 from bids_app.engine.options import SegmentOptions
 from bids_app.errors import ExitCode, UserError
 from bids_app.group import run_group
-from bids_app.participant import EngineFactory, default_engine_factory, run_participant
+from bids_app.participant import run_participant
+from bids_app.segmentation import EngineFactory, default_engine_factory
 
 log = logging.getLogger(__name__)
 

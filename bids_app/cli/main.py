@@ -16,7 +16,7 @@ from bids_app.cli.app import run_bids_app
 from bids_app.crash import crash_error
 from bids_app.errors import ExitCode, UserError
 from bids_app.logs import console_logging
-from bids_app.participant import EngineFactory, default_engine_factory
+from bids_app.segmentation import EngineFactory, default_engine_factory
 
 
 class Terminated(KeyboardInterrupt):

@@ -7,18 +7,18 @@ import os
 import sys
 from pathlib import Path
 
+from bids_app.atomic import make_dir
 from bids_app.bids.derivatives import write_outputs
 from bids_app.bids.stamps import source_stem
 from bids_app.engine.options import SegmentOptions
 from bids_app.errors import ExitCode, UserError, without_name
 from bids_app.logs import say
-from bids_app.participant import (
+from bids_app.segmentation import (
     EngineFactory,
     ImageCrash,
     ImageFailure,
     create_engine,
     load_image,
-    make_dir,
     resolve_model,
     segment_image,
 )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from bidsapp_testkit import FakeEngineFactory, tree_digest
 
-from bids_app import __version__, participant
+from bids_app import __version__, participant, selection
 from bids_app.bids.derivatives import image_output_paths
 from bids_app.bids.stamps import read_stamp, stamp_path
 from bids_app.bids.validation import ValidationReport, find_validator, validate
@@ -346,7 +346,7 @@ def test_validator_warnings_are_logged_by_code(dataset, weights, tmp_path, capsy
         for i in range(150)
     ] + [{"code": "README_FILE_SMALL", "location": "/README"}] * 2
     report = ValidationReport(0, [], issues)
-    monkeypatch.setattr(participant, "validate", lambda target: report)
+    monkeypatch.setattr(selection, "validate", lambda target: report)
     out = tmp_path / "out"
     argv = [dataset, out, "participant", "--weights", weights, "--participant-label", "02"]
     assert main([str(a) for a in argv], engine_factory=FakeEngineFactory()) == 0
