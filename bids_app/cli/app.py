@@ -137,7 +137,10 @@ def build_config(args: argparse.Namespace, paths: Paths) -> RunConfig:
             skip_validation=args.skip_bids_validation,
         ),
         options=SegmentOptions(
-            step1_only=args.step1_only, iso=args.iso, assume_top_disc=args.assume_top_disc
+            step1_only=args.step1_only,
+            iso=args.iso,
+            assume_top_disc=args.assume_top_disc,
+            tile_step=args.tile_step,
         ),
         resources=Resources(device=args.device, nprocs=args.nprocs, omp_nthreads=args.omp_nthreads),
         weights=args.weights,

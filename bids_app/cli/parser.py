@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from bids_app import __version__
+from bids_app.engine.options import REFERENCE_TILE_STEP, TILE_STEP_RANGE
 from bids_app.errors import EXIT_CODE_HELP, ExitCode
 from bids_app.labels import DISCS
 
@@ -51,6 +52,18 @@ def device(text: str) -> str:
     if not _DEVICE_RE.match(text.strip().lower()):
         raise argparse.ArgumentTypeError(f"{text!r}: expected auto, cpu, cuda or cuda:N")
     return text.strip().lower()
+
+
+def tile_step(text: str) -> float:
+    """A sliding-window step within TILE_STEP_RANGE (fraction of the network's patch)."""
+    low, high = TILE_STEP_RANGE
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number between {low} and {high}")
+    return value
 
 
 def disc_level(value: str) -> int:
@@ -178,6 +191,16 @@ def bids_app_parser() -> UsageParser:
         dest="step1_only",
         action="store_true",
         help="run step 1 only (no final instance labels)",
+    )
+    run.add_argument(
+        "--tile-step",
+        type=tile_step,
+        default=REFERENCE_TILE_STEP,
+        metavar="F",
+        help=f"sliding-window step of the networks, as a fraction of their patch: "
+        f"{REFERENCE_TILE_STEP} (default) is TotalSpineSeg's; up to {TILE_STEP_RANGE[1]} is an "
+        "opt-in fast mode for CPUs (fewer patches, a slightly different result, recorded in "
+        "the sidecars and status stamps)",
     )
     run.add_argument(
         "--overwrite", action="store_true", help="recompute images that are already done"

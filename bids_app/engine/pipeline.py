@@ -124,7 +124,9 @@ class SpineSegEngine:
         data = np.asanyarray(iso_img.dataobj)
 
         with stage("step1_network"):
-            raw1, prob1 = self.model("step1").predict(data[None], return_probabilities=True)
+            raw1, prob1 = self.model("step1").predict(
+                data[None], return_probabilities=True, tile_step=options.tile_step
+            )
         with stage("step1_labeling"):
             raw1 = labeling.largest_component(raw1)
             if not raw1.any():
@@ -157,7 +159,7 @@ class SpineSegEngine:
             iso_out["levels"] = levels
 
         if not options.step1_only and not res.errors:
-            final = self._step2(data, step1, loc_iso, top_disc, res, stage)
+            final = self._step2(data, step1, loc_iso, top_disc, res, stage, options.tile_step)
             if final is not None:
                 iso_out["final"] = final
 
@@ -178,6 +180,7 @@ class SpineSegEngine:
         top_disc: int | None,
         res: EngineResult,
         stage: Callable[[str], AbstractContextManager[None]],
+        tile_step: float,
     ) -> np.ndarray | None:
         """Crop to step 1 +- 10 voxels, add the alternate-disc channel, label, un-crop."""
         box = labeling.bbox_slices(step1, CROP_MARGIN)
@@ -191,7 +194,7 @@ class SpineSegEngine:
                     labeling.extract_alternate(step1[box]).astype(np.float32),
                 ]
             )
-            raw2, _ = self.model("step2").predict(channels)
+            raw2, _ = self.model("step2").predict(channels, tile_step=tile_step)
         with stage("step2_labeling"):
             raw2 = labeling.largest_component(raw2)
             # When step 1 had to number from the assumed top disc, step 2 keeps that
