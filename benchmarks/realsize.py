@@ -416,6 +416,19 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * np.logical_and(a, b).sum() / total) if total else 1.0
 
 
+def renamed(reference: np.ndarray, other: np.ndarray) -> dict[str, str]:
+    """Structures of `reference` that `other` mostly labels as something else (a level shift)."""
+    out = {}
+    for v in np.unique(reference):
+        if v == 0:
+            continue
+        got = other[reference == v]
+        majority = int(np.bincount(got).argmax())
+        if majority != v:
+            out[L.level_name(int(v))] = L.level_name(majority) if majority else "background"
+    return out
+
+
 def fast_mode_with_demo(seeds: list[int], fov: str, steps: list[float], threads: int) -> dict:
     """Default vs fast tile steps with the demo models: time and agreement with the default."""
     from bids_app.engine.pipeline import SpineSegEngine
@@ -461,9 +474,25 @@ def fast_mode_with_demo(seeds: list[int], fov: str, steps: list[float], threads:
             ref_levels = (
                 np.asarray(ref.native["levels"].dataobj) if "levels" in ref.native else None
             )
+            row["landmarks"], row["landmarks_default"] = res.landmarks, ref.landmarks
             row["levels_identical"] = (
                 levels is not None and ref_levels is not None and np.array_equal(levels, ref_levels)
             ) and res.landmarks == ref.landmarks
+            if levels is not None and ref_levels is not None:
+                row["level_markers"] = sorted(int(v) for v in np.unique(levels) if v)
+                row["level_markers_default"] = sorted(int(v) for v in np.unique(ref_levels) if v)
+                shifts = {
+                    int(v): float(
+                        np.linalg.norm(
+                            np.argwhere(levels == v).mean(0) - np.argwhere(ref_levels == v).mean(0)
+                        )
+                    )
+                    for v in set(row["level_markers"]) & set(row["level_markers_default"])
+                }
+                row["level_marker_shift_vox"] = shifts
+                row["level_marker_max_shift_vox"] = max(shifts.values(), default=0.0)
+            if final is not None:
+                row["renamed_structures"] = renamed(ref_final, final)
             rows.append(row)
             print(
                 f"  demo fast mode, seed {seed}, step {step}: {seconds:.1f} s (default "
@@ -530,14 +559,18 @@ def update_readme(report: dict) -> None:
         "\\* extrapolated, not measured end to end: nnU-Net's full path with a zero-output "
         "network (real arrays, every patch sliced and accumulated) plus patches x "
         f"{report['per_patch_s']['step1']:.1f} s (step 1) / {report['per_patch_s']['step2']:.1f} s "
-        "(step 2) per patch, measured on the whole-spine image; memory = that path's peak + one "
-        "patch's activations.",
+        f"(step 2) per patch, measured on the {report['per_patch_s']['from']['step1']} (the "
+        "measured image with the most patches); memory = that path's peak + one patch's "
+        "activations.",
     ]
     if check:
         lines.append(
-            f"Check: the same extrapolation predicts {check['predicted_s']:.0f} s for the "
-            f"{check['case']} image at tile step {check['tile_step']}, measured "
-            f"{check['measured_s']:.0f} s."
+            "Check of the extrapolation on the measured images (networks, predicted / measured): "
+            + "; ".join(
+                f"{c['case']} {c['tile_step']}: {c['predicted_s']:.0f} / {c['measured_s']:.0f} s"
+                for c in check
+            )
+            + ". Times vary with the load of the shared machine."
         )
     fast = report.get("demo_fast_mode")
     if fast:
@@ -547,16 +580,22 @@ def update_readme(report: dict) -> None:
             "default tile step 0.5 of the same models):",
             "",
             "| tile step | networks s (default) | whole image s (default) | voxels agreeing "
-            "| lowest Dice of a label | levels identical |",
-            "|---|---|---|---|---|---|",
+            "| lowest Dice of a label | same landmarks and levels named "
+            "| level markers moved by (voxels) | structures renamed |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in fast["rows"]:
+            renames = r.get("renamed_structures", {})
+            same = r["landmarks"] == r["landmarks_default"] and r.get("level_markers") == r.get(
+                "level_markers_default"
+            )
             lines.append(
                 f"| {r['tile_step']} (seed {r['seed']}) | {r['network_s']:.0f} "
                 f"({r['network_s_default']:.0f}) | {r['seconds']:.0f} ({r['seconds_default']:.0f}) "
                 f"| {r.get('voxel_agreement', float('nan')):.4%} "
                 f"| {r.get('min_dice', float('nan')):.3f} "
-                f"| {'yes' if r['levels_identical'] else 'no'} |"
+                f"| {'yes' if same else 'no'} | up to {r.get('level_marker_max_shift_vox', 0):.1f} "
+                f"| {', '.join(f'{a} as {b}' for a, b in renames.items()) or 'none'} |"
             )
     head, rest = text.split(start, 1)
     readme.write_text(head + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end, 1)[1])
@@ -569,15 +608,13 @@ def measure_standins(
     weights: Path,
     facts: dict,
     args: argparse.Namespace,
-) -> tuple[list[dict], dict[str, float]]:
+) -> list[dict]:
     """Every image at tile steps 0.5 and 1.0, each in a child; measured or extrapolated.
 
-    An image is measured end to end when patches x the time per patch (taken from the measured
-    image with the most patches so far; 20 s before any) fits in --max-minutes.
+    An image is measured end to end when patches x the time per patch (`per_patch_rate` of
+    the images measured so far) fits in --max-minutes.
     """
     patch = facts["step1"]["patch_size_nibabel_order"]
-    per_patch = {"step1": 20.0, "step2": 20.0}
-    most = {"step1": 0, "step2": 0}
     rows = []
     for name, path in images.items():
         truth = path.with_name(f"{name}_truth.nii.gz")
@@ -587,6 +624,7 @@ def measure_standins(
                 "step1": patches(data.shape, patch, step),
                 "step2": patches(channels2.shape[1:], patch, step),
             }
+            per_patch = per_patch_rate(rows)
             predicted_min = sum(n[k] * per_patch[k] for k in n) / 60
             mode = "measured" if predicted_min <= args.max_minutes else "extrapolated"
             print(
@@ -603,11 +641,6 @@ def measure_standins(
                 "mode": mode,
             }
             run = run_child(spec)
-            if mode == "measured":
-                for k in n:
-                    if n[k] >= most[k]:
-                        network = run["measured"][f"{k}_s"] - run["without_network"][f"{k}_s"]
-                        per_patch[k], most[k] = network / n[k], n[k]
             estimate = estimate_peak_bytes(
                 run["grid_1mm"],
                 facts["step1"]["region_heads"],
@@ -631,23 +664,64 @@ def measure_standins(
                     "run": run,
                 }
             )
-    for row in rows:  # extrapolated rows use the final per-patch times
-        row.update(summarise(row, row["run"], per_patch))
-    return rows, per_patch
+    return rows
 
 
-def extrapolation_check(measured: list[dict], per_patch: dict[str, float]) -> dict:
-    """Predict the smallest measured image the extrapolated way and compare."""
-    small = min(measured, key=lambda c: sum(c["patches"].values()))
-    base = small["run"]["without_network"]
-    return {
-        "case": small["case"],
-        "tile_step": small["tile_step"],
-        "predicted_s": sum(
-            base[f"{k}_s"] + small["patches"][k] * per_patch[k] for k in ("step1", "step2")
-        ),
-        "measured_s": sum(small["network_s"].values()),
-    }
+def per_patch_rate(rows: list[dict]) -> dict:
+    """Network seconds per patch, per step, from the measured image with the most patches.
+
+    The time of nnU-Net's path without the network is taken off first. 20 s before any
+    image is measured (a first guess, used only to decide what to measure).
+    """
+    rate: dict = {"step1": 20.0, "step2": 20.0, "from": {}}
+    for k in ("step1", "step2"):
+        measured = [r for r in rows if r["mode"] == "measured"]
+        if measured:
+            row = max(measured, key=lambda r: r["patches"][k])
+            run = row["run"]
+            network = run["measured"][f"{k}_s"] - run["without_network"][f"{k}_s"]
+            rate[k] = network / row["patches"][k]
+            rate["from"][k] = f"{row['description']}, tile step {row['tile_step']}"
+    return rate
+
+
+def derive(report: dict) -> None:
+    """Per-patch rates, network times, peaks and the extrapolation check from the raw runs."""
+    rows = report["rows"]
+    report["per_patch_s"] = per_patch_rate(rows)
+    for row in rows:
+        row.update(summarise(row, row["run"], report["per_patch_s"]))
+    measured = [r for r in rows if r["mode"] == "measured"]
+    report["extrapolation_check"] = extrapolation_check(measured, report["per_patch_s"])
+
+
+def extrapolation_check(measured: list[dict], per_patch: dict) -> list[dict]:
+    """Predict every measured image the extrapolated way and compare with what was measured."""
+    checks = []
+    for row in measured:
+        if set(per_patch["from"].values()) == {
+            f"{row['description']}, tile step {row['tile_step']}"
+        }:
+            continue  # the rates come from this image: it would only check itself
+        base = row["run"]["without_network"]
+        predicted = sum(
+            base[f"{k}_s"] + row["patches"][k] * per_patch[k] for k in ("step1", "step2")
+        )
+        checks.append(
+            {
+                "case": row["case"],
+                "tile_step": row["tile_step"],
+                "predicted_s": predicted,
+                "measured_s": sum(row["network_s"].values()),
+            }
+        )
+    return checks
+
+
+def demo_fast_mode(quick: bool, threads: int) -> dict:
+    if quick:
+        return fast_mode_with_demo([5000], "cervical", [1.0], threads)
+    return fast_mode_with_demo([5000, 5001, 5002], "whole", [1.0], threads)
 
 
 def main() -> None:
@@ -662,10 +736,24 @@ def main() -> None:
         default=8.0,
         help="extrapolate an image whose predicted network time exceeds this (default 8)",
     )
+    ap.add_argument(
+        "--demo-only",
+        action="store_true",
+        help="only re-measure the demo-model fast mode into the existing realsize.json",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
+        return
+    if args.demo_only:
+        target = args.out / "realsize.json"
+        report = json.loads(target.read_text())
+        report["demo_fast_mode"] = demo_fast_mode(args.quick, args.threads)
+        report["demo_fast_mode"]["when"] = time.strftime("%Y-%m-%d %H:%M")
+        derive(report)
+        target.write_text(json.dumps(report, indent=2, default=str))
+        update_readme(report)
         return
     os.environ.setdefault("nnUNet_def_n_proc", str(args.threads))
     work = args.work or Path(tempfile.mkdtemp(prefix="spineseg-realsize-"))
@@ -704,18 +792,9 @@ def main() -> None:
             descriptions[name] = description
         rest = rest_of_pipeline(images, args.threads)
 
-        report["rows"], report["per_patch_s"] = measure_standins(
-            images, descriptions, rest, weights, facts, args
-        )
-        measured = [r for r in report["rows"] if r["mode"] == "measured"]
-        if len(measured) > 1:
-            report["extrapolation_check"] = extrapolation_check(measured, report["per_patch_s"])
-        if args.quick:
-            report["demo_fast_mode"] = fast_mode_with_demo([5000], "cervical", [1.0], args.threads)
-        else:
-            report["demo_fast_mode"] = fast_mode_with_demo(
-                [5000, 5001, 5002], "whole", [1.0], args.threads
-            )
+        report["rows"] = measure_standins(images, descriptions, rest, weights, facts, args)
+        derive(report)
+        report["demo_fast_mode"] = demo_fast_mode(args.quick, args.threads)
         report["loadavg_end"] = list(os.getloadavg())
         target = (work if args.quick else args.out) / "realsize.json"
         target.parent.mkdir(parents=True, exist_ok=True)
