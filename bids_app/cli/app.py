@@ -140,7 +140,10 @@ def build_config(args: argparse.Namespace, paths: Paths) -> RunConfig:
             frozen=args.frozen_selection,
         ),
         options=SegmentOptions(
-            step1_only=args.step1_only, iso=args.iso, assume_top_disc=args.assume_top_disc
+            step1_only=args.step1_only,
+            iso=args.iso,
+            assume_top_disc=args.assume_top_disc,
+            tile_step=args.tile_step,
         ),
         resources=Resources(
             devices=args.device,

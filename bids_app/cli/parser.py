@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from bids_app import __version__, slurm
+from bids_app.engine.options import REFERENCE_TILE_STEP, TILE_STEP_RANGE
 from bids_app.errors import EXIT_CODE_HELP, ExitCode
 from bids_app.labels import DISCS
 from bids_app.resources import DEVICE_HELP, parse_devices
@@ -61,6 +62,18 @@ def devices(text: str) -> tuple[str, ...]:
         return parse_devices(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def tile_step(text: str) -> float:
+    """A sliding-window step within TILE_STEP_RANGE (fraction of the network's patch)."""
+    low, high = TILE_STEP_RANGE
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number between {low} and {high}")
+    return value
 
 
 def disc_level(value: str) -> int:
@@ -197,6 +210,16 @@ def bids_app_parser() -> UsageParser:
         dest="step1_only",
         action="store_true",
         help="run step 1 only (no final instance labels)",
+    )
+    run.add_argument(
+        "--tile-step",
+        type=tile_step,
+        default=REFERENCE_TILE_STEP,
+        metavar="F",
+        help=f"sliding-window step of the networks, as a fraction of their patch: "
+        f"{REFERENCE_TILE_STEP} (default) is TotalSpineSeg's; up to {TILE_STEP_RANGE[1]} is an "
+        "opt-in fast mode for CPUs (fewer patches, a slightly different result, recorded in "
+        "the sidecars and status stamps)",
     )
     run.add_argument(
         "--overwrite", action="store_true", help="recompute images that are already done"

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from bids_app.labels import STEP1_REGIONS, STEP2_REGIONS
+from bids_app.nnunet import REFERENCE_TILE_STEP
 from bids_app.nnunet.model import NnUNetModel, resolve_device
 from bids_app.nnunet.weights import WeightsError, WeightSet
 
@@ -40,7 +41,11 @@ class Predictor(Protocol):
     """What the engine needs to run a step's network on an array of channels."""
 
     def predict(
-        self, step: str, channels: np.ndarray, return_probabilities: bool = False
+        self,
+        step: str,
+        channels: np.ndarray,
+        return_probabilities: bool = False,
+        tile_step: float = REFERENCE_TILE_STEP,
     ) -> Prediction: ...
 
 
@@ -80,11 +85,17 @@ class Networks:
         return model
 
     def predict(
-        self, step: str, channels: np.ndarray, return_probabilities: bool = False
+        self,
+        step: str,
+        channels: np.ndarray,
+        return_probabilities: bool = False,
+        tile_step: float = REFERENCE_TILE_STEP,
     ) -> Prediction:
         model = self.model(step)
         t0 = time.perf_counter()
-        labels, probabilities = model.predict(channels, return_probabilities=return_probabilities)
+        labels, probabilities = model.predict(
+            channels, return_probabilities=return_probabilities, tile_step=tile_step
+        )
         return Prediction(labels, probabilities, str(self.device), time.perf_counter() - t0)
 
 
@@ -105,9 +116,15 @@ class PooledNetworks:
         self.device = ",".join(pool.devices)
 
     def predict(
-        self, step: str, channels: np.ndarray, return_probabilities: bool = False
+        self,
+        step: str,
+        channels: np.ndarray,
+        return_probabilities: bool = False,
+        tile_step: float = REFERENCE_TILE_STEP,
     ) -> Prediction:
-        return self.pool.run(lambda nets: nets.predict(step, channels, return_probabilities))
+        return self.pool.run(
+            lambda nets: nets.predict(step, channels, return_probabilities, tile_step)
+        )
 
     def close(self, cancel: bool = False) -> None:
         self.pool.close(cancel)

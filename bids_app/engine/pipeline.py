@@ -119,7 +119,9 @@ class SpineSegEngine:
         data = np.asanyarray(iso_img.dataobj)
 
         with stage("step1_network"):
-            pred1 = self._predict("step1", data[None], res, devices, return_probabilities=True)
+            pred1 = self._predict(
+                "step1", data[None], res, devices, options.tile_step, return_probabilities=True
+            )
             raw1, prob1 = pred1.labels, pred1.probabilities
         with stage("step1_labeling"):
             raw1 = labeling.largest_component(raw1)
@@ -154,7 +156,9 @@ class SpineSegEngine:
             iso_out["levels"] = levels
 
         if not options.step1_only and not res.errors:
-            final = self._step2(data, step1, loc_iso, top_disc, res, stage, devices)
+            final = self._step2(
+                data, step1, loc_iso, top_disc, res, stage, devices, options.tile_step
+            )
             if final is not None:
                 iso_out["final"] = final
 
@@ -169,11 +173,12 @@ class SpineSegEngine:
         channels: np.ndarray,
         res: EngineResult,
         devices: list[str],
+        tile_step: float,
         return_probabilities: bool = False,
     ) -> Prediction:
         """Run a step's network; its device time is `<step>_device` (the stage time also
         counts any wait for a free device)."""
-        pred = self.networks.predict(step, channels, return_probabilities)
+        pred = self.networks.predict(step, channels, return_probabilities, tile_step)
         res.timings[f"{step}_device"] = round(pred.seconds, 3)
         res.kept[step] = pred.labels
         if len(channels) > 1:  # the guide channels it was given (step 2: alternate discs)
@@ -195,6 +200,7 @@ class SpineSegEngine:
         res: EngineResult,
         stage: Callable[[str], AbstractContextManager[None]],
         devices: list[str],
+        tile_step: float,
     ) -> np.ndarray | None:
         """Crop to step 1 +- 10 voxels, add the alternate-disc channel, label, un-crop."""
         box = labeling.bbox_slices(step1, CROP_MARGIN)
@@ -208,7 +214,7 @@ class SpineSegEngine:
                     labeling.extract_alternate(step1[box]).astype(np.float32),
                 ]
             )
-            raw2 = self._predict("step2", channels, res, devices).labels
+            raw2 = self._predict("step2", channels, res, devices, tile_step).labels
         with stage("step2_labeling"):
             raw2 = labeling.largest_component(raw2)
             # When step 1 had to number from the assumed top disc, step 2 keeps that

@@ -28,6 +28,7 @@ from bids_app.engine.options import SegmentOptions
 from bids_app.engine.pipeline import CANAL_HEAD, CORD_HEAD, SpineSegEngine
 from bids_app.engine.result import EngineError, EngineResult
 from bids_app.labels import CANAL, CORD, SACRUM, STEP1_REGIONS, VERTEBRAE
+from bids_app.nnunet import REFERENCE_TILE_STEP
 
 C1, C2 = sorted(VERTEBRAE)[:2]
 STEP1_OTHER_BONE = 50  # step-1 label of every vertebra but C1, sacrum included
@@ -67,8 +68,14 @@ class ReplayPredictor:
         self.kept, self.device = kept, device
 
     def predict(
-        self, step: str, channels: np.ndarray, return_probabilities: bool = False
+        self,
+        step: str,
+        channels: np.ndarray,
+        return_probabilities: bool = False,
+        tile_step: float = REFERENCE_TILE_STEP,
     ) -> Prediction:
+        """The kept output of the first run (made with the tile step the options hash holds,
+        so `tile_step` is the same here)."""
         labels = self.kept.get(step)
         if labels is None or labels.shape != channels.shape[1:]:
             raise KeptMismatch(f"no kept {step} output for this input")

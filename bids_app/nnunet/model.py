@@ -25,6 +25,7 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from bids_app.errors import one_line
+from bids_app.nnunet import REFERENCE_TILE_STEP
 from bids_app.nnunet.weights import WeightsError, find_checkpoint
 
 
@@ -118,12 +119,12 @@ class NnUNetModel:
         dataset_dir: Path,
         device: torch.device,
         *,
-        tile_step_size: float = 0.5,
         threads: int | None = None,
     ) -> NnUNetModel:
         """Load `<dataset_dir>/<Trainer>__<Plans>__<Config>/fold_0` the way TotalSpineSeg does.
 
-        Gaussian-weighted sliding window, no test-time mirroring. Sets torch's (process-wide)
+        Gaussian-weighted sliding window, no test-time mirroring (the tile step is chosen per
+        `predict` call). Sets torch's (process-wide)
         thread count: `threads` or all usable cores on CPU, 1 on CUDA like TotalSpineSeg.
         Raises WeightsError (one line) for missing, corrupt or inconsistent model files.
         """
@@ -173,7 +174,7 @@ class NnUNetModel:
         # nnU-Net prints a notice about perform_everything_on_device on every CPU construction.
         with contextlib.redirect_stdout(io.StringIO()):
             predictor = nnUNetPredictor(
-                tile_step_size=tile_step_size,
+                tile_step_size=REFERENCE_TILE_STEP,
                 use_gaussian=True,
                 use_mirroring=False,
                 perform_everything_on_device=device.type == "cuda",
@@ -233,6 +234,7 @@ class NnUNetModel:
         channels: np.ndarray,
         spacing: Sequence[float] = (1.0, 1.0, 1.0),
         return_probabilities: bool = False,
+        tile_step: float = REFERENCE_TILE_STEP,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Segment one image, exactly as nnU-Net would from a NIfTI holding this array.
 
@@ -241,7 +243,9 @@ class NnUNetModel:
         along x, y, z in mm. Returns `(segmentation, probabilities)` on the input grid, nibabel
         axis order: labels (x, y, z) uint8, and when asked, per-head probabilities
         (num_outputs, x, y, z) float32 (sigmoid per region, 0 outside nnU-Net's nonzero crop
-        box), else None.
+        box), else None. `tile_step` is the sliding-window step as a fraction of the patch:
+        0.5 is TotalSpineSeg's; up to 1.0 (no overlap) needs fewer patches, hence less time,
+        but gives a different result.
         """
         array = np.asarray(channels)
         if array.ndim != 4 or array.shape[0] != self._num_input_channels:
@@ -250,6 +254,9 @@ class NnUNetModel:
             )
         if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
             raise ValueError(f"spacing must be three positive numbers, got {tuple(spacing)}")
+        if not 0 < tile_step <= 1:  # nnU-Net's own limit (it asserts); above 1 leaves gaps
+            raise ValueError(f"tile step must be in (0, 1], got {tile_step}")
+        self._predictor.tile_step_size = float(tile_step)
         # SimpleITK (nnU-Net's reader for .nii.gz) returns the same voxels with axes reversed,
         # and the spacing reversed with them; nnU-Net uses nothing else of the properties.
         # C order matters too: the z-score sums run in memory order, so a transposed view
