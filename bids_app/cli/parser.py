@@ -120,6 +120,16 @@ def _add_engine_options(parser: argparse.ArgumentParser | argparse._ArgumentGrou
         "the discs, number them from the most superior one as DISC (e.g. C2-C3 for scans that "
         "start at C1), and let step 2 keep that numbering; off by default, as in TotalSpineSeg",
     )
+    parser.add_argument(
+        "--tile-step",
+        type=tile_step,
+        default=REFERENCE_TILE_STEP,
+        metavar="F",
+        help=f"sliding-window step of the networks, as a fraction of their patch: "
+        f"{REFERENCE_TILE_STEP} (default) is TotalSpineSeg's; up to {TILE_STEP_RANGE[1]} is an "
+        "opt-in fast mode for CPUs (fewer patches, a slightly different result, recorded in "
+        "the sidecars and status stamps)",
+    )
 
 
 def bids_app_parser() -> UsageParser:
@@ -210,16 +220,6 @@ def bids_app_parser() -> UsageParser:
         dest="step1_only",
         action="store_true",
         help="run step 1 only (no final instance labels)",
-    )
-    run.add_argument(
-        "--tile-step",
-        type=tile_step,
-        default=REFERENCE_TILE_STEP,
-        metavar="F",
-        help=f"sliding-window step of the networks, as a fraction of their patch: "
-        f"{REFERENCE_TILE_STEP} (default) is TotalSpineSeg's; up to {TILE_STEP_RANGE[1]} is an "
-        "opt-in fast mode for CPUs (fewer patches, a slightly different result, recorded in "
-        "the sidecars and status stamps)",
     )
     run.add_argument(
         "--overwrite", action="store_true", help="recompute images that are already done"

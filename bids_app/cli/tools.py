@@ -37,7 +37,10 @@ def run_segment(args, engine_factory: EngineFactory) -> int:
     weights, model = resolve_model(args.weights)
     engine = create_engine(engine_factory, weights, args.device, args.omp_nthreads)
     options = SegmentOptions(
-        step1_only=args.step1, iso=args.iso, assume_top_disc=args.assume_top_disc
+        step1_only=args.step1,
+        iso=args.iso,
+        assume_top_disc=args.assume_top_disc,
+        tile_step=args.tile_step,
     )
     try:
         img = load_image(src)

@@ -21,6 +21,7 @@ from bids_app.engine.networks import Networks, Prediction, Predictor
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import EngineError, EngineResult
 from bids_app.labels import CANAL, CORD, STEP1_CANAL, STEP1_CORD, STEP1_REGIONS, head_index
+from bids_app.nnunet import REFERENCE_TILE_STEP
 from bids_app.nnunet.model import default_threads
 from bids_app.nnunet.weights import WeightSet
 
@@ -98,6 +99,12 @@ class SpineSegEngine:
         checked = check_image(img, name)  # before anything is allocated for the image
         img = checked.image  # type: ignore[assignment]  # same class as the input
         res.warnings.extend(checked.warnings)
+        if options.tile_step != REFERENCE_TILE_STEP:
+            res.warnings.append(
+                f"fast mode: sliding-window tile step {options.tile_step} (TotalSpineSeg uses "
+                f"{REFERENCE_TILE_STEP}); the result differs slightly from the reference's "
+                "(level markers may move, see the README)"
+            )
 
         @contextmanager
         def stage(label: str) -> Iterator[None]:

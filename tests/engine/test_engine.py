@@ -129,3 +129,11 @@ def test_bad_inputs_are_one_line_errors(engine, data, problem) -> None:
         engine.segment(img, SegmentOptions(), name="bad.nii.gz")
     assert "bad.nii.gz" in str(err.value) and problem in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_fast_mode_says_so_in_the_result(engine, phantom) -> None:
+    res = engine.segment(phantom.image, SegmentOptions(step1_only=True, tile_step=1.0))
+    fast = [w for w in res.warnings if w.startswith("fast mode")]
+    assert len(fast) == 1 and "tile step 1.0" in fast[0] and "0.5" in fast[0]
+    default = engine.segment(phantom.image, SegmentOptions(step1_only=True))
+    assert not [w for w in default.warnings if w.startswith("fast mode")]
