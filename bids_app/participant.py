@@ -34,7 +34,6 @@ from bids_app.bids import discovery as disc
 from bids_app.bids.derivatives import (
     LOGS_DIR,
     ModelInfo,
-    bids_prefix,
     image_output_paths,
     run_log_path,
     write_dataset_files,
@@ -487,7 +486,7 @@ class ParticipantRun:
         if old.get("corrections"):
             return old.get("automatic_flags")
         job = plan.job
-        paths = QCPaths.of(self.out, job.subject, bids_prefix(job.name, job.suffix), job.suffix)
+        paths = QCPaths.of(self.out, job.relpath, job.suffix)
         return read_json(paths.qc).get("flags") if paths.qc.is_file() else None
 
     def kept_path(self, job: disc.ImageJob) -> Path:
@@ -577,8 +576,7 @@ class ParticipantRun:
                 result.native.get("final"),
                 result.native.get("levels"),
                 output_dir=self.out,
-                subject=job.subject,
-                stem=bids_prefix(job.name, job.suffix),
+                source=job.relpath,
                 suffix=job.suffix,
                 landmarks=landmark_list(result.landmarks),
             )

@@ -172,6 +172,27 @@ def image_output_paths(relpath: str, suffix: str, *, iso: bool) -> dict[tuple[st
     return out
 
 
+# QC files of an image: (name suffix, extension). Tables sit beside the image's NIfTI outputs,
+# in the source's own folder; figures in the subject's `figures/` folder (.bidsignore'd).
+QC_TABLES = {"morphometry": ("morphometry", ".tsv"), "morphometry_json": ("morphometry", ".json")}
+QC_TABLES["qc"] = ("qc", ".json")
+QC_FIGURES = ("sagittal", "axial", "curvature")
+
+
+def qc_output_paths(relpath: str, suffix: str) -> dict[str, str]:
+    """Kind -> output-relative path of each QC file of one BIDS source image."""
+    src = PurePosixPath(relpath)
+    prefix = bids_prefix(src.name, suffix)
+    out = {
+        kind: (src.parent / entity_name(prefix, name, ext, seg="spine", desc=suffix)).as_posix()
+        for kind, (name, ext) in QC_TABLES.items()
+    }
+    for kind in QC_FIGURES:
+        name = entity_name(prefix, kind, ".png", seg="spine", desc=suffix)
+        out[kind] = f"{src.parts[0]}/figures/{name}"
+    return out
+
+
 def final_output_relpath(relpath: str, suffix: str) -> str:
     """Where the final labels of a source image are written (used for localizers)."""
     return image_output_paths(relpath, suffix, iso=False)[("final", False)]

@@ -59,7 +59,7 @@ def rebuild_reports(
         source = rec.stamp.get("source")
         if rec.stamp.get("status") not in ("ok", "partial") or not source:
             continue
-        prefix, suffix = split_source(source)
+        _, suffix = split_source(source)
         outputs = image_output_paths(source, suffix, iso=False)
         raw = _load(Path(bids_dir) / source) if bids_dir is not None else None
         if raw is None:
@@ -70,8 +70,7 @@ def rebuild_reports(
                 _load(root / outputs[("final", False)]),
                 _load(root / outputs[("levels", False)]),
                 output_dir=root,
-                subject=rec.subject,
-                stem=prefix,
+                source=source,
                 suffix=suffix,
                 landmarks=landmark_list(rec.stamp.get("landmarks")),
             )

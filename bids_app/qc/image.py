@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import nibabel as nib
 import numpy as np
@@ -12,7 +12,7 @@ import numpy as np
 from bids_app import __version__
 from bids_app import labels as L
 from bids_app.atomic import write_json_atomic, write_text_atomic
-from bids_app.bids.derivatives import OUTPUTS, output_name
+from bids_app.bids.derivatives import bids_prefix, image_output_paths
 from bids_app.qc import alignment, measures, plausibility, previews
 from bids_app.qc import flags as F
 from bids_app.qc.flags import Thresholds
@@ -29,14 +29,13 @@ def _geometry_summary(img: nib.Nifti1Image) -> dict[str, object]:
     }
 
 
-def step1_overlay(paths: QCPaths, stem: str, suffix: str) -> LabelGeometry | None:
+def step1_overlay(root: Path, source: str, suffix: str) -> LabelGeometry | None:
     """Step-1 labels written next to the final ones, for the previews of a step-1-only image.
 
     Cord, canal, C1 and the discs are drawn as they are; label 50 there is every vertebra
     below C1, so it is drawn but not named.
     """
-    spec = next(o for o in OUTPUTS if o.key == "step1")
-    path = paths.anat / output_name(stem, spec, desc=suffix, iso=False)
+    path = root / image_output_paths(source, suffix, iso=False)[("step1", False)]
     if not path.is_file():
         return None
     try:
@@ -96,8 +95,7 @@ def write_image_qc(
     levels: nib.Nifti1Image | None,
     *,
     output_dir: Path,
-    subject: str,
-    stem: str,
+    source: str,
     suffix: str,
     landmarks: Sequence[str],
     thresholds: Thresholds | None = None,
@@ -107,13 +105,16 @@ def write_image_qc(
 
     `image` is the source image (None when it cannot be read: previews are then left as
     they are), `final` the final labels and `levels` the level markers, each on its own grid.
-    `stem` is the output prefix without `_seg-...` ("sub-01_ses-01_acq-sag"). The summary
+    `source` is the BIDS path of the source image ("sub-01/anat/sub-01_T2w.nii.gz"): every
+    QC file is named and placed after it, by `bids.derivatives`. The summary
     holds the written files relative to output_dir ("outputs"), the figures, the flags and
     the number of labels found. `missing_reason` explains a None `final` in its flag (for
     example a step-1-only run).
     """
     th = thresholds or Thresholds()
-    paths = QCPaths.of(output_dir, subject, stem, suffix)
+    paths = QCPaths.of(output_dir, source, suffix)
+    stem = bids_prefix(PurePosixPath(source).name, suffix)
+    ents = entities(stem)
     geom = LabelGeometry.from_image(final) if final is not None else None
     written: list[Path] = []
     level_ids = plausibility.level_labels(geom, th) if geom is not None else []
@@ -126,7 +127,7 @@ def write_image_qc(
     if image is not None:
         shown, preview_note = geom, None
         if geom is None:
-            shown = step1_overlay(paths, stem, suffix)
+            shown = step1_overlay(paths.root, source, suffix)
             if shown is not None:
                 preview_note = (
                     "No final labels: the previews show the step-1 labels (cord, canal, C1, "
@@ -157,8 +158,8 @@ def write_image_qc(
     )
     present = geom.present if geom is not None else []
     qc = {
-        "subject": subject,
-        "session": entities(stem).get("ses"),
+        "subject": ents["sub"],
+        "session": ents.get("ses"),
         "stem": stem,
         "suffix": suffix,
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -16,15 +16,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from bids_app.bids.derivatives import qc_output_paths
 from bids_app.bids.stamps import STATUS_DIR, read_stamp, source_stem
 from bids_app.qc.flags import qc_status
 
 NA = "n/a"
 _ENTITY_RE = re.compile(r"([A-Za-z]+)-([A-Za-z0-9]+)")
-_QC_FILE_RE = re.compile(
-    r"^(?P<stem>sub-.+?)_seg-spine_desc-(?P<suffix>[A-Za-z0-9]+)"
-    r"_(?P<kind>qc\.json|morphometry\.tsv)$"
-)
 
 
 def entities(stem: str) -> dict[str, str]:
@@ -34,43 +31,42 @@ def entities(stem: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class QCPaths:
-    """Output paths of one image's QC files (absolute) and their names relative to output_dir."""
+    """Where one image's QC files go (absolute), as `bids.derivatives` names them."""
 
     root: Path
-    anat: Path
-    figures: Path
-    prefix: str  # "<stem>_seg-spine_desc-<suffix>"
+    files: Mapping[str, str]  # kind -> path relative to root
 
     @classmethod
-    def of(cls, output_dir: Path, subject: str, stem: str, suffix: str) -> QCPaths:
-        ses = entities(stem).get("ses")
-        sub_dir = Path(output_dir) / f"sub-{subject}"
-        anat = (sub_dir / f"ses-{ses}" if ses else sub_dir) / "anat"
-        return cls(Path(output_dir), anat, sub_dir / "figures", f"{stem}_seg-spine_desc-{suffix}")
+    def of(cls, output_dir: Path, source: str, suffix: str) -> QCPaths:
+        """For the BIDS source image at `source` (relative to the raw dataset)."""
+        return cls(Path(output_dir), qc_output_paths(source, suffix))
+
+    def _path(self, kind: str) -> Path:
+        return self.root / self.files[kind]
 
     @property
     def morphometry(self) -> Path:
-        return self.anat / f"{self.prefix}_morphometry.tsv"
+        return self._path("morphometry")
 
     @property
     def morphometry_json(self) -> Path:
-        return self.anat / f"{self.prefix}_morphometry.json"
+        return self._path("morphometry_json")
 
     @property
     def qc(self) -> Path:
-        return self.anat / f"{self.prefix}_qc.json"
+        return self._path("qc")
 
     @property
     def sagittal(self) -> Path:
-        return self.figures / f"{self.prefix}_sagittal.png"
+        return self._path("sagittal")
 
     @property
     def axial(self) -> Path:
-        return self.figures / f"{self.prefix}_axial.png"
+        return self._path("axial")
 
     @property
     def curvature(self) -> Path:
-        return self.figures / f"{self.prefix}_curvature.png"
+        return self._path("curvature")
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -194,6 +190,14 @@ def _wanted(value: str | None, allowed: Sequence[str] | None) -> bool:
     return allowed is None or (value is not None and value in allowed)
 
 
+def _read_qc_files(rec: ImageRecord, files: QCPaths) -> None:
+    """The image's qc.json and morphometry table, where `bids.derivatives` put them."""
+    if files.qc.is_file():
+        rec.qc = read_json(files.qc)
+    if files.morphometry.is_file():
+        rec.morphometry = read_tsv(files.morphometry)
+
+
 def collect(
     output_dir: Path,
     participants: Sequence[str] | None = None,
@@ -204,29 +208,29 @@ def collect(
     records: dict[str, ImageRecord] = {}
     for path in sorted((root / STATUS_DIR).glob("*.json")):
         stamp = read_stamp(path)
-        if not stamp or not stamp.get("subject"):
+        if not stamp or not stamp.get("subject") or not stamp.get("source"):
             continue
-        _, suffix = split_source(str(stamp.get("source") or path.stem))
-        records[path.stem] = ImageRecord(
+        source = str(stamp["source"])
+        _, suffix = split_source(source)
+        rec = records[path.stem] = ImageRecord(
             key=path.stem,
             subject=str(stamp["subject"]),
             session=stamp.get("session"),
             suffix=suffix,
             stamp=stamp,
         )
-    for path in sorted(root.glob("sub-*/**/*_seg-spine_desc-*_*")):
-        m = _QC_FILE_RE.match(path.name)
-        ents = entities(m.group("stem")) if m else {}
-        if not m or "sub" not in ents:
+        _read_qc_files(rec, QCPaths.of(root, source, suffix))
+    # QC files whose stamp is gone or broken: the image is listed (incomplete) from what its
+    # qc.json says of itself, so no file name is parsed back.
+    for path in sorted(root.glob("sub-*/**/*_qc.json")):
+        qc = read_json(path)
+        stem, kind, subject = (str(qc.get(k) or "") for k in ("stem", "suffix", "subject"))
+        key = f"{stem}_{kind}"
+        if not (stem and kind and subject) or key in records:
             continue
-        key = f"{m.group('stem')}_{m.group('suffix')}"
-        rec = records.setdefault(
-            key, ImageRecord(key, ents["sub"], ents.get("ses"), m.group("suffix"))
-        )
-        if m.group("kind") == "qc.json":
-            rec.qc = read_json(path)
-        else:
-            rec.morphometry = read_tsv(path)
+        rec = records[key] = ImageRecord(key, subject, qc.get("session"), kind)
+        source = (path.parent.relative_to(root) / f"{key}.nii.gz").as_posix()
+        _read_qc_files(rec, QCPaths.of(root, source, kind))
     chosen = [
         r
         for r in records.values()

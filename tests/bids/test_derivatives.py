@@ -212,3 +212,17 @@ def test_written_tree_passes_the_bids_validator(tmp_path, nested):
     report = validate(out)
     assert report.errors == [], report.error_lines()
     assert report.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "relpath",
+    ["sub-01/ses-02/anat/sub-01_ses-02_acq-sag_T2w.nii.gz", "sub-01/mrs/sub-01_acq-sag_T2w.nii.gz"],
+)
+def test_qc_files_sit_beside_the_image_outputs_whatever_the_folder(relpath):
+    qc = d.qc_output_paths(relpath, "T2w")
+    final = d.image_output_paths(relpath, "T2w", iso=False)[("final", False)]
+    folder = final.rsplit("/", 1)[0]
+    for kind in ("qc", "morphometry", "morphometry_json"):
+        assert qc[kind].rsplit("/", 1)[0] == folder
+        assert "_seg-spine_desc-T2w_" in qc[kind]
+    assert qc["sagittal"].startswith("sub-01/figures/")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import pytest
-from qc_helpers import stamp_for
+from qc_helpers import bids_source, stamp_for
 
 from bids_app.bids.stamps import write_stamp
 from bids_app.phantom.render import Acquisition, Phantom, render_phantom
@@ -72,8 +72,7 @@ def _add_image(root: Path, bids: Path, phantom: Phantom, sub: str, ses: str | No
         phantom.labels,
         None,
         output_dir=root,
-        subject=sub,
-        stem=stem,
+        source=bids_source(stem),
         suffix="T2w",
         landmarks=["C2-C3"],
     )

@@ -109,3 +109,10 @@ def true_endplate_normal(anat: Anatomy, vertebra: int, upper: bool) -> np.ndarra
         ]
     )
     return -grad / np.linalg.norm(grad)
+
+
+def bids_source(stem: str, suffix: str = "T2w") -> str:
+    """The BIDS path of a source image named `<stem>_<suffix>.nii.gz`, in its anat folder."""
+    parts = dict(p.split("-", 1) for p in stem.split("_") if "-" in p)
+    folder = f"sub-{parts['sub']}" + (f"/ses-{parts['ses']}" if "ses" in parts else "")
+    return f"{folder}/anat/{stem}_{suffix}.nii.gz"

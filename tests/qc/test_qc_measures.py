@@ -8,7 +8,7 @@ import math
 import nibabel as nib
 import numpy as np
 import pytest
-from qc_helpers import canal_radii, reorient, true_length
+from qc_helpers import bids_source, canal_radii, reorient, true_length
 
 from bids_app import labels as L
 from bids_app.qc import measures
@@ -162,8 +162,7 @@ def test_morphometry_files(tmp_path, cervical):
         cervical.labels,
         None,
         output_dir=tmp_path,
-        subject="01",
-        stem="sub-01_ses-02_acq-sag",
+        source=bids_source("sub-01_ses-02_acq-sag"),
         suffix="T2w",
         landmarks=["C2-C3"],
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from qc_helpers import spine_s, stamp_for
+from qc_helpers import bids_source, spine_s, stamp_for
 
 from bids_app import labels as L
 from bids_app.bids.stamps import write_stamp
@@ -162,8 +162,7 @@ def test_wrong_labels_never_show_ok(tmp_path, cervical):
         nib.Nifti1Image(data, cervical.labels.affine),
         None,
         output_dir=tmp_path,
-        subject="09",
-        stem=stem,
+        source=bids_source(stem),
         suffix="T2w",
         landmarks=["C2-C3"],
     )

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-from qc_helpers import reorient
+from qc_helpers import bids_source, reorient
 
 from bids_app import labels as L
 from bids_app.qc.image import write_image_qc
@@ -25,8 +25,7 @@ def _write(tmp_path, phantom_image, phantom_labels, name: str, levels=None, fina
         phantom_labels if final else None,
         levels,
         output_dir=tmp_path,
-        subject="01",
-        stem=f"sub-01_acq-{name}",
+        source=bids_source(f"sub-01_acq-{name}"),
         suffix="T2w",
         landmarks=["C2-C3"],
         missing_reason="step-1-only run",
@@ -226,8 +225,7 @@ def test_partial_image_overlays_its_step1_labels(tmp_path, cervical):
         None,
         None,
         output_dir=tmp_path,
-        subject="01",
-        stem="sub-01_acq-part",
+        source=bids_source("sub-01_acq-part"),
         suffix="T2w",
         landmarks=[],
         missing_reason="step-1-only run",
