@@ -16,6 +16,8 @@ from types import TracebackType
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from bids_app.bids.stamps import Status
+
 log = logging.getLogger(__name__)
 
 
@@ -58,7 +60,7 @@ class RunProgress:
         with self._lock:
             self._stages.pop(image, None)
             self.done += 1
-            self.not_ok += status in ("failed", "partial")
+            self.not_ok += status in (Status.FAILED, Status.PARTIAL)
             if self._bar is not None:
                 self._bar.update(1)
                 self._refresh()

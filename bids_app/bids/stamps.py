@@ -37,6 +37,11 @@ class Status(StrEnum):
     SKIPPED = "skipped"  # done by an earlier run with the same version, options and model
 
 
+# What the group level says of an image that has no usable stamp: QC files without one (the
+# run was interrupted), or a selected participant with no record at all.
+INCOMPLETE, MISSING = "incomplete", "missing"
+
+
 def source_stem(name: str) -> str:
     """File name without `.nii.gz` / `.nii` (the stamp and output naming key)."""
     for ext in (".nii.gz", ".nii"):

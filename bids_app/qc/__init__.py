@@ -16,6 +16,7 @@ from pathlib import Path
 import nibabel as nib
 
 from bids_app.bids.derivatives import image_output_paths
+from bids_app.bids.stamps import Status
 from bids_app.qc.geometry import load_nifti
 from bids_app.qc.group import run_group
 from bids_app.qc.image import write_image_qc
@@ -57,7 +58,7 @@ def rebuild_reports(
     records = collect(root, participants, sessions)
     for rec in records:
         source = rec.stamp.get("source")
-        if rec.stamp.get("status") not in ("ok", "partial") or not source:
+        if rec.stamp.get("status") not in (Status.OK, Status.PARTIAL) or not source:
             continue
         _, suffix = split_source(source)
         outputs = image_output_paths(source, suffix, iso=False)

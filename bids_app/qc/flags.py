@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from bids_app import labels as L
+from bids_app.bids.stamps import INCOMPLETE, MISSING, Status
 from bids_app.qc import plausibility
 from bids_app.qc.geometry import SPINE_ORDER, LabelGeometry
 from bids_app.qc.measures import number
@@ -293,9 +294,9 @@ def qc_status(run_status: str, flag_ids: Sequence[str]) -> str:
     asks for a check, so a wrong result never shows as ok.
     """
     severities = {SEVERITY.get(f, "check") for f in flag_ids}
-    if run_status in ("failed", "missing", "incomplete") or "fail" in severities:
+    if run_status in (Status.FAILED, MISSING, INCOMPLETE) or "fail" in severities:
         return "fail"
-    if run_status != "ok" or "check" in severities:
+    if run_status != Status.OK or "check" in severities:
         return "check"
     return "ok"
 

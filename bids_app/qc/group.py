@@ -16,6 +16,7 @@ from markupsafe import Markup
 from bids_app import __version__
 from bids_app import labels as L
 from bids_app.atomic import write_json_atomic, write_text_atomic
+from bids_app.bids.stamps import MISSING
 from bids_app.qc.alignment import TITLES
 from bids_app.qc.flags import (
     FLAG_DESCRIPTIONS,
@@ -492,7 +493,7 @@ def run_group(
         {
             "participant_id": f"sub-{s}",
             "qc_status": "fail",
-            "status": "missing",
+            "status": MISSING,
             "reason": "no participant-level output found",
         }
         for s in missing

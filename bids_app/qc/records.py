@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from bids_app.bids.derivatives import qc_output_paths
-from bids_app.bids.stamps import STATUS_DIR, read_stamp, source_stem
+from bids_app.bids.stamps import INCOMPLETE, STATUS_DIR, read_stamp, source_stem
 from bids_app.qc.flags import qc_status
 
 NA = "n/a"
@@ -158,7 +158,7 @@ class ImageRecord:
     @property
     def status(self) -> str:
         """Stamp status; 'incomplete' when QC files exist without a stamp (run interrupted)."""
-        return str(self.stamp.get("status") or "incomplete")
+        return str(self.stamp.get("status") or INCOMPLETE)
 
     @property
     def reason(self) -> str | None:

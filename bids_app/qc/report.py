@@ -18,6 +18,7 @@ from PIL import Image
 from bids_app import __version__
 from bids_app import labels as L
 from bids_app.atomic import write_text_atomic
+from bids_app.bids.stamps import INCOMPLETE, Status
 from bids_app.qc.alignment import TITLES
 from bids_app.qc.measures import COLUMN_BY_NAME
 from bids_app.qc.ratings import PROBLEMS, RATINGS, SCHEMA
@@ -204,7 +205,7 @@ def write_subject_report(output_dir: Path, subject: str) -> Path:
         .render(
             subject=subject,
             images=images,
-            failed=[im for im in images if im["status"] in ("failed", "incomplete")],
+            failed=[im for im in images if im["status"] in (Status.FAILED, INCOMPLETE)],
             columns=table_columns(),
             cord_warning=CORD_CSA_WARNING,
             ratings=RATINGS,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bids_app.atomic import write_text_atomic
 from bids_app.bids.derivatives import final_output_relpath
+from bids_app.bids.stamps import Status
 from bids_app.qc.records import NA, read_tsv, split_source, tsv_text
 
 WORKLIST = "group_worklist.tsv"
@@ -35,7 +36,7 @@ def worklist_rows(qc_rows: Sequence[Mapping[str, object]]) -> list[dict[str, obj
     for row in qc_rows:
         source = row.get("source")
         if not row.get("image") or not (
-            row.get("qc_rating") in TO_REVIEW or row.get("status") != "ok"
+            row.get("qc_rating") in TO_REVIEW or row.get("status") != Status.OK
         ):
             continue
         labels = None
