@@ -156,6 +156,8 @@ def build_config(args: argparse.Namespace, paths: Paths) -> RunConfig:
         quiet=args.quiet,
         dry_run=args.dry_run,
         ratings_dir=args.ratings_dir,
+        lesion_model=getattr(args, "lesion_model", None),
+        lesion_suffixes=tuple(getattr(args, "lesion_suffix", None) or ("T2w",)),
     )
 
 

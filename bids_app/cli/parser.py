@@ -190,6 +190,20 @@ def bids_app_parser() -> UsageParser:
 
     run = p.add_argument_group("processing")
     _add_engine_options(run)
+    lesions = p.add_argument_group("lesions")
+    lesions.add_argument(
+        "--lesion-model",
+        type=Path,
+        metavar="DIR",
+        help="also segment and measure spinal cord lesions with this nnU-Net lesion model "
+        "(a folder in nnU-Net's result layout, e.g. SCIseg; see `spineseg weights --lesion`)",
+    )
+    lesions.add_argument(
+        "--lesion-suffix",
+        nargs="+",
+        metavar="SUFFIX",
+        help="images the lesion model runs on (default: T2w)",
+    )
     run.add_argument(
         "--step1-only",
         "--step1",
@@ -393,6 +407,12 @@ def weights_parser() -> UsageParser:
     p.add_argument("--force", action="store_true", help="reinstall even if already installed")
     p.add_argument(
         "--verify", action="store_true", help="only check the installed weights and print hashes"
+    )
+    p.add_argument(
+        "--lesion",
+        action="store_true",
+        help="a lesion model (nnU-Net result layout, e.g. SCIseg) instead: install it from "
+        "--from ZIP|DIR into --dest (default: <weights folder>/lesion), or --verify --dest DIR",
     )
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p

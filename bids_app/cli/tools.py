@@ -79,6 +79,10 @@ def run_weights(args) -> int:
     """Install a weights release (download, zip, folder or URL) or verify an installation."""
     from bids_app.nnunet import weights as w
 
+    if args.lesion:
+        from bids_app.lesions.weights import run_lesion_weights
+
+        return run_lesion_weights(args.source, args.dest, verify=args.verify, force=args.force)
     dest = Path(args.dest or os.environ.get(w.ENV_VAR) or w.default_weights_dir()).expanduser()
     try:
         if args.verify:

@@ -78,7 +78,7 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
         f"dilated by {OUTSIDE_TOLERANCE} voxel",
         None,
     ),
-    "touches_fov_edge": ("Whether the lesion reaches the edge of the field of view", None),
+    "touches_fov_edge": ("1 when the lesion reaches the edge of the field of view, else 0", None),
 }
 LOAD_COLUMNS: dict[str, tuple[str, str | None]] = {
     "level": ("Vertebral level (from SpineSeg's labels along the cord)", None),
@@ -238,7 +238,7 @@ def measure_lesions(
             float(c) for c in centre
         )
         row["outside_cord_share"] = float(1 - canal[tuple(idx.T)].mean())
-        row["touches_fov_edge"] = edge
+        row["touches_fov_edge"] = int(edge)
         report.rows.append({k: row.get(k, float("nan")) for k in COLUMNS})
         for v in order:
             level_volume[v] = level_volume.get(v, 0.0) + shares[v] * len(idx) * voxel_mm3

@@ -222,3 +222,29 @@ def install_lesion_model(
     except OSError as e:
         raise WeightsError(f"{e.filename or dest_root}: {e.strerror or e}") from e
     return resolve_lesion_model(final)
+
+
+def run_lesion_weights(source: str | None, dest: Path | None, *, verify: bool, force: bool) -> int:
+    """`spineseg weights --lesion`: install from `source`, or verify the folder `dest`."""
+    from bids_app.errors import ExitCode, UserError
+    from bids_app.logs import say
+
+    try:
+        if verify:
+            if dest is None:
+                raise UserError(ExitCode.USAGE, "--lesion --verify needs --dest MODEL_DIR")
+            weights = resolve_lesion_model(Path(dest).expanduser())
+            say(f"lesion model OK: {weights.folder} ({len(weights.checkpoints)} fold(s))")
+        else:
+            if source is None:
+                raise UserError(
+                    ExitCode.USAGE,
+                    "--lesion needs --from ZIP|DIR (lesion models are not downloaded)",
+                )
+            weights = install_lesion_model(source, dest, force=force)
+            say(f"installed lesion model {weights.name} in {weights.folder}")
+            say(f"use it with --lesion-model {weights.folder}")
+    except WeightsError as e:
+        raise UserError(ExitCode.CONFIG, str(e)) from e
+    say(*(f"  {sha}  {name}" for name, sha in sorted(weights.sha256.items())))
+    return ExitCode.OK

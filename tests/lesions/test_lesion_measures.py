@@ -51,7 +51,7 @@ def _check_against_truth(rows, anat):
         main = max(row["level_shares"].split(","), key=lambda x: float(x.split(":")[1]))
         assert main.split(":")[0] == truth["level_main"], where
         assert row["outside_cord_share"] == 0.0
-        assert row["touches_fov_edge"] is False
+        assert row["touches_fov_edge"] == 0
 
 
 def test_measures_match_truth_on_whole_spine(whole):
@@ -107,7 +107,7 @@ def test_lesion_cut_by_the_field_of_view_and_outside_the_cord():
     z = np.argwhere(lesion)[:, 2]
     cut = int(np.median(z))  # crop the image through the lesion's middle (z is S here)
     row = measure_lesions(lesion[:, :, :cut], spine[:, :, :cut], ph.image.affine).rows[0]
-    assert row["touches_fov_edge"] is True and math.isnan(row["length_mm"])
+    assert row["touches_fov_edge"] == 1 and math.isnan(row["length_mm"])
     # A blob inside a disc is outside the cord and the canal.
     blob = np.zeros_like(lesion)
     body = np.argwhere(spine == 66)
