@@ -17,7 +17,6 @@ from bids_app.bids.derivatives import final_output_relpath
 from bids_app.bids.discovery import ImageJob
 from bids_app.engine.result import EngineResult
 from bids_app.errors import ExitCode, UserError, one_line
-from bids_app.lesions.model import read_labels
 from bids_app.lesions.outputs import model_record, write_lesion_outputs
 from bids_app.lesions.run import LesionRunner
 from bids_app.lesions.weights import resolve_lesion_model
@@ -34,7 +33,6 @@ def resolve_lesion_runner(
         return None
     try:
         weights = resolve_lesion_model(model)
-        read_labels(weights.trainer_dir / "dataset.json")  # not a lesion model: before any work
     except WeightsError as e:
         raise UserError(ExitCode.CONFIG, str(e)) from e
     log.info(

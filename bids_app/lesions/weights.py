@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bids_app.atomic import write_json_atomic
+from bids_app.lesions.labels import read_labels
 from bids_app.nnunet.weights import (
     MANIFEST,
     WeightsError,
@@ -133,6 +134,7 @@ def resolve_lesion_model(path: Path | str, env: Mapping[str, str] = os.environ) 
     """Find and verify a lesion model folder (hashes against its manifest)."""
     folder = Path(path)
     files = model_files(folder)
+    read_labels(files[1])  # not a lesion model: refused before anything is recorded
     own, cached = folder / MANIFEST, _cached_manifest_path(folder, env)
     where = own if own.is_file() else cached
     manifest = _read_manifest(where)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from lesion_helpers import MS_LABELS, TRAINER, build_lesion_model
 
-from bids_app.lesions.model import LesionModel, read_labels
+from bids_app.lesions.labels import read_labels
+from bids_app.lesions.model import LesionModel
 from bids_app.lesions.weights import install_lesion_model, resolve_lesion_model
 from bids_app.nnunet.model import NnUNetModel
 from bids_app.nnunet.weights import DEMO_DIR, STEP1, WeightsError

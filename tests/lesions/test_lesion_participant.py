@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -86,9 +87,12 @@ def test_a_mismatched_lesion_model_stops_the_run_with_78(setup):
     assert "checkpoint_final.pth" in line
 
 
-def test_a_spine_model_is_not_a_lesion_model(setup):
+def test_a_spine_model_is_not_a_lesion_model_and_is_left_untouched(setup):
     from bids_app.nnunet.weights import DEMO_DIR, STEP1
 
-    run = setup[0]
-    rc, text = run(DEMO_DIR / STEP1)
+    run, _, tmp = setup
+    spine = tmp / "spine"
+    shutil.copytree(DEMO_DIR / STEP1, spine)
+    rc, text = run(spine)
     assert rc == 78 and "not a lesion model" in text
+    assert not (spine / "manifest.json").exists()  # nothing recorded for a refused folder
