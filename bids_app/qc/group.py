@@ -16,6 +16,7 @@ from markupsafe import Markup
 from bids_app import __version__
 from bids_app import labels as L
 from bids_app.atomic import write_json_atomic, write_text_atomic
+from bids_app.lesions import qc as lesion_qc
 from bids_app.qc.alignment import TITLES
 from bids_app.qc.flags import (
     FLAG_DESCRIPTIONS,
@@ -477,6 +478,12 @@ def run_group(
     missing = _missing(root, records, participants)
     qc_rows = [qc_row(r, outliers.get(r.key, []), ratings.get(r.key)) for r in records]
     flags = [raised_flags(r, outliers.get(r.key, [])) for r in records] + [{} for _ in missing]
+    lesions = [lesion_qc.lesion_columns(root, r.stamp) for r in records]
+    for rec, row, raised, cols in zip(records, qc_rows, flags, lesions, strict=False):
+        raised.update(cols.pop("_reasons", {}))  # lesion flags count like the image's own
+        row.update(cols, qc_status=rec.qc_status(list(raised)))
+        row["flag_reasons"] = "; ".join(f"{k}: {v}" for k, v in raised.items()) or None
+    qc_columns = (*QC_COLUMNS, *lesion_qc.COLUMNS) if any(lesions) else QC_COLUMNS
     qc_rows += [
         {
             "participant_id": f"sub-{s}",
@@ -486,8 +493,10 @@ def run_group(
         }
         for s in missing
     ]
-    write_text_atomic(root / "group_qc.tsv", tsv_text(QC_COLUMNS, qc_rows))
-    write_json_atomic(root / "group_qc.json", qc_sidecar(th))
+    write_text_atomic(root / "group_qc.tsv", tsv_text(qc_columns, qc_rows))
+    write_json_atomic(
+        root / "group_qc.json", qc_sidecar(th) | (lesion_qc.sidecar() if any(lesions) else {})
+    )
 
     counts: dict[str, int] = {}
     for r in qc_rows:

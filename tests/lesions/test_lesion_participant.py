@@ -96,3 +96,33 @@ def test_a_spine_model_is_not_a_lesion_model_and_is_left_untouched(setup):
     rc, text = run(spine)
     assert rc == 78 and "not a lesion model" in text
     assert not (spine / "manifest.json").exists()  # nothing recorded for a refused folder
+
+
+def test_group_table_has_lesion_columns_and_flags(setup):
+    run, out, tmp = setup
+    model = build_lesion_model(tmp / "models")
+    assert run(model)[0] == 0
+    table = out / lesion_paths(T2W, "T2w")["table"]
+    # Two lesions written by hand: one mostly outside the canal, one cut by the border.
+    header = table.read_text().splitlines()[0].split("\t")
+    values = [
+        {"lesion_id": 1, "volume_mm3": 100, "levels": "C3,C4", "outside_cord_share": 0.9},
+        {"lesion_id": 2, "volume_mm3": 50.5, "levels": "T2", "touches_fov_edge": 1},
+    ]
+    lines = ["\t".join(header)]
+    lines += ["\t".join(str(v.get(c, 0)) for c in header) for v in values]
+    table.write_text("\n".join(lines) + "\n")
+    assert main([str(tmp / "ds"), str(out), "group"]) == 0
+    with open(out / "group_qc.tsv") as f:
+        rows = {r["image"]: r for r in csv.DictReader(f, delimiter="\t")}
+    t2, t1 = rows["sub-01_ses-01_acq-sag_T2w"], rows["sub-01_ses-01_T1w"]
+    assert (t2["lesion_count"], t2["lesion_volume_mm3"]) == ("2", "150.50")
+    assert (t2["lesion_level_highest"], t2["lesion_level_lowest"]) == ("C3", "T2")
+    assert t2["flag_lesion_outside_cord"] == t2["flag_lesion_at_fov_edge"] == "1"
+    assert (
+        t2["qc_status"] in ("check", "fail")
+        and "lesion(s) 1 mostly outside" in (t2["flag_reasons"])
+    )
+    assert t1["lesion_count"] == "n/a"
+    sidecar = json.loads((out / "group_qc.json").read_text())
+    assert sidecar["lesion_volume_mm3"]["Units"] == "mm^3"
