@@ -184,7 +184,8 @@ def measure_lesions(
     """
     lesion = np.asarray(lesion) > 0
     ids, n = ndimage.label(lesion, np.ones((3, 3, 3), bool))
-    report = LesionReport(ids=np.zeros(lesion.shape, np.int16))
+    numbered = np.zeros(lesion.shape, np.int16)
+    report = LesionReport(ids=numbered)
     if n == 0:
         return report
     voxel_mm3 = abs(float(np.linalg.det(affine[:3, :3])))
@@ -205,7 +206,7 @@ def measure_lesions(
     level_volume: dict[int, float] = {}
     level_count: dict[int, int] = {}
     for number, (idx, pts) in enumerate(comps, start=1):
-        report.ids[tuple(idx.T)] = number
+        numbered[tuple(idx.T)] = number
         centre = pts.mean(0)
         frame = _frame(cord_pts, centre)
         proj = (pts - centre) @ frame[0]

@@ -38,11 +38,12 @@ def lesion_table(root: Path, stamp: Mapping) -> Path | None:
     return None
 
 
-def lesion_columns(root: Path, stamp: Mapping) -> dict[str, object]:
-    """The group columns of one image (empty when the lesion model did not run on it)."""
+def lesion_columns(root: Path, stamp: Mapping) -> tuple[dict[str, object], dict[str, str]]:
+    """The group columns of one image and its raised lesion flags (flag -> reason); both
+    empty when the lesion model did not run on it."""
     table = lesion_table(root, stamp)
     if table is None:
-        return {}
+        return {}, {}
     rows = read_tsv(table)
     levels = [
         name for row in rows for name in str(row.get("levels", "")).split(",") if name in _ORDER
@@ -50,26 +51,20 @@ def lesion_columns(root: Path, stamp: Mapping) -> dict[str, object]:
     levels.sort(key=_ORDER.__getitem__)
     outside = [r for r in rows if _num(r.get("outside_cord_share")) > OUTSIDE_SHARE]
     cut = [r for r in rows if _num(r.get("touches_fov_edge")) == 1]
-    return {
+    reasons = {}
+    if outside:
+        reasons["lesion_outside_cord"] = f"lesion(s) {_ids(outside)} mostly outside the canal"
+    if cut:
+        reasons["lesion_at_fov_edge"] = f"lesion(s) {_ids(cut)} cut by the field of view"
+    columns: dict[str, object] = {
         "lesion_count": len(rows),
         "lesion_volume_mm3": float(sum(_num(r.get("volume_mm3")) for r in rows)),
         "lesion_level_highest": levels[0] if levels else None,
         "lesion_level_lowest": levels[-1] if levels else None,
         "flag_lesion_outside_cord": int(bool(outside)),
         "flag_lesion_at_fov_edge": int(bool(cut)),
-        "_reasons": {
-            **(
-                {"lesion_outside_cord": "lesion(s) " + _ids(outside) + " mostly outside the canal"}
-                if outside
-                else {}
-            ),
-            **(
-                {"lesion_at_fov_edge": "lesion(s) " + _ids(cut) + " cut by the field of view"}
-                if cut
-                else {}
-            ),
-        },
     }
+    return columns, reasons
 
 
 def _num(value: object) -> float:

@@ -479,11 +479,12 @@ def run_group(
     qc_rows = [qc_row(r, outliers.get(r.key, []), ratings.get(r.key)) for r in records]
     flags = [raised_flags(r, outliers.get(r.key, [])) for r in records] + [{} for _ in missing]
     lesions = [lesion_qc.lesion_columns(root, r.stamp) for r in records]
-    for rec, row, raised, cols in zip(records, qc_rows, flags, lesions, strict=False):
-        raised.update(cols.pop("_reasons", {}))  # lesion flags count like the image's own
+    for rec, row, raised, (cols, reasons) in zip(records, qc_rows, flags, lesions, strict=False):
+        raised.update(reasons)  # lesion flags count like the image's own
         row.update(cols, qc_status=rec.qc_status(list(raised)))
         row["flag_reasons"] = "; ".join(f"{k}: {v}" for k, v in raised.items()) or None
-    qc_columns = (*QC_COLUMNS, *lesion_qc.COLUMNS) if any(lesions) else QC_COLUMNS
+    with_lesions = any(cols for cols, _ in lesions)
+    qc_columns = (*QC_COLUMNS, *lesion_qc.COLUMNS) if with_lesions else QC_COLUMNS
     qc_rows += [
         {
             "participant_id": f"sub-{s}",
@@ -495,7 +496,7 @@ def run_group(
     ]
     write_text_atomic(root / "group_qc.tsv", tsv_text(qc_columns, qc_rows))
     write_json_atomic(
-        root / "group_qc.json", qc_sidecar(th) | (lesion_qc.sidecar() if any(lesions) else {})
+        root / "group_qc.json", qc_sidecar(th) | (lesion_qc.sidecar() if with_lesions else {})
     )
 
     counts: dict[str, int] = {}
