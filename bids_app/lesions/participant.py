@@ -13,11 +13,12 @@ from pathlib import Path
 
 import nibabel as nib
 
-from bids_app.bids.derivatives import final_output_relpath
+from bids_app.bids.derivatives import bids_prefix, final_output_relpath
 from bids_app.bids.discovery import ImageJob
 from bids_app.engine.result import EngineResult
 from bids_app.errors import ExitCode, UserError, one_line
 from bids_app.lesions.outputs import model_record, write_lesion_outputs
+from bids_app.lesions.preview import figure_path, write_preview
 from bids_app.lesions.run import LesionRunner
 from bids_app.lesions.weights import resolve_lesion_model
 from bids_app.nnunet.weights import WeightsError
@@ -95,5 +96,11 @@ def lesion_step(
         spine_output=spine_output,
         warnings=warnings,
     )
+    figure = figure_path(output_dir, job.subject, bids_prefix(Path(relpath).name, suffix), suffix)
+    try:
+        write_preview(figure, img, spine, lesions.mask)
+        written.append(figure.relative_to(output_dir).as_posix())
+    except (ValueError, OSError) as e:  # a missing picture must not cost the outputs
+        log.warning("%s: lesion preview not drawn (%s)", relpath, one_line(e))
     log.info("%s: %d lesion(s)", relpath, len(lesions.report.rows))
     return written, None

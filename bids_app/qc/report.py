@@ -18,6 +18,7 @@ from PIL import Image
 from bids_app import __version__
 from bids_app import labels as L
 from bids_app.atomic import write_text_atomic
+from bids_app.lesions.preview import report_section as lesion_section
 from bids_app.qc.alignment import TITLES
 from bids_app.qc.measures import COLUMN_BY_NAME
 from bids_app.qc.ratings import PROBLEMS, RATINGS, SCHEMA
@@ -177,6 +178,7 @@ def image_context(rec: ImageRecord, root: Path) -> dict:
         "table": _table(rec),
         "morphometry": rec.qc.get("morphometry"),
         "provenance": provenance(rec, root),
+        "lesions": lesion_section(root, rec.stamp),
     }
 
 

@@ -115,3 +115,19 @@ def test_lesion_cut_by_the_field_of_view_and_outside_the_cord():
     blob[tuple(slice(c - 2, c + 3) for c in centre)] = 1
     row = measure_lesions(blob, spine, ph.image.affine).rows[0]
     assert row["outside_cord_share"] == 1.0
+
+
+def test_lesion_preview_draws_the_lesions_in_the_legend_colour(tmp_path):
+    from PIL import Image
+
+    from bids_app.lesions.preview import LESION_COLOUR, write_preview
+
+    ph = render_phantom(21, Acquisition(fov="cervical", lr_extent=40.0), lesions=LESIONS[:1])
+    path = tmp_path / "lesion.png"
+    write_preview(path, ph.image, ph.labels, ph.lesions)
+    pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+    assert (pixels == LESION_COLOUR).all(1).sum() > 20  # contours and legend swatch
+    empty = ph.lesions.__class__(np.zeros(ph.lesions.shape, np.uint8), ph.lesions.affine)
+    write_preview(path, ph.image, ph.labels, empty)
+    pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+    assert (pixels == LESION_COLOUR).all(1).sum() == 11 * 11  # the legend swatch only

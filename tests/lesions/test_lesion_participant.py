@@ -65,6 +65,10 @@ def test_lesion_outputs_beside_the_spine_outputs(setup):
     assert mask_meta["Model"]["Folds"] == ["fold_0"] and mask_meta["SpineSegVersion"]
     stamp = read_stamp(stamp_path(out, Path(T2W).name))
     assert set(paths.values()) <= set(stamp["outputs"])
+    figure = "sub-01/figures/sub-01_ses-01_acq-sag_seg-lesion_desc-T2w_sagittal.png"
+    assert figure in stamp["outputs"] and (out / figure).is_file()
+    report = (out / "sub-01.html").read_text()
+    assert "Lesions (" in report and paths["table"] in report and figure in report
     assert stamp["model"]["lesion"]["Name"] == model.name
     if find_validator() is not None:
         report = validate(out)
