@@ -513,14 +513,15 @@ class ParticipantRun:
         self.stage(job, "write")
         outputs = self.write(plan, result)
         status, reason = self.outcome(plan, result)
-        self.stage(job, "lesions")
-        with _writing(job.name):
-            lesion_outputs, lesion_error = lesion_step(
-                self.lesions, self._engine, self.out, job, img, result, outputs
-            )
-        outputs += lesion_outputs
-        if lesion_error:
-            status, reason = Status.PARTIAL, "; ".join(filter(None, [reason, lesion_error]))
+        if self.lesions is not None and self.lesions.applies(job.suffix):
+            self.stage(job, "lesions")
+            with _writing(job.name):
+                lesion_outputs, lesion_error = lesion_step(
+                    self.lesions, self._engine, self.out, job, img, result, outputs
+                )
+            outputs += lesion_outputs
+            if lesion_error:
+                status, reason = Status.PARTIAL, "; ".join(filter(None, [reason, lesion_error]))
         self.stage(job, "QC")
         qc_outputs, qc_error = self.image_qc(plan, img, result)
         if qc_error:

@@ -442,7 +442,7 @@ def _display_row(root: Path, row: dict[str, object], raised: dict[str, str]) -> 
     """A group_qc row for the page, with its subject report link (when written) and flags."""
     report = f"{row['participant_id']}.html"
     return {
-        **{c: row.get(c) for c in QC_COLUMNS},
+        **{c: row.get(c) for c in (*QC_COLUMNS, *lesion_qc.COLUMNS)},
         "report": report if (root / report).is_file() else None,
         "raised": [{"id": k, "reason": v} for k, v in raised.items()],
     }
@@ -515,6 +515,7 @@ def run_group(
                 _display_row(root, row, raised) for row, raised in zip(qc_rows, flags, strict=True)
             ],
             counts=counts,
+            with_lesions=with_lesions,
             missing=missing,
             plots=plots(records, outliers, th),
             thumbs=thumbs,

@@ -128,5 +128,7 @@ def test_group_table_has_lesion_columns_and_flags(setup):
         and "lesion(s) 1 mostly outside" in (t2["flag_reasons"])
     )
     assert t1["lesion_count"] == "n/a"
+    page = (out / "group.html").read_text()
+    assert "<th>Lesions</th>" in page and "2: 150 mm³, C3 to T2" in page
     sidecar = json.loads((out / "group_qc.json").read_text())
     assert sidecar["lesion_volume_mm3"]["Units"] == "mm^3"
