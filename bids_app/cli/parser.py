@@ -427,5 +427,10 @@ def phantoms_parser() -> UsageParser:
     p.add_argument("out_dir", type=Path, help="dataset root to create")
     p.add_argument("--subjects", type=positive_int, default=3, metavar="N", help="default: 3")
     p.add_argument("--seed", type=int, default=7000, metavar="S", help="default: 7000")
+    p.add_argument(
+        "--lesions",
+        action="store_true",
+        help="draw 0-3 spinal cord lesions per subject (truth in derivatives/truth)",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p

@@ -125,7 +125,7 @@ def run_phantoms(args) -> int:
         if name != PHANTOM_NAME:
             raise UserError(ExitCode.USAGE, f"{out}: exists, is not empty and is not a phantom set")
     try:
-        written = write_phantom_dataset(out, args.subjects, args.seed)
+        written = write_phantom_dataset(out, args.subjects, args.seed, args.lesions)
     except OSError as e:
         raise UserError(
             ExitCode.CANT_CREATE, f"{e.filename or out}: cannot write ({e.strerror})"

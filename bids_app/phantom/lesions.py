@@ -70,16 +70,19 @@ def lesion_truth(anat: Anatomy, index: int) -> dict:
 
 
 def random_lesions(
-    rng: np.random.Generator, anat: Anatomy, max_count: int = 3
+    rng: np.random.Generator,
+    anat: Anatomy,
+    max_count: int = 3,
+    levels: tuple[str, ...] = LESION_LEVELS,
 ) -> tuple[Lesion, ...]:
-    """0 to `max_count` lesions at distinct levels, sizes like MS and SCI lesions; a draw
+    """0 to `max_count` lesions at distinct `levels`, sizes like MS and SCI lesions; a draw
     that would come within 5 mm of an earlier lesion along the cord is dropped."""
-    count = int(rng.integers(0, max_count + 1))
+    count = min(int(rng.integers(0, max_count + 1)), len(levels))
     chosen: list[Lesion] = []
     spans: list[tuple[float, float]] = []
-    for k in rng.choice(len(LESION_LEVELS), size=count, replace=False):
+    for k in rng.choice(len(levels), size=count, replace=False):
         les = Lesion(
-            level=LESION_LEVELS[int(k)],
+            level=levels[int(k)],
             length=float(rng.uniform(6, 30)),
             width=float(rng.uniform(2.5, 5.0)),
             position=float(rng.uniform(0.2, 0.8)),
