@@ -13,8 +13,10 @@ from pathlib import Path
 
 import nibabel as nib
 
-from bids_app.bids.derivatives import bids_prefix, final_output_relpath
+from bids_app.bids.derivatives import LOGS_DIR, bids_prefix, final_output_relpath
 from bids_app.bids.discovery import ImageJob
+from bids_app.bids.stamps import source_stem
+from bids_app.crash import write_crash_file
 from bids_app.engine.result import EngineResult
 from bids_app.errors import ExitCode, UserError, one_line
 from bids_app.lesions.outputs import model_record, write_lesion_outputs
@@ -83,8 +85,11 @@ def lesion_step(
     except WeightsError as e:
         raise UserError(ExitCode.CONFIG, str(e)) from e
     except Exception as e:  # the spine outputs stay; the image becomes partial
-        log.exception("%s: lesion step failed", relpath)
-        return [], f"lesions: {one_line(e, with_type=True)}"
+        crash = write_crash_file(
+            output_dir / LOGS_DIR, f"{source_stem(job.name)}-lesions", e, {"image": relpath}
+        )
+        where = crash.relative_to(output_dir).as_posix()
+        return [], f"lesions: {one_line(e, with_type=True)} (see {where})"
     result.timings["lesion_device"] = round(lesions.seconds, 3)
     warnings = [] if "final" in result.native else ["levels from the step-1 labels"]
     written = write_lesion_outputs(

@@ -132,3 +132,22 @@ def test_group_table_has_lesion_columns_and_flags(setup):
     assert "<th>Lesions</th>" in page and "2: 150 mm³, C3 to T2" in page
     sidecar = json.loads((out / "group_qc.json").read_text())
     assert sidecar["lesion_volume_mm3"]["Units"] == "mm^3"
+
+
+def test_a_lesion_failure_keeps_the_spine_outputs_and_makes_the_image_partial(setup, monkeypatch):
+    from bids_app.lesions.run import LesionRunner
+
+    def broken(self, img, spine, run_on=None):
+        raise RuntimeError("no memory left for the lesion crop")
+
+    monkeypatch.setattr(LesionRunner, "segment", broken)
+    run, out, tmp = setup
+    rc, _ = run(build_lesion_model(tmp / "models"))
+    stamp = read_stamp(stamp_path(out, Path(T2W).name))
+    assert rc == 3 and stamp["status"] == "partial"
+    reason = stamp["reason"]
+    assert reason.startswith("lesions: RuntimeError: no memory left for the lesion crop (see ")
+    crash = out / reason.split("(see ")[1].rstrip(")")
+    assert "Traceback" in crash.read_text()
+    assert any(o.endswith("_seg-spine_desc-T2w_dseg.nii.gz") for o in stamp["outputs"])
+    assert read_stamp(stamp_path(out, Path(T1W).name))["status"] == "ok"
