@@ -55,6 +55,7 @@ from bids_app.engine.result import Engine, EngineError, EngineResult
 from bids_app.errors import ExitCode, UserError, one_line, without_name
 from bids_app.labels import STEP1_REGIONS, STEP2_REGIONS
 from bids_app.lesions.participant import lesion_step, resolve_lesion_runner, with_lesion_model
+from bids_app.lesions.run import LesionRunner
 from bids_app.logs import run_log, say
 from bids_app.nnunet.weights import (
     WeightsError,
@@ -378,7 +379,7 @@ class ParticipantRun:
         budget: Budget,
         devices: tuple[str, ...],
         memory: MemoryBudget | None = None,
-        lesions=None,  # a bids_app.lesions.run.LesionRunner, or None
+        lesions: LesionRunner | None = None,
     ):
         self.config, self.selection = config, selection
         self.lesions = lesions
