@@ -110,3 +110,21 @@ def test_bad_sources_are_refused(tmp_path):
     shutil.rmtree(folder / TRAINER / "fold_0")
     with pytest.raises(WeightsError, match="no fold_"):
         resolve_lesion_model(folder)
+
+
+def test_spineseg_weights_lesion_installs_verifies_and_refuses(tmp_path, capsys):
+    from bids_app.cli.main import main
+
+    src = build_lesion_model(tmp_path / "src", "model_ms_demo", MS_LABELS, folds=(0, 1, 2))
+    dest = tmp_path / "lesion"
+    assert main(["weights", "--lesion", "--from", str(src), "--dest", str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert f"--lesion-model {dest / 'model_ms_demo'}" in out
+    assert main(["weights", "--lesion", "--verify", "--dest", str(dest / "model_ms_demo")]) == 0
+    assert "3 fold(s)" in capsys.readouterr().out
+    ckpt = dest / "model_ms_demo" / TRAINER / "fold_2" / "checkpoint_final.pth"
+    ckpt.write_bytes(ckpt.read_bytes()[:-1])
+    assert main(["weights", "--lesion", "--verify", "--dest", str(dest / "model_ms_demo")]) == 78
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "changed or truncated" in err[0]
+    assert main(["weights", "--lesion"]) == 64  # lesion models are never downloaded
