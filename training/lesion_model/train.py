@@ -167,6 +167,8 @@ def train(threads: int, epochs: int) -> None:
             )
             return opt, PolyLRScheduler(opt, self.initial_lr, self.num_epochs)
 
+    # Augmentation in this process (nnU-Net's single-threaded augmenter): one busy core.
+    os.environ["nnUNet_n_proc_DA"] = "0"  # noqa: SIM112 (nnU-Net's own name)
     torch.manual_seed(MASTER_SEED)
     np.random.seed(MASTER_SEED)
     torch.set_num_threads(threads)
@@ -221,7 +223,7 @@ def main() -> None:
     ):
         (work / sub).mkdir(parents=True, exist_ok=True)
         os.environ[var] = str(work / sub)
-    os.environ.setdefault("nnUNet_n_proc_DA", "0")
+    os.environ.setdefault("nnUNet_n_proc_DA", "1")  # the planner needs >= 1
     if args.stage in ("data", "all"):
         write_dataset(work / "raw" / DATASET, args.processes, args.cases)
     if args.stage in ("plan", "all"):
