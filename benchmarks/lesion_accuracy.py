@@ -32,7 +32,7 @@ from bids_app.lesions.measures import measure_lesions
 from bids_app.lesions.run import LesionRunner
 from bids_app.lesions.weights import resolve_lesion_model
 from bids_app.phantom.anatomy import random_anatomy
-from bids_app.phantom.lesions import lesion_truth, random_lesions
+from bids_app.phantom.lesions import LESION_LEVELS, lesion_truth, random_lesions
 from bids_app.phantom.render import Acquisition, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,9 @@ def case(i: int):
         snr=float(rng.uniform(18, 30)),
     )
     anat = random_anatomy(SEED + i)
-    anat.lesions = random_lesions(rng, anat)
+    # Levels inside the field of view (both start at C1; cervical ends at T2, the other T8).
+    levels = LESION_LEVELS[:6] if acq.fov == "cervical" else LESION_LEVELS[:12]
+    anat.lesions = random_lesions(rng, anat, levels=levels)
     return render(anat, acq, noise_seed=SEED + i)
 
 
