@@ -65,5 +65,5 @@ class RunConfig:
     quiet: bool = False  # no progress bar
     dry_run: bool = False  # print what would be done; write nothing
     ratings_dir: Path | None = None  # group level: manual ratings (default output_dir/ratings)
-    lesion_model: Path | None = None  # nnU-Net lesion model folder (SCIseg-like), or none
+    lesion_model: str | None = None  # nnU-Net lesion model folder (SCIseg-like), "demo", or none
     lesion_suffixes: tuple[str, ...] = ("T2w",)  # images the lesion model runs on

@@ -193,10 +193,10 @@ def bids_app_parser() -> UsageParser:
     lesions = p.add_argument_group("lesions")
     lesions.add_argument(
         "--lesion-model",
-        type=Path,
         metavar="DIR",
         help="also segment and measure spinal cord lesions with this nnU-Net lesion model "
-        "(a folder in nnU-Net's result layout, e.g. SCIseg; see `spineseg weights --lesion`)",
+        "(a folder in nnU-Net's result layout, e.g. SCIseg; see `spineseg weights --lesion`); "
+        "`demo` selects the demo lesion model (phantoms only)",
     )
     lesions.add_argument(
         "--lesion-suffix",

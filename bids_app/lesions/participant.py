@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def resolve_lesion_runner(
-    model: Path | None, suffixes: tuple[str, ...], threads: int | None
+    model: str | None, suffixes: tuple[str, ...], threads: int | None
 ) -> LesionRunner | None:
     """The run's lesion runner (None without --lesion-model); a bad model exits 78."""
     if model is None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from bids_app.atomic import write_json_atomic
 from bids_app.lesions.labels import read_labels
 from bids_app.nnunet.weights import (
+    DEMO_DIR,
     MANIFEST,
     WeightsError,
     _cached_manifest_path,
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 KIND = "lesion"
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
 _TMP_PREFIX = ".tmp-lesion-install-"
+# The shipped demo lesion model (phantoms only), selected by `--lesion-model demo`.
+DEMO_LESION = DEMO_DIR / "lesion" / "model_lesion_demo"
 
 
 @dataclass(frozen=True)
@@ -131,8 +134,9 @@ def _read_manifest(path: Path) -> dict | None:
 
 
 def resolve_lesion_model(path: Path | str, env: Mapping[str, str] = os.environ) -> LesionWeights:
-    """Find and verify a lesion model folder (hashes against its manifest)."""
-    folder = Path(path)
+    """Find and verify a lesion model folder (hashes against its manifest); "demo" is the
+    shipped demo lesion model."""
+    folder = DEMO_LESION if str(path) == "demo" else Path(path)
     files = model_files(folder)
     read_labels(files[1])  # not a lesion model: refused before anything is recorded
     own, cached = folder / MANIFEST, _cached_manifest_path(folder, env)
