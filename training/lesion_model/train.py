@@ -174,6 +174,7 @@ def train(threads: int, epochs: int) -> None:
     torch.set_num_threads(threads)
     pre = Path(nnUNet_preprocessed) / DATASET
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False  # this nnU-Net's trainer pops it from the plans
     ds_json = json.loads((pre / "dataset.json").read_text())
     LesionTrainer(plans, "3d_fullres", 0, ds_json, cpu).run_training()
 
