@@ -66,3 +66,5 @@ class RunConfig:
     dry_run: bool = False  # print what would be done; write nothing
     ratings_dir: Path | None = None  # group level: manual ratings (default output_dir/ratings)
     corrections_dir: Path | None = None  # participant level: manual corrections (None: none)
+    lesion_model: str | None = None  # nnU-Net lesion model folder (SCIseg-like), "demo", or none
+    lesion_suffixes: tuple[str, ...] = ("T2w",)  # images the lesion model runs on

@@ -57,6 +57,8 @@ from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import Engine, EngineError, EngineResult
 from bids_app.errors import ExitCode, UserError, one_line, without_name
 from bids_app.labels import STEP1_REGIONS, STEP2_REGIONS
+from bids_app.lesions.participant import lesion_step, resolve_lesion_runner, with_lesion_model
+from bids_app.lesions.run import LesionRunner
 from bids_app.logs import run_log, say
 from bids_app.nnunet.weights import (
     WeightsError,
@@ -165,8 +167,10 @@ class ParticipantRun:
         budget: Budget,
         devices: tuple[str, ...],
         memory: MemoryBudget | None = None,
+        lesions: LesionRunner | None = None,
     ):
         self.config, self.selection = config, selection
+        self.lesions = lesions
         self.out = config.output_dir
         self.weights, self.model = weights, model
         self.engine_factory = engine_factory
@@ -307,6 +311,15 @@ class ParticipantRun:
         self.stage(job, "write")
         outputs = self.write(plan, result)
         status, reason = self.outcome(plan, result)
+        if self.lesions is not None and self.lesions.applies(job.suffix):
+            self.stage(job, "lesions")
+            with _writing(job.name):
+                lesion_outputs, lesion_error = lesion_step(
+                    self.lesions, self._engine, self.out, job, img, result, outputs
+                )
+            outputs += lesion_outputs
+            if lesion_error:
+                status, reason = Status.PARTIAL, "; ".join(filter(None, [reason, lesion_error]))
         self.stage(job, "QC")
         qc_outputs, qc_error = self.image_qc(plan, img, result)
         if qc_error:
@@ -333,6 +346,7 @@ class ParticipantRun:
         opts_hash = options_hash(options.record())
         old = read_stamp(stamp_path(self.out, job.name))
         model = self.model.stamp() if self.model else None
+        model = with_lesion_model(model, self.lesions, job.suffix)
         decision = resume_decision(
             old,
             output_dir=self.out,
@@ -739,8 +753,11 @@ def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
             res.mem_mb, budget.cpus, process_rss() + networks_bytes(weights, len(devices))
         )
         log.info("%s; %s", budget.describe(devices), memory.describe())
+        lesions = resolve_lesion_runner(
+            config.lesion_model, config.lesion_suffixes, budget.network_threads
+        )
         run = ParticipantRun(
-            config, selection, weights, model, engine_factory, budget, devices, memory
+            config, selection, weights, model, engine_factory, budget, devices, memory, lesions
         )
         rows = run.run()
     return exit_code(rows)

@@ -214,6 +214,20 @@ def bids_app_parser() -> UsageParser:
 
     run = p.add_argument_group("processing")
     _add_engine_options(run)
+    lesions = p.add_argument_group("lesions")
+    lesions.add_argument(
+        "--lesion-model",
+        metavar="DIR",
+        help="also segment and measure spinal cord lesions with this nnU-Net lesion model "
+        "(a folder in nnU-Net's result layout, e.g. SCIseg; see `spineseg weights --lesion`); "
+        "`demo` selects the demo lesion model (phantoms only; not shipped yet: see the README)",
+    )
+    lesions.add_argument(
+        "--lesion-suffix",
+        nargs="+",
+        metavar="SUFFIX",
+        help="images the lesion model runs on (default: T2w)",
+    )
     run.add_argument(
         "--step1-only",
         "--step1",
@@ -425,6 +439,12 @@ def weights_parser() -> UsageParser:
     p.add_argument(
         "--verify", action="store_true", help="only check the installed weights and print hashes"
     )
+    p.add_argument(
+        "--lesion",
+        action="store_true",
+        help="a lesion model (nnU-Net result layout, e.g. SCIseg) instead: install it from "
+        "--from ZIP|DIR into --dest (default: <weights folder>/lesion), or --verify --dest DIR",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
 
@@ -438,6 +458,11 @@ def phantoms_parser() -> UsageParser:
     p.add_argument("out_dir", type=Path, help="dataset root to create")
     p.add_argument("--subjects", type=positive_int, default=3, metavar="N", help="default: 3")
     p.add_argument("--seed", type=int, default=7000, metavar="S", help="default: 7000")
+    p.add_argument(
+        "--lesions",
+        action="store_true",
+        help="draw 0-3 spinal cord lesions per subject (truth in derivatives/truth)",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
 

@@ -82,6 +82,10 @@ def run_weights(args) -> int:
     """Install a weights release (download, zip, folder or URL) or verify an installation."""
     from bids_app.nnunet import weights as w
 
+    if args.lesion:
+        from bids_app.lesions.weights import run_lesion_weights
+
+        return run_lesion_weights(args.source, args.dest, verify=args.verify, force=args.force)
     dest = Path(args.dest or os.environ.get(w.ENV_VAR) or w.default_weights_dir()).expanduser()
     try:
         if args.verify:
@@ -124,7 +128,7 @@ def run_phantoms(args) -> int:
         if name != PHANTOM_NAME:
             raise UserError(ExitCode.USAGE, f"{out}: exists, is not empty and is not a phantom set")
     try:
-        written = write_phantom_dataset(out, args.subjects, args.seed)
+        written = write_phantom_dataset(out, args.subjects, args.seed, args.lesions)
     except OSError as e:
         raise UserError(
             ExitCode.CANT_CREATE, f"{e.filename or out}: cannot write ({e.strerror})"

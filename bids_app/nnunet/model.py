@@ -120,19 +120,24 @@ class NnUNetModel:
         device: torch.device,
         *,
         threads: int | None = None,
+        checkpoints: Sequence[Path] = (),
     ) -> NnUNetModel:
         """Load `<dataset_dir>/<Trainer>__<Plans>__<Config>/fold_0` the way TotalSpineSeg does.
 
         Gaussian-weighted sliding window, no test-time mirroring (the tile step is chosen per
         `predict` call). Sets torch's (process-wide)
         thread count: `threads` or all usable cores on CPU, 1 on CUDA like TotalSpineSeg.
+        `checkpoints` (folds of one trainer folder) replaces the fold_0 look-up: several are
+        ensembled as nnU-Net does, their logits averaged before the softmax/sigmoid.
         Raises WeightsError (one line) for missing, corrupt or inconsistent model files.
         """
-        checkpoint_path = find_checkpoint(Path(dataset_dir))
+        paths = list(checkpoints) or [find_checkpoint(Path(dataset_dir))]
+        checkpoint_path = paths[0]
         trainer_dir = checkpoint_path.parent.parent
         plans = _read_json(trainer_dir / "plans.json")
         dataset_json = _read_json(trainer_dir / "dataset.json")
         checkpoint = _load_checkpoint(checkpoint_path)
+        folds = [checkpoint, *(_load_checkpoint(p) for p in paths[1:])]
         trainer_name, _plans_name, folder_config = trainer_dir.name.split("__", 2)
         trainer_name = checkpoint.get("trainer_name") or trainer_name
         configuration = (checkpoint.get("init_args") or {}).get("configuration") or folder_config
@@ -157,13 +162,14 @@ class NnUNetModel:
             ) from e
         if max(label_manager.all_labels) > 255:
             raise WeightsError(f"{trainer_dir}/dataset.json: labels above 255 do not fit uint8")
-        try:
-            network.load_state_dict(checkpoint["network_weights"])
-        except (RuntimeError, TypeError, AttributeError) as e:
-            raise WeightsError(
-                f"{checkpoint_path}: weights do not fit the network in plans.json "
-                f"({one_line(e, with_type=True)})"
-            ) from e
+        for path, fold in zip(paths, folds, strict=True):
+            try:
+                network.load_state_dict(fold["network_weights"])
+            except (RuntimeError, TypeError, AttributeError) as e:
+                raise WeightsError(
+                    f"{path}: weights do not fit the network in plans.json "
+                    f"({one_line(e, with_type=True)})"
+                ) from e
 
         if device.type == "cuda":
             torch.set_num_threads(threads or 1)
@@ -186,7 +192,7 @@ class NnUNetModel:
             network,
             plans_manager,
             config_manager,
-            [checkpoint["network_weights"]],
+            [fold["network_weights"] for fold in folds],
             dataset_json,
             trainer_name,
             checkpoint.get("inference_allowed_mirroring_axes"),

@@ -36,6 +36,28 @@ class Segment:
         return self.s_bot - self.s_top
 
 
+@dataclass(frozen=True)
+class Lesion:
+    """An intramedullary lesion: an ellipsoid in the spine frame, clipped to the cord.
+
+    `level` is a vertebra name ("C4", "T7"); its level runs from the middle of the disc
+    above to the middle of the disc below, and `position` places the centre in it (0 = top,
+    1 = bottom). Sizes are in mm along the cord (`length`), antero-posterior (`width`) and
+    left-right (`lr_width`, default 1.3 x `width`); `offset` moves the centre anteriorly.
+    """
+
+    level: str
+    length: float
+    width: float
+    lr_width: float | None = None
+    position: float = 0.5
+    offset: float = 0.0
+
+    @property
+    def lr(self) -> float:
+        return self.lr_width if self.lr_width is not None else 1.3 * self.width
+
+
 @dataclass
 class Anatomy:
     """A whole spine from above C1 to the sacrum, with its world placement."""
@@ -59,6 +81,7 @@ class Anatomy:
     curves: dict[str, float] = field(default_factory=dict)
     # Disc label -> factor on the canal and cord antero-posterior radii over that disc.
     narrowing: dict[int, float] = field(default_factory=dict)
+    lesions: tuple[Lesion, ...] = ()
 
     @property
     def s_total(self) -> float:
@@ -100,6 +123,34 @@ class Anatomy:
             out = np.minimum(out, 1.0 - (1.0 - factor) * weight)
         return out
 
+    def level_range(self, label: int) -> tuple[float, float]:
+        """Arc-length range of a vertebral level: from the middle of the disc above (C1: its
+        top; C2: its body's top) to the middle of the disc below (sacrum: the end)."""
+        i = next(k for k, seg in enumerate(self.segments) if seg.label == label)
+        seg = self.segments[i]
+        above = self.segments[i - 1] if i > 0 else None
+        below = self.segments[i + 1] if i + 1 < len(self.segments) else None
+        top = (above.s_top + above.s_bot) / 2 if above and above.kind == DISC else seg.s_top
+        bot = (below.s_top + below.s_bot) / 2 if below and below.kind == DISC else seg.s_bot
+        return top, bot
+
+    def level_at_s(self, s: np.ndarray) -> np.ndarray:
+        """Vertebral level label (11-50) at each arc length; 0 outside the column."""
+        s = np.asarray(s, float)
+        out = np.zeros(s.shape, np.int16)
+        for seg in self.segments:
+            if seg.kind != DISC:
+                top, bot = self.level_range(seg.label)
+                out[(s >= top) & (s < bot)] = seg.label
+        return out
+
+    def lesion_centre_s(self, lesion: Lesion) -> float:
+        label = next((k for k, v in L.VERTEBRAE.items() if v == lesion.level), None)
+        if label is None or label not in {seg.label for seg in self.segments}:
+            raise ValueError(f"lesion: no vertebra {lesion.level!r} in this anatomy")
+        top, bot = self.level_range(label)
+        return top + lesion.position * (bot - top)
+
     def s_range_of(self, labels: set[int]) -> tuple[float, float]:
         segs = [seg for seg in self.segments if seg.label in labels]
         return min(seg.s_top for seg in segs), max(seg.s_bot for seg in segs)
@@ -139,14 +190,29 @@ def _narrowing_labels(narrowing: Mapping[str, float], segments: list[Segment]) -
     return out
 
 
+def _check_lesions(anat: Anatomy) -> None:
+    """Refuse lesions that would not be intramedullary (sizes, level, below the conus)."""
+    for les in anat.lesions:
+        centre = anat.lesion_centre_s(les)
+        if min(les.length, les.width, les.lr) <= 0 or not 0.0 <= les.position <= 1.0:
+            raise ValueError(f"lesion at {les.level}: sizes must be > 0, position in [0, 1]")
+        if centre + les.length / 2 > anat.cord_end_s - 20 * anat.scale:
+            raise ValueError(f"lesion at {les.level}: reaches below the cord's end")
+
+
 def random_anatomy(
-    seed: int, n_lumbar: int | None = None, narrowing: Mapping[str, float] | None = None
+    seed: int,
+    n_lumbar: int | None = None,
+    narrowing: Mapping[str, float] | None = None,
+    lesions: tuple[Lesion, ...] = (),
 ) -> Anatomy:
     """Draw a plausible adult spine; sizes follow published vertebral morphometry roughly.
 
     `narrowing` maps disc names to a factor on the canal and cord antero-posterior size at
     that disc ({"C5-C6": 0.5} halves it), the ground truth of the canal narrowing measures.
-    The vertebrae and discs keep their place: only the canal shrinks.
+    The vertebrae and discs keep their place: only the canal shrinks. `lesions` are drawn
+    inside the cord by the renderer (hyperintense on T2w); their truth is
+    `bids_app.phantom.lesions.lesion_truth`.
     """
     rng = np.random.default_rng(seed)
     if n_lumbar is None:
@@ -260,7 +326,7 @@ def random_anatomy(
     dz = 1.0 / np.sqrt(1.0 + dxs**2 + dys**2)
     z = -np.concatenate([[0.0], np.cumsum(0.5 * (dz[1:] + dz[:-1]) * np.diff(s_fine))])
     z += float(rng.uniform(-20, 20))
-    return Anatomy(
+    anat = Anatomy(
         seed=seed,
         scale=scale,
         segments=segments,
@@ -277,4 +343,7 @@ def random_anatomy(
         s_table=s_fine,
         curves=curves,
         narrowing=_narrowing_labels(narrowing or {}, segments),
+        lesions=tuple(lesions),
     )
+    _check_lesions(anat)
+    return anat

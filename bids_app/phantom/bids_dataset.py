@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 
 from bids_app import __version__
-from bids_app.phantom.render import Acquisition, render_phantom
+from bids_app.phantom.anatomy import random_anatomy
+from bids_app.phantom.lesions import lesion_truth, random_lesions
+from bids_app.phantom.render import Acquisition, render
 
 
 @dataclass(frozen=True)
@@ -78,13 +81,23 @@ def default_plan(n_subjects: int = 3) -> list[ScanPlan]:
     return [p for p in plans if p.subject in subjects] + extra
 
 
+DEMO_LESION_LEVELS = ("C3", "C4", "C5", "C6", "C7", "T1")
+
+
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def write_phantom_dataset(out: Path, n_subjects: int = 3, seed: int = 7000) -> list[Path]:
-    """Write the dataset; returns the raw image paths. Seeds are outside the training range."""
+def write_phantom_dataset(
+    out: Path, n_subjects: int = 3, seed: int = 7000, lesions: bool = False
+) -> list[Path]:
+    """Write the dataset; returns the raw image paths. Seeds are outside the training range.
+
+    With `lesions`, each subject's cord gets 0-3 lesions (drawn from its seed, the same in
+    all its images); their truth goes to derivatives/truth: a lesion mask per image and a
+    JSON of every lesion's measures.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(
@@ -117,7 +130,12 @@ def write_phantom_dataset(out: Path, n_subjects: int = 3, seed: int = 7000) -> l
     for k, plan in enumerate(default_plan(n_subjects)):
         subject_seed = seed + int(plan.subject)
         participants[plan.subject] = subject_seed
-        ph = render_phantom(subject_seed, plan.acquisition, noise_seed=seed + 100 + k)
+        anat = random_anatomy(subject_seed)
+        if lesions:
+            # Levels every demo field of view holds (they all start at C1).
+            rng = np.random.default_rng(subject_seed)
+            anat.lesions = random_lesions(rng, anat, levels=DEMO_LESION_LEVELS)
+        ph = render(anat, plan.acquisition, noise_seed=seed + 100 + k)
         ses = f"_ses-{plan.session}" if plan.session else ""
         rel = Path(f"sub-{plan.subject}") / (f"ses-{plan.session}" if plan.session else "") / "anat"
         stem = f"sub-{plan.subject}{ses}_acq-{plan.acq}"
@@ -135,6 +153,20 @@ def write_phantom_dataset(out: Path, n_subjects: int = 3, seed: int = 7000) -> l
         )
         (truth / rel).mkdir(parents=True, exist_ok=True)
         nib.save(ph.labels, truth / rel / f"{stem}_seg-truth_desc-{contrast}_dseg.nii.gz")
+        if lesions:
+            mask = truth / rel / f"{stem}_label-lesion_desc-{contrast}_mask.nii.gz"
+            nib.save(ph.lesions, mask)
+            _write_json(
+                mask.with_name(mask.name.removesuffix(".nii.gz") + ".json"),
+                {
+                    "Description": "Phantom lesions: the value is the lesion's number "
+                    "(1-based index in Lesions); truth measured on the continuous shapes",
+                    "Lesions": [
+                        {**ph.meta["lesions"][i], **lesion_truth(anat, i)}
+                        for i in range(len(anat.lesions))
+                    ],
+                },
+            )
         written.append(path)
     rows = [f"sub-{sub}\t{sd}" for sub, sd in sorted(participants.items())]
     (out / "participants.tsv").write_text("participant_id\tphantom_seed\n" + "\n".join(rows) + "\n")

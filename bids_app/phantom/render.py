@@ -19,13 +19,14 @@ from nibabel.orientations import axcodes2ornt
 from scipy import ndimage
 
 from bids_app import labels as L
-from bids_app.phantom.anatomy import BODY, C1, DISC, SACRUM, Anatomy, random_anatomy
+from bids_app.phantom.anatomy import BODY, C1, DISC, SACRUM, Anatomy, Lesion, random_anatomy
 
-# Tissue classes and their (T2w, T1w) intensities relative to CSF/fat.
-AIR, FAT, MUSCLE, SOFT, MARROW, CORTEX, ANNULUS, NUCLEUS, CSF, CORD, BONE = range(11)
+# Tissue classes and their (T2w, T1w) intensities relative to CSF/fat. Cord lesions are
+# hyperintense on T2w and slightly hypointense on T1w, as demyelination and oedema are.
+AIR, FAT, MUSCLE, SOFT, MARROW, CORTEX, ANNULUS, NUCLEUS, CSF, CORD, BONE, LESION = range(12)
 TISSUE_INTENSITY = {
-    "T2w": [0.0, 0.72, 0.22, 0.35, 0.38, 0.12, 0.30, 0.88, 1.00, 0.48, 0.12],
-    "T1w": [0.0, 0.95, 0.35, 0.42, 0.66, 0.15, 0.32, 0.36, 0.12, 0.52, 0.15],
+    "T2w": [0.0, 0.72, 0.22, 0.35, 0.38, 0.12, 0.30, 0.88, 1.00, 0.48, 0.12, 0.82],
+    "T1w": [0.0, 0.95, 0.35, 0.42, 0.66, 0.15, 0.32, 0.36, 0.12, 0.52, 0.15, 0.40],
 }
 
 FOVS = ("whole", "cervical", "cervicothoracic", "thoracic", "lumbar")
@@ -54,7 +55,8 @@ class Phantom:
     """A rendered phantom: `image` and `labels` share one grid (shape and affine)."""
 
     image: nib.Nifti1Image
-    labels: nib.Nifti1Image
+    labels: nib.Nifti1Image  # lesions stay cord (1): the cord label holds them
+    lesions: nib.Nifti1Image  # 0, or the lesion's 1-based index in anatomy.lesions
     anatomy: Anatomy
     acquisition: Acquisition
     meta: dict = field(default_factory=dict)
@@ -127,6 +129,11 @@ class _Tables:
             lut[rows, 10] = seg.label
             lut[rows, 11] = (sq[rows] - top) / (bot - top)
         self.slut = [np.ascontiguousarray(lut[:, k]) for k in range(ncols)]
+        # Lesions: (centre s, centre a, semi-axes along s, a, l).
+        self.lesions = [
+            (anat.lesion_centre_s(les), les.offset, les.length / 2, les.width / 2, les.lr / 2)
+            for les in anat.lesions
+        ]
         c2 = anat.segment(12)
         self.c2_top = c2.s_top
         self.c2_ac = float(np.interp(c2.s_top, sq, lut[:, 8]))
@@ -147,8 +154,8 @@ class _Tables:
         return np.clip(((s - self.s0) / _S_STEP).astype(np.int32), 0, self.n_s - 1)
 
 
-def _classify(tab: _Tables, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Tissue class and final label (both uint8) of world points (n, 3)."""
+def _classify(tab: _Tables, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tissue class, final label and lesion index (all uint8) of world points (n, 3)."""
     anat = tab.anat
     s, a, lr = tab.frame(pts.astype(np.float32))
     si = tab.sindex(s)
@@ -270,7 +277,12 @@ def _classify(tab: _Tables, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     )
     tissue[in_cord] = CORD
     label[in_cord] = L.CORD
-    return tissue, label
+    lesion = np.zeros(n, np.uint8)
+    for i, (s_c, a_c, hs, ha, hl) in enumerate(tab.lesions, start=1):
+        inside = in_cord & (((s - s_c) / hs) ** 2 + ((a - a_c) / ha) ** 2 + (lr / hl) ** 2 < 1)
+        tissue[inside] = LESION
+        lesion[inside] = i
+    return tissue, label, lesion
 
 
 # --------------------------------------------------------------------------- acquisition grid
@@ -337,7 +349,10 @@ def render(anat: Anatomy, acq: Acquisition, noise_seed: int = 0) -> Phantom:
     tab = _Tables(anat)
     shape, affine = acquisition_grid(anat, acq)
     values = np.asarray(TISSUE_INTENSITY[acq.contrast], np.float32)
-    values = values * rng.uniform(0.88, 1.12, values.size).astype(np.float32)
+    # One draw per tissue of the lesion-free model (so older phantoms stay identical); a
+    # lesion shares the cord's scanner factor.
+    jitter = rng.uniform(0.88, 1.12, BONE + 1).astype(np.float32)
+    values = values * np.append(jitter, jitter[CORD])
     values[AIR] = 0.0
 
     # Pass 1: one sample per voxel centre gives the labels and a first tissue map.
@@ -346,13 +361,15 @@ def render(anat: Anatomy, acq: Acquisition, noise_seed: int = 0) -> Phantom:
     ).reshape(-1, 3)
     tissue = np.empty(grid.shape[0], np.uint8)
     labels = np.empty(grid.shape[0], np.uint8)
+    lesions = np.empty(grid.shape[0], np.uint8)
     chunk = 1 << 20
     for i in range(0, grid.shape[0], chunk):
-        tissue[i : i + chunk], labels[i : i + chunk] = _classify(
+        tissue[i : i + chunk], labels[i : i + chunk], lesions[i : i + chunk] = _classify(
             tab, _world_points(affine, grid[i : i + chunk])
         )
     tissue = tissue.reshape(shape)
     labels = labels.reshape(shape)
+    lesions = lesions.reshape(shape)
     intensity = values[tissue]
 
     # Pass 2: partial volume where the 3x3x3 neighbourhood mixes tissues.
@@ -369,7 +386,7 @@ def render(anat: Anatomy, acq: Acquisition, noise_seed: int = 0) -> Phantom:
     per = max(1, chunk // offs.shape[0])
     for i in range(0, idx.shape[0], per):
         pts = (idx[i : i + per, None, :] + offs[None]).reshape(-1, 3)
-        t, _ = _classify(tab, _world_points(affine, pts))
+        t = _classify(tab, _world_points(affine, pts))[0]
         acc[i : i + per] = values[t].reshape(-1, offs.shape[0]).mean(1)
     intensity[mixed] = acc
 
@@ -397,7 +414,9 @@ def render(anat: Anatomy, acq: Acquisition, noise_seed: int = 0) -> Phantom:
     image.header.set_xyzt_units("mm", "sec")
     seg = nib.Nifti1Image(labels, affine)
     seg.header.set_xyzt_units("mm", "sec")
-    for img in (image, seg):
+    les = nib.Nifti1Image(lesions, affine)
+    les.header.set_xyzt_units("mm", "sec")
+    for img in (image, seg, les):
         img.set_qform(affine, code=1)
         img.set_sform(affine, code=1)
     meta = {
@@ -408,8 +427,9 @@ def render(anat: Anatomy, acq: Acquisition, noise_seed: int = 0) -> Phantom:
         "acquisition": asdict(acq),
         "curves": anat.curves,
         "narrowing": {L.level_name(k): v for k, v in anat.narrowing.items()},
+        "lesions": [asdict(les) for les in anat.lesions],
     }
-    return Phantom(image=image, labels=seg, anatomy=anat, acquisition=acq, meta=meta)
+    return Phantom(image=image, labels=seg, lesions=les, anatomy=anat, acquisition=acq, meta=meta)
 
 
 def render_phantom(
@@ -419,10 +439,12 @@ def render_phantom(
     n_lumbar: int | None = None,
     noise_seed: int | None = None,
     narrowing: Mapping[str, float] | None = None,
+    lesions: tuple[Lesion, ...] = (),
 ) -> Phantom:
     """One call for the common case: random anatomy from `seed`, rendered through `acq`.
 
-    `narrowing` ({"C5-C6": 0.5}) shrinks the canal and cord AP size at those discs.
+    `narrowing` ({"C5-C6": 0.5}) shrinks the canal and cord AP size at those discs;
+    `lesions` are drawn in the cord (the anatomy, hence the spine labels, does not change).
     """
-    anat = random_anatomy(seed, n_lumbar=n_lumbar, narrowing=narrowing)
+    anat = random_anatomy(seed, n_lumbar=n_lumbar, narrowing=narrowing, lesions=lesions)
     return render(anat, acq or Acquisition(), noise_seed=seed if noise_seed is None else noise_seed)

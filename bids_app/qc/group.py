@@ -17,6 +17,7 @@ from bids_app import __version__
 from bids_app import labels as L
 from bids_app.atomic import write_json_atomic, write_text_atomic
 from bids_app.bids.stamps import MISSING
+from bids_app.lesions import qc as lesion_qc
 from bids_app.qc.alignment import TITLES
 from bids_app.qc.flags import (
     FLAG_DESCRIPTIONS,
@@ -453,7 +454,7 @@ def _display_row(root: Path, row: dict[str, object], raised: dict[str, str]) -> 
     """A group_qc row for the page, with its subject report link (when written) and flags."""
     report = f"{row['participant_id']}.html"
     return {
-        **{c: row.get(c) for c in QC_COLUMNS},
+        **{c: row.get(c) for c in (*QC_COLUMNS, *lesion_qc.COLUMNS)},
         "report": report if (root / report).is_file() else None,
         "raised": [{"id": k, "reason": v} for k, v in raised.items()],
     }
@@ -489,6 +490,13 @@ def run_group(
     missing = _missing(root, records, participants)
     qc_rows = [qc_row(r, outliers.get(r.key, []), ratings.get(r.key)) for r in records]
     flags = [raised_flags(r, outliers.get(r.key, [])) for r in records] + [{} for _ in missing]
+    lesions = [lesion_qc.lesion_columns(root, r.stamp) for r in records]
+    for rec, row, raised, (cols, reasons) in zip(records, qc_rows, flags, lesions, strict=False):
+        raised.update(reasons)  # lesion flags count like the image's own
+        row.update(cols, qc_status=rec.qc_status(list(raised)))
+        row["flag_reasons"] = "; ".join(f"{k}: {v}" for k, v in raised.items()) or None
+    with_lesions = any(cols for cols, _ in lesions)
+    qc_columns = (*QC_COLUMNS, *lesion_qc.COLUMNS) if with_lesions else QC_COLUMNS
     qc_rows += [
         {
             "participant_id": f"sub-{s}",
@@ -498,8 +506,10 @@ def run_group(
         }
         for s in missing
     ]
-    write_text_atomic(root / "group_qc.tsv", tsv_text(QC_COLUMNS, qc_rows))
-    write_json_atomic(root / "group_qc.json", qc_sidecar(th))
+    write_text_atomic(root / "group_qc.tsv", tsv_text(qc_columns, qc_rows))
+    write_json_atomic(
+        root / "group_qc.json", qc_sidecar(th) | (lesion_qc.sidecar() if with_lesions else {})
+    )
     write_worklist(root, qc_rows)
 
     counts: dict[str, int] = {}
@@ -518,6 +528,7 @@ def run_group(
                 _display_row(root, row, raised) for row, raised in zip(qc_rows, flags, strict=True)
             ],
             counts=counts,
+            with_lesions=with_lesions,
             missing=missing,
             plots=plots(records, outliers, th),
             thumbs=thumbs,

@@ -19,6 +19,7 @@ from bids_app import __version__
 from bids_app import labels as L
 from bids_app.atomic import write_text_atomic
 from bids_app.bids.stamps import INCOMPLETE, Status
+from bids_app.lesions.preview import report_section as lesion_section
 from bids_app.qc.alignment import TITLES
 from bids_app.qc.measures import COLUMN_BY_NAME
 from bids_app.qc.ratings import PROBLEMS, RATINGS, SCHEMA
@@ -180,6 +181,7 @@ def image_context(rec: ImageRecord, root: Path) -> dict:
         "provenance": provenance(rec, root),
         "manual": rec.stamp.get("manual"),
         "automatic_flags": rec.stamp.get("automatic_flags") or [],
+        "lesions": lesion_section(root, rec.stamp),
     }
 
 

@@ -136,13 +136,14 @@ def test_phantoms_refuses_an_unrelated_folder_and_passes_its_options(tmp_path, c
 
     seen = {}
 
-    def fake_writer(out, n_subjects, seed):
-        seen.update(out=out, n=n_subjects, seed=seed)
+    def fake_writer(out, n_subjects, seed, lesions):
+        seen.update(out=out, n=n_subjects, seed=seed, lesions=lesions)
         return [out / "a.nii.gz", out / "b.nii.gz"]
 
     monkeypatch.setattr("bids_app.phantom.bids_dataset.write_phantom_dataset", fake_writer)
-    assert main(["phantoms", str(tmp_path / "new"), "--subjects", "2", "--seed", "5"]) == 0
-    assert seen == {"out": (tmp_path / "new").resolve(), "n": 2, "seed": 5}
+    new = str(tmp_path / "new")
+    assert main(["phantoms", new, "--subjects", "2", "--seed", "5", "--lesions"]) == 0
+    assert seen == {"out": (tmp_path / "new").resolve(), "n": 2, "seed": 5, "lesions": True}
     assert "wrote 2 phantom images" in capsys.readouterr().out
 
 

@@ -1,0 +1,114 @@
+"""The lesion step of one image, after its spine result: model input, network, measures.
+
+The lesion network sees what the spine networks see (canonical orientation, SpineSeg's 1 mm
+grid), cropped to SpineSeg's spinal canal plus `MARGIN_MM` on every side: the cord is all it
+has to look at, and the crop keeps a whole-spine image cheap. Without a canal the whole image
+is used. The mask goes back to the input grid by nearest neighbour and is measured there.
+In a participant run the call goes to the device pool of the spine networks, where each
+device loads the lesion model once (`LesionModels`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from bids_app import labeling
+from bids_app.engine import geometry as geo
+from bids_app.labels import CANAL, CORD
+from bids_app.lesions.measures import LesionReport, measure_lesions
+from bids_app.lesions.model import LesionModels
+from bids_app.lesions.weights import LesionWeights
+
+MARGIN_MM = 16
+Box = tuple[slice, slice, slice]
+
+
+@dataclass
+class ModelInput:
+    """The lesion network's input: the 1 mm canonical image and the crop box on it."""
+
+    iso: nib.Nifti1Image
+    box: Box
+
+    @property
+    def crop(self) -> np.ndarray:
+        return np.asanyarray(self.iso.dataobj)[self.box].astype(np.float32)
+
+
+def model_input(img: nib.Nifti1Image, spine: nib.Nifti1Image | None) -> ModelInput:
+    """Canonical 1 mm image and the box of the canal (cord included) + MARGIN_MM on it."""
+    iso = geo.resample_to_iso(geo.to_canonical(geo.average_4d(img)))
+    box: Box | None = None
+    if spine is not None:
+        labels = geo.labels_onto(np.asanyarray(spine.dataobj), spine.affine, iso)
+        box = labeling.bbox_slices(np.isin(labels, (CORD, CANAL)), MARGIN_MM)
+    return ModelInput(iso, box or (slice(None), slice(None), slice(None)))
+
+
+@dataclass
+class LesionResult:
+    """The lesion mask (uint8 0/1, input grid), its measures, where and how long it ran."""
+
+    mask: nib.Nifti1Image
+    report: LesionReport
+    device: str
+    seconds: float
+
+
+# Runs a call on a free device's worker (a `DevicePool.run`); the worker has `.device`.
+DeviceRunner = Callable[[Callable[[Any], Any]], Any]
+
+
+class LesionRunner:
+    """The lesion step for every image of a run; the model is loaded once per device."""
+
+    def __init__(
+        self,
+        weights: LesionWeights,
+        suffixes: tuple[str, ...] = ("T2w",),
+        device: str = "cpu",
+        threads: int | None = None,
+    ):
+        self.weights, self.suffixes, self.device = weights, suffixes, device
+        self.models = LesionModels(weights, threads)
+
+    def applies(self, suffix: str) -> bool:
+        return suffix in self.suffixes
+
+    def segment(
+        self,
+        img: nib.Nifti1Image,
+        spine: nib.Nifti1Image | None,
+        run_on: DeviceRunner | None = None,
+    ) -> LesionResult:
+        """Lesions of one image, given its spine labels (final or step 1) on its grid.
+
+        `run_on` sends the network call to a device pool; without it, `self.device`.
+        """
+        inp = model_input(img, spine)
+        crop = inp.crop
+
+        def call(device: str) -> tuple[np.ndarray, str, float]:
+            t0 = time.perf_counter()
+            lesion, _ = self.models.on(device).predict(crop, (1.0, 1.0, 1.0))
+            return lesion, device, time.perf_counter() - t0
+
+        if run_on is not None:
+            lesion, device, seconds = run_on(lambda nets: call(str(nets.device)))
+        else:
+            lesion, device, seconds = call(self.device)
+        full = np.zeros(inp.iso.shape[:3], np.uint8)
+        full[inp.box] = lesion
+        ref = geo.average_4d(img)
+        native = geo.labels_onto(full, inp.iso.affine, ref)
+        spine_data = None if spine is None else np.asanyarray(spine.dataobj)
+        report = measure_lesions(native, spine_data, ref.affine)
+        assert report.ids is not None
+        mask = geo.image_like((report.ids > 0).astype(np.uint8), ref.affine, ref)
+        return LesionResult(mask, report, device, seconds)
