@@ -12,6 +12,8 @@ from pathlib import Path
 
 from bids_app.engine.options import SegmentOptions
 
+DEFAULT_LESION_SUFFIXES = ("T2w",)  # SCIseg's lesions are T2w-hyperintense
+
 
 @dataclass(frozen=True)
 class SelectionConfig:
@@ -67,4 +69,4 @@ class RunConfig:
     ratings_dir: Path | None = None  # group level: manual ratings (default output_dir/ratings)
     corrections_dir: Path | None = None  # participant level: manual corrections (None: none)
     lesion_model: str | None = None  # nnU-Net lesion model folder (SCIseg-like), "demo", or none
-    lesion_suffixes: tuple[str, ...] = ("T2w",)  # images the lesion model runs on
+    lesion_suffixes: tuple[str, ...] = DEFAULT_LESION_SUFFIXES  # images the lesion model runs on

@@ -161,8 +161,8 @@ def build_config(args: argparse.Namespace, paths: Paths) -> RunConfig:
         dry_run=args.dry_run,
         ratings_dir=args.ratings_dir,
         corrections_dir=corrections_dir(args.corrections, paths),
-        lesion_model=getattr(args, "lesion_model", None),
-        lesion_suffixes=tuple(getattr(args, "lesion_suffix", None) or ("T2w",)),
+        lesion_model=args.lesion_model,
+        lesion_suffixes=tuple(args.lesion_suffix),
     )
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from bids_app import __version__, slurm
+from bids_app.config import DEFAULT_LESION_SUFFIXES
 from bids_app.engine.options import REFERENCE_TILE_STEP, TILE_STEP_RANGE
 from bids_app.errors import EXIT_CODE_HELP, ExitCode
 from bids_app.labels import DISCS
@@ -225,8 +226,9 @@ def bids_app_parser() -> UsageParser:
     lesions.add_argument(
         "--lesion-suffix",
         nargs="+",
+        default=list(DEFAULT_LESION_SUFFIXES),
         metavar="SUFFIX",
-        help="images the lesion model runs on (default: T2w)",
+        help=f"images the lesion model runs on (default: {' '.join(DEFAULT_LESION_SUFFIXES)})",
     )
     run.add_argument(
         "--step1-only",
