@@ -184,9 +184,9 @@ def export(results: Path, dest: Path) -> None:
     import torch
 
     src = results / DATASET / "LesionTrainer__nnUNetPlans__3d_fullres"
-    ckpt_path = src / "fold_0" / "checkpoint_final.pth"
-    if not ckpt_path.exists():
-        ckpt_path = src / "fold_0" / "checkpoint_latest.pth"
+    # The final checkpoint, else (an interrupted run) the best EMA pseudo-Dice one.
+    names = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
+    ckpt_path = next(src / "fold_0" / n for n in names if (src / "fold_0" / n).exists())
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     slim = {
         "network_weights": ckpt["network_weights"],
@@ -203,7 +203,7 @@ def export(results: Path, dest: Path) -> None:
     shutil.copy(src / "dataset.json", out / "dataset.json")
     torch.save(slim, out / "fold_0" / "checkpoint_final.pth")
     installed = install_lesion_model(staging, dest, force=True)
-    print(f"exported {installed.folder} (epoch {slim['current_epoch']})")
+    print(f"exported {installed.folder} from {ckpt_path.name} (epoch {slim['current_epoch']})")
 
 
 def main() -> None:
