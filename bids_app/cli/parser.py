@@ -221,7 +221,7 @@ def bids_app_parser() -> UsageParser:
         metavar="DIR",
         help="also segment and measure spinal cord lesions with this nnU-Net lesion model "
         "(a folder in nnU-Net's result layout, e.g. SCIseg; see `spineseg weights --lesion`); "
-        "`demo` selects the demo lesion model (phantoms only; not shipped yet: see the README)",
+        "`demo` selects the demo lesion model (phantoms only)",
     )
     lesions.add_argument(
         "--lesion-suffix",
