@@ -11,7 +11,6 @@ first use (in the per-user cache when the folder is read-only). Errors are one l
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -35,6 +34,8 @@ from bids_app.nnunet.weights import (
     _install_lock,
     _records,
     default_weights_dir,
+    file_records_ok,
+    read_manifest,
     sha256_file,
 )
 
@@ -119,18 +120,14 @@ def _manifest(folder: Path, source: str, zip_record: dict | None) -> dict:
 
 
 def _read_manifest(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"{path}: unreadable manifest ({e})") from e
-    ok = isinstance(data, dict) and data.get("kind") == KIND and isinstance(data.get("files"), dict)
-    if not ok or not all(
-        isinstance(r, dict) and {"sha256", "size"} <= set(r) for r in data["files"].values()
-    ):
-        raise WeightsError(f"{path}: not a SpineSeg lesion model manifest")
-    return data
+    def is_valid(data: object) -> bool:
+        return (
+            isinstance(data, dict)
+            and data.get("kind") == KIND
+            and file_records_ok(data.get("files"))
+        )
+
+    return read_manifest(path, is_valid, "a SpineSeg lesion model manifest")
 
 
 def resolve_lesion_model(path: Path | str, env: Mapping[str, str] = os.environ) -> LesionWeights:

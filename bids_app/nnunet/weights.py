@@ -32,7 +32,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -244,17 +244,33 @@ def _datasets_in(folder: Path, release: str, label: str) -> dict[str, Path]:
 # Manifest and provenance
 
 
-def _read_manifest(path: Path) -> dict | None:
-    """The manifest at `path`, None when there is none."""
+def read_manifest(
+    path: Path, is_valid: Callable[[object], bool], what: str, hint: str = ""
+) -> dict | None:
+    """The manifest at `path` (None when there is none), checked by `is_valid`; unreadable or
+    malformed is a one-line WeightsError naming it as `what`, followed by `hint`."""
     if not path.is_file():
         return None
+    tail = f"; {hint}" if hint else ""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise WeightsError(f"{path}: unreadable manifest ({e}); {_REINSTALL}") from e
-    if not _is_manifest(data):
-        raise WeightsError(f"{path}: not a SpineSeg weights manifest; {_REINSTALL}")
+        raise WeightsError(f"{path}: unreadable manifest ({e}){tail}") from e
+    if not is_valid(data):
+        raise WeightsError(f"{path}: not {what}{tail}")
+    assert isinstance(data, dict)  # is_valid checked the shape
     return data
+
+
+def file_records_ok(files: object) -> bool:
+    """A manifest's file table: relative path -> {"sha256", "size", ...}."""
+    return isinstance(files, dict) and all(
+        isinstance(r, dict) and {"sha256", "size"} <= set(r) for r in files.values()
+    )
+
+
+def _read_manifest(path: Path) -> dict | None:
+    return read_manifest(path, _is_manifest, "a SpineSeg weights manifest", _REINSTALL)
 
 
 def _is_manifest(data: object) -> bool:
@@ -262,23 +278,20 @@ def _is_manifest(data: object) -> bool:
     if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict):
         return False
     for entry in data["datasets"].values():
-        if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
+        if not isinstance(entry, dict) or not file_records_ok(entry.get("files")):
             return False
         zip_record = entry.get("zip")
         if zip_record is not None and not (
             isinstance(zip_record, dict) and {"name", "sha256"} <= set(zip_record)
         ):
             return False
-        for rec in entry["files"].values():
-            if not isinstance(rec, dict) or not {"sha256", "size"} <= set(rec):
-                return False
     return True
 
 
 def _demo_entries() -> dict[str, dict]:
     """Known SHA-256 of the shipped demo models, as manifest entries (Dataset folder -> files).
 
-    `python -m bids_app.demo_models.train export` lists them in the demo README; empty when
+    `python -m training.demo_models.train export` lists them in the demo README; empty when
     there is no list.
     """
     try:
