@@ -315,7 +315,7 @@ class ParticipantRun:
             self.stage(job, "lesions")
             with _writing(job.name):
                 lesion_outputs, lesion_error = lesion_step(
-                    self.lesions, self._engine, self.out, job, img, result, outputs
+                    self.lesions, self._engine, self.out, job, img, result, outputs, self.memory
                 )
             outputs += lesion_outputs
             if lesion_error:

@@ -24,6 +24,7 @@ from bids_app.lesions.preview import figure_path, write_preview
 from bids_app.lesions.run import LesionRunner
 from bids_app.lesions.weights import resolve_lesion_model
 from bids_app.nnunet.weights import WeightsError
+from bids_app.scheduling import MemoryGate
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,14 @@ def lesion_step(
     img: nib.Nifti1Image,
     result: EngineResult,
     spine_outputs: Sequence[str],
+    memory: MemoryGate,
 ) -> tuple[list[str], str | None]:
     """Lesions of one image: (written output-relative paths, failure reason or None).
 
     Uses the final labels, else the step-1 labels, for the crop, the cord and the levels.
     A lesion failure costs only the lesion outputs (the caller marks the image partial);
-    a model that cannot be loaded stops the run (exit 78), as spine weights do.
+    a model that cannot be loaded stops the run (exit 78), as spine weights do. The step
+    waits in the run's memory gate, like the spine networks, until its arrays fit.
     """
     relpath, suffix = job.relpath, job.suffix
     if runner is None or not runner.applies(suffix):
@@ -80,8 +83,16 @@ def lesion_step(
     spine = result.native.get("final")
     spine = spine if spine is not None else result.native.get("step1")
     pool = getattr(getattr(engine, "networks", None), "pool", None)
+    need = runner.memory_bytes(img)
+    if not memory.fits(need):
+        return [], (
+            f"lesions: need about {need / 2**30:.1f} GiB on the 1 mm grid, more than the "
+            f"{memory.capacity / 2**30:.1f} GiB the memory budget leaves for images "
+            "(raise --mem-mb)"
+        )
     try:
-        lesions = runner.segment(img, spine, pool.run if pool is not None else None)
+        with memory.reserve(need):
+            lesions = runner.segment(img, spine, pool.run if pool is not None else None)
     except WeightsError as e:
         raise UserError(ExitCode.CONFIG, str(e)) from e
     except Exception as e:  # the spine outputs stay; the image becomes partial

@@ -20,7 +20,9 @@ import numpy as np
 
 from bids_app import labeling
 from bids_app.engine import geometry as geo
+from bids_app.engine.memory import F32, U8, step_peak_bytes
 from bids_app.labels import CANAL, CORD
+from bids_app.lesions.labels import read_labels
 from bids_app.lesions.measures import LesionReport, measure_lesions
 from bids_app.lesions.model import LesionModels
 from bids_app.lesions.weights import LesionWeights
@@ -77,9 +79,23 @@ class LesionRunner:
     ):
         self.weights, self.suffixes, self.device = weights, suffixes, device
         self.models = LesionModels(weights, threads)
+        self.heads = read_labels(weights.trainer_dir / "dataset.json").heads
 
     def applies(self, suffix: str) -> bool:
         return suffix in self.suffixes
+
+    def memory_bytes(self, img: nib.Nifti1Image) -> int:
+        """Estimated peak bytes of the lesion step of `img`, from its header alone.
+
+        The crop is unknown before the spine labels exist, so the whole 1 mm grid bounds it:
+        the network call (`engine.memory.step_peak_bytes`, one channel, this model's heads),
+        the float32 1 mm image it is cut from, and the uint8 masks on the 1 mm and input grids.
+        """
+        shape, _ = geo.iso_grid(img)
+        voxels = shape[0] * shape[1] * shape[2]
+        native = int(np.prod(img.shape[:3]))
+        network = step_peak_bytes(shape, 1, self.heads, probabilities=False)
+        return network + F32 * voxels + U8 * (voxels + native)
 
     def segment(
         self,

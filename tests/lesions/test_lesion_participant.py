@@ -151,3 +151,38 @@ def test_a_lesion_failure_keeps_the_spine_outputs_and_makes_the_image_partial(se
     assert "Traceback" in crash.read_text()
     assert any(o.endswith("_seg-spine_desc-T2w_dseg.nii.gz") for o in stamp["outputs"])
     assert read_stamp(stamp_path(out, Path(T1W).name))["status"] == "ok"
+
+
+def test_a_lesion_step_larger_than_the_memory_budget_is_refused_alone(setup, monkeypatch):
+    from bids_app.lesions.run import LesionRunner
+
+    monkeypatch.setattr(LesionRunner, "memory_bytes", lambda self, img: 2**50)
+    run, out, tmp = setup
+    rc, _ = run(build_lesion_model(tmp / "models"), "--mem-mb", "4000")
+    stamp = read_stamp(stamp_path(out, Path(T2W).name))
+    assert rc == 3 and stamp["status"] == "partial"
+    assert stamp["reason"].startswith("lesions: need about 1048576.0 GiB on the 1 mm grid")
+    assert "raise --mem-mb" in stamp["reason"]
+    assert not (out / lesion_paths(T2W, "T2w")["mask"]).exists()
+    assert any(o.endswith("_seg-spine_desc-T2w_dseg.nii.gz") for o in stamp["outputs"])
+
+
+def test_the_lesion_memory_estimate_follows_the_1mm_grid(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from bids_app.lesions.run import LesionRunner
+    from bids_app.lesions.weights import resolve_lesion_model
+
+    runner = LesionRunner(resolve_lesion_model(str(build_lesion_model(tmp_path))))
+
+    def estimate(shape: tuple[int, int, int], zoom: float) -> int:
+        affine = np.diag([zoom, zoom, zoom, 1.0])
+        return runner.memory_bytes(nib.Nifti1Image(np.zeros(shape, np.uint8), affine))
+
+    small = estimate((40, 40, 50), 1.0)
+    # Twice the length in voxels, or the same voxels at 2 mm: twice the 1 mm grid along z.
+    assert estimate((40, 40, 100), 1.0) == pytest.approx(2 * small, rel=0.02)
+    assert estimate((20, 20, 25), 2.0) > 0.9 * small
+    # At least the float32 input and one float32 output per head, per 1 mm voxel.
+    assert small >= 40 * 40 * 50 * 4 * (1 + runner.heads)
