@@ -67,15 +67,20 @@ class Run:
     sampling: str = "shifted"
 
 
-# How the shipped models were made, in order; the last run of each step is exported.
+# How the shipped models were made, in order; `all` trains these and exports the last run of
+# each step.
 RECIPE: tuple[Run, ...] = (
     Run("step1", STEP1, 60),
     Run("step1-ft", STEP1, 30, lr=1e-3, init="step1"),
-    Run("step1-neck", STEP1, 28, init="step1-ft", sampling="neck"),
     Run("step2", STEP2, 80, sampling="centred"),
+)
+# Runs under evaluation, not shipped (yet): trained with `train --runs`, exported elsewhere with
+# `export --runs ... --dest`, benchmarked; one that beats the shipped model moves into RECIPE.
+CANDIDATES: tuple[Run, ...] = (
+    Run("step1-neck", STEP1, 28, init="step1-ft", sampling="neck"),
     Run("step2-neck", STEP2, 28, init="step2", sampling="neck"),
 )
-RUNS = {run.name: run for run in RECIPE}
+RUNS = {run.name: run for run in (*RECIPE, *CANDIDATES)}
 
 
 def case_acquisition(i: int) -> tuple[int, Acquisition]:
@@ -295,25 +300,27 @@ def train(run: Run, results: Path, threads: int, init: Path | None = None) -> No
     trainer.run_training()
 
 
-def _history(dataset: str) -> str:
-    """The recipe runs of one step, in order, as the README states them."""
-    runs = [r for r in RECIPE if r.dataset == dataset]
+def _history(dataset: str, runs: Sequence[Run] = RECIPE) -> str:
+    """The runs that made one step's exported model, in order, as the README states them."""
+    chain = [[r for r in runs if r.dataset == dataset][-1]]
+    while chain[0].init:
+        chain.insert(0, RUNS[chain[0].init])
     parts = [
         f"`{r.name}` {r.epochs} epochs at learning rate {r.lr:g}"
         + (f" from `{r.init}`" if r.init else " from scratch")
         + f", {r.sampling} landmark patches"
-        for r in runs
+        for r in chain
     ]
     return f"- {dataset}: " + "; then ".join(parts) + f" ({ITERS} iterations per epoch)."
 
 
-def export(results: Path, dest: Path) -> None:
-    """The last run of each step in the official layout, optimiser state stripped, trainer
-    name a stock nnU-Net one; their hashes and history go into the demo README."""
+def export(results: Path, dest: Path, runs: Sequence[Run] = RECIPE) -> None:
+    """The last of `runs` for each step in the official layout, optimiser state stripped,
+    trainer name a stock nnU-Net one; their hashes and history go into dest/README.md."""
     import torch
 
     for dataset in (STEP1, STEP2):
-        run = [r for r in RECIPE if r.dataset == dataset][-1]
+        run = [r for r in runs if r.dataset == dataset][-1]
         ckpt_path = checkpoint(results, run)
         src = ckpt_path.parents[1]
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -336,7 +343,8 @@ def export(results: Path, dest: Path) -> None:
         for p in files
     ]
     _replace_block(dest / "README.md", "demo-sha", "```\n" + "\n".join(sums) + "\n```")
-    _replace_block(dest / "README.md", "demo-training", "\n".join(map(_history, (STEP1, STEP2))))
+    history = "\n".join(_history(d, runs) for d in (STEP1, STEP2))
+    _replace_block(dest / "README.md", "demo-training", history)
 
 
 def _replace_block(path: Path, marker: str, text: str) -> None:
@@ -359,8 +367,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--runs",
         nargs="+",
         choices=list(RUNS),
-        default=list(RUNS),
-        help="train: these recipe runs, in the order given (default: all of RECIPE)",
+        default=[r.name for r in RECIPE],
+        help="train: these runs, in the order given; export: the last of them for each step "
+        "(default: RECIPE, the shipped models)",
     )
     ap.add_argument(
         "--init",
@@ -386,7 +395,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for k, run in enumerate(runs):
             train(run, work / "results", args.threads, args.init if k == 0 else None)
     if args.stage in ("export", "all"):
-        export(work / "results", args.dest)
+        chosen = [RUNS[name] for name in args.runs] if args.stage == "export" else list(RECIPE)
+        export(work / "results", args.dest, chosen)
 
 
 if __name__ == "__main__":
