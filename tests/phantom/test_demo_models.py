@@ -75,3 +75,53 @@ def test_training_code_exports_where_the_runtime_loads() -> None:
 
     assert train.DEMO_DIR.resolve() == DEMO_DIR.resolve()
     assert not list(DEMO_DIR.glob("train*.py")), "training code is back in the runtime package"
+
+
+def _forced_patch_starts(loader_cls: type, draws: int = 40) -> set[tuple[int, ...]]:
+    """Lower corners of patches forced onto a single C2-C3 voxel at (50, 50, 50)."""
+    loader = loader_cls.__new__(loader_cls)  # only what get_bbox reads, no dataset
+    loader.patch_size = np.array([40, 40, 40])  # the enlarged patch, before augmentation
+    loader.final_patch_size = np.array([32, 32, 32])
+    loader.need_to_pad = np.array([8, 8, 8])
+    loader.has_ignore = False
+    loader.annotated_classes_key = (1, 2)
+    np.random.seed(0)
+    starts = set()
+    for _ in range(draws):
+        lbs, ubs = loader.get_bbox(
+            np.array([100, 100, 100]), True, {2: np.array([[0, 50, 50, 50]])}
+        )
+        assert all(lo <= 50 < hi for lo, hi in zip(lbs, ubs, strict=True))
+        starts.add(tuple(lbs))
+    return starts
+
+
+def test_landmark_patches_are_shifted_except_for_the_centred_step2_base() -> None:
+    """The recipe relies on it: the step-2 base run had patches centred on the landmark (the
+    cue the network must not learn), every other run moves them."""
+    from training.demo_models import landmark_sampling as ls
+
+    assert _forced_patch_starts(ls.Step2CentredLoader) == {(30, 30, 30)}
+    for cls in (ls.Step1LandmarkLoader, ls.Step2LandmarkLoader):
+        starts = np.array(sorted(_forced_patch_starts(cls)))
+        assert len(starts) > 20
+        # The voxel stays EDGE voxels inside the final patch, which sits centred in the patch.
+        margin = (40 - 32) // 2 + ls.EDGE
+        assert (50 - starts >= margin).all() and (50 - starts <= 40 - margin).all()
+
+
+def test_readme_states_the_recipe_that_export_writes() -> None:
+    """`train.py all` runs RECIPE; the demo README must list the same runs for each step."""
+    from training.demo_models import train
+
+    readme = (DEMO / "README.md").read_text()
+    block = readme.split("<!-- demo-training:start -->\n")[1].split("\n<!-- demo-training:end -->")[
+        0
+    ]
+    assert block == "\n".join(train._history(d) for d in (train.STEP1, train.STEP2))
+    assert [r.name for r in train.RECIPE if r.init] and all(
+        train.RUNS[r.init].dataset == r.dataset
+        and train.RECIPE.index(train.RUNS[r.init]) < train.RECIPE.index(r)
+        for r in train.RECIPE
+        if r.init
+    ), "a run starts from a later run or from the other step"

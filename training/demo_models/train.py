@@ -1,15 +1,17 @@
 """Train the bundled demo models on synthetic phantoms, reproducibly, on CPU.
 
-    python -m training.demo_models.train --work /tmp/spineseg-train all
+    python -m training.demo_models.train all --work /tmp/spineseg-train
 
 Stages: `data` renders phantoms and writes the nnU-Net raw datasets Dataset101 (step 1, one
 channel) and Dataset102 (step 2, image + alternate-disc channel, both parities) with the
 region labels of the official models; `plan` runs nnU-Net's fingerprint/planner and shrinks
-the network so it trains on two CPU cores; `train` runs nnU-Net's own trainer (a subclass
-that only sets the schedule, optimiser and no mirroring); `export` strips optimiser state and
-writes the official layout into bids_app/demo_models/, where the runtime finds it. Training
-seeds are 1000-1999; benchmarks use held-out seeds >= 5000. This code is not part of the
-installed package: run it from the repository root.
+the network so it trains on two CPU cores; `train` trains runs of `RECIPE` with nnU-Net's own
+trainer (a subclass that only sets the schedule, optimiser, sampling and no mirroring);
+`export` strips optimiser state and writes the last run of each step, in the official layout,
+into bids_app/demo_models/, where the runtime finds it. `all` is every stage and every run of
+the recipe in order: it reproduces the shipped models. Training seeds are 1000-1999;
+benchmarks use held-out seeds >= 5000. This code is not part of the installed package: run it
+from the repository root.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 
@@ -43,13 +47,40 @@ STEP2 = "Dataset102_TotalSpineSeg_step2"
 SPACING = [2.0, 2.0, 2.0]
 PATCH = [80, 48, 32]  # nnU-Net axis order (S, A, R), in voxels of SPACING
 FEATURES = [8, 16, 32, 64, 96]
-# Step 1: 60 epochs with the shifted landmark patches of landmark_sampling.py (the shipped
-# model then had 30 epochs of fine-tuning, --init); step 2: 80 epochs, trained before that
-# change. The demo README gives the exact runs.
-EPOCHS = {STEP1: 60, STEP2: 80}
 ITERS = 50
 LR = 2e-3  # initial AdamW learning rate
 TRAINER_NAME = "nnUNetTrainer"  # what the exported checkpoints say, so stock tools load them
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: `init` names the earlier run whose weights it starts from (a fresh
+    optimiser and schedule). `sampling` picks the landmark patches (landmark_sampling.py):
+    "shifted" off-centre, "centred" on the class (the sampling before the shift, which the
+    step-2 base was trained with), "neck" shifted and C2-C3 / C7-T1 drawn more often."""
+
+    name: str
+    dataset: str
+    epochs: int
+    lr: float = LR
+    init: str | None = None
+    sampling: str = "shifted"
+
+
+# How the shipped models were made, in order; `all` trains these and exports the last run of
+# each step.
+RECIPE: tuple[Run, ...] = (
+    Run("step1", STEP1, 60),
+    Run("step1-ft", STEP1, 30, lr=1e-3, init="step1"),
+    Run("step2", STEP2, 80, sampling="centred"),
+)
+# Runs under evaluation, not shipped (yet): trained with `train --runs`, exported elsewhere with
+# `export --runs ... --dest`, benchmarked; one that beats the shipped model moves into RECIPE.
+CANDIDATES: tuple[Run, ...] = (
+    Run("step1-neck", STEP1, 28, init="step1-ft", sampling="neck"),
+    Run("step2-neck", STEP2, 28, init="step2", sampling="neck"),
+)
+RUNS = {run.name: run for run in (*RECIPE, *CANDIDATES)}
 
 
 def case_acquisition(i: int) -> tuple[int, Acquisition]:
@@ -176,24 +207,26 @@ def plan(ids: list[int]) -> None:
     preprocess(ids, configurations=("3d_fullres",), num_processes=(2,))
 
 
-def train(
-    dataset: str,
-    threads: int,
-    epochs: int | None = None,
-    lr: float = LR,
-    init: Path | None = None,
-) -> None:
-    """Train fold 0 with nnU-Net's trainer on the CPU.
+def checkpoint(results: Path, run: Run) -> Path:
+    """The final checkpoint of a run (the latest one while it is still training)."""
+    fold = results / run.name / run.dataset / "DemoTrainer__nnUNetPlans__3d_fullres" / "fold_0"
+    final = fold / "checkpoint_final.pth"
+    return final if final.exists() else fold / "checkpoint_latest.pth"
 
-    `init` starts from the network weights of an earlier checkpoint (fine-tuning with a fresh
-    optimiser and schedule) instead of a random initialisation.
+
+def train(run: Run, results: Path, threads: int, init: Path | None = None) -> None:
+    """Train fold 0 of one recipe run with nnU-Net's trainer on the CPU, into results/<run>.
+
+    The run starts from `init` when given, else from its recipe's `init` run, else from a
+    random initialisation. A run that was interrupted (a latest but no final checkpoint) goes
+    on from its latest checkpoint instead, with nnU-Net's own resume.
     """
     import torch
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
     from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as trainer_module
 
-    from training.demo_models import landmark_sampling
+    from training.demo_models import landmark_sampling as ls
 
     cpu = torch.device("cpu")
 
@@ -201,8 +234,8 @@ def train(
         """nnU-Net's trainer with a short CPU schedule, AdamW and no mirroring.
 
         Mirroring would teach the net that up and down look alike, and the disc landmarks
-        (C2-C3 at the top, L5-S at the bottom) are told apart by exactly that. Half the
-        patches are centred on foreground, most of those on a landmark class.
+        (C2-C3 at the top, L5-S at the bottom) are told apart by exactly that. Most patches
+        are forced onto foreground, most of those onto a landmark class.
         """
 
         def __init__(
@@ -214,10 +247,10 @@ def train(
             device: torch.device = cpu,
         ) -> None:
             super().__init__(plans, configuration, fold, dataset_json, device)
-            self.num_epochs = epochs or EPOCHS[dataset]
+            self.num_epochs = run.epochs
             self.num_iterations_per_epoch = ITERS
             self.num_val_iterations_per_epoch = 4
-            self.initial_lr = lr
+            self.initial_lr = run.lr
             self.save_every = 2
             self.oversample_foreground_percent = 0.6
 
@@ -235,38 +268,61 @@ def train(
             self.inference_allowed_mirroring_axes = None
             return rot, dummy_2d, initial, None
 
+    start = init or (checkpoint(results, RUNS[run.init]) if run.init else None)
     torch.manual_seed(MASTER_SEED)
     np.random.seed(MASTER_SEED)
     torch.set_num_threads(threads)
     # What get_dataloaders instantiates: nnU-Net's loader, biased towards the landmarks.
-    trainer_module.nnUNetDataLoader = (
-        landmark_sampling.Step1LandmarkLoader
-        if dataset == STEP1
-        else landmark_sampling.Step2LandmarkLoader
-    )
-    pre = Path(nnUNet_preprocessed) / dataset
+    trainer_module.nnUNetDataLoader = {
+        (STEP1, "shifted"): ls.Step1LandmarkLoader,
+        (STEP1, "neck"): ls.Step1NeckLoader,
+        (STEP2, "centred"): ls.Step2CentredLoader,
+        (STEP2, "shifted"): ls.Step2LandmarkLoader,
+        (STEP2, "neck"): ls.Step2NeckLoader,
+    }[(run.dataset, run.sampling)]
+    # Each run writes its own folder, so a fine-tuning never overwrites the run it starts from.
+    os.environ["nnUNet_results"] = str(results / run.name)  # noqa: SIM112 (nnU-Net's name)
+    pre = Path(nnUNet_preprocessed) / run.dataset
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
+    interrupted = checkpoint(results, run)
+    resume = interrupted.name == "checkpoint_latest.pth" and interrupted.exists()
+    plans["continue_training"] = resume
     ds_json = json.loads((pre / "dataset.json").read_text())
     trainer = DemoTrainer(plans, "3d_fullres", 0, ds_json, cpu)
-    if init is not None:
+    if resume:
+        trainer.load_checkpoint(str(interrupted))
+        print(f"{run.name}: resumes at epoch {trainer.current_epoch}", flush=True)
+    elif start is not None:
         trainer.initialize()
-        ckpt = torch.load(init, map_location="cpu", weights_only=False)
+        ckpt = torch.load(start, map_location="cpu", weights_only=False)
         trainer.network.load_state_dict(ckpt["network_weights"])
-        print(f"initialised from {init} (epoch {ckpt.get('current_epoch')})", flush=True)
+        print(f"{run.name}: starts from {start} (epoch {ckpt.get('current_epoch')})", flush=True)
     trainer.run_training()
 
 
-def export(results: Path, dest: Path) -> None:
-    """Official layout, optimiser state stripped, trainer name a stock nnU-Net one."""
+def _history(dataset: str, runs: Sequence[Run] = RECIPE) -> str:
+    """The runs that made one step's exported model, in order, as the README states them."""
+    chain = [[r for r in runs if r.dataset == dataset][-1]]
+    while chain[0].init:
+        chain.insert(0, RUNS[chain[0].init])
+    parts = [
+        f"`{r.name}` {r.epochs} epochs at learning rate {r.lr:g}"
+        + (f" from `{r.init}`" if r.init else " from scratch")
+        + f", {r.sampling} landmark patches"
+        for r in chain
+    ]
+    return f"- {dataset}: " + "; then ".join(parts) + f" ({ITERS} iterations per epoch)."
+
+
+def export(results: Path, dest: Path, runs: Sequence[Run] = RECIPE) -> None:
+    """The last of `runs` for each step in the official layout, optimiser state stripped,
+    trainer name a stock nnU-Net one; their hashes and history go into dest/README.md."""
     import torch
 
-    epochs: dict[str, int | None] = {}
     for dataset in (STEP1, STEP2):
-        src = results / dataset / "DemoTrainer__nnUNetPlans__3d_fullres"
-        ckpt_path = src / "fold_0" / "checkpoint_final.pth"
-        if not ckpt_path.exists():
-            ckpt_path = src / "fold_0" / "checkpoint_latest.pth"
+        run = [r for r in runs if r.dataset == dataset][-1]
+        ckpt_path = checkpoint(results, run)
+        src = ckpt_path.parents[1]
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         slim = {
             "network_weights": ckpt["network_weights"],
@@ -280,18 +336,15 @@ def export(results: Path, dest: Path) -> None:
         shutil.copy(src / "plans.json", out / "plans.json")
         shutil.copy(src / "dataset.json", out / "dataset.json")
         torch.save(slim, out / "fold_0" / "checkpoint_final.pth")
-        epochs[dataset] = slim["current_epoch"]
-        print(f"exported {dataset} from {ckpt_path.name} (epoch {slim['current_epoch']})")
+        print(f"exported {dataset} from {ckpt_path} (epoch {slim['current_epoch']})")
     files = sorted(p for p in dest.glob("Dataset10*/*/**/*") if p.is_file())
     sums = [
         f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(dest).as_posix()}"
         for p in files
     ]
-    trained = [
-        f"- {name}: exported after {n} epochs of {ITERS} iterations." for name, n in epochs.items()
-    ]
     _replace_block(dest / "README.md", "demo-sha", "```\n" + "\n".join(sums) + "\n```")
-    _replace_block(dest / "README.md", "demo-training", "\n".join(trained))
+    history = "\n".join(_history(d, runs) for d in (STEP1, STEP2))
+    _replace_block(dest / "README.md", "demo-training", history)
 
 
 def _replace_block(path: Path, marker: str, text: str) -> None:
@@ -301,22 +354,29 @@ def _replace_block(path: Path, marker: str, text: str) -> None:
     path.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "stage",
-        choices=["data", "plan", "train1", "train2", "export", "all"],
-    )
+    ap.add_argument("stage", choices=["data", "plan", "train", "export", "all"])
     ap.add_argument(
         "--work", type=Path, required=True, help="nnU-Net raw/preprocessed/results root"
     )
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training")
     ap.add_argument("--dest", type=Path, default=DEMO_DIR, help="where the exported models go")
     ap.add_argument("--cases", type=int, default=N_CASES, help="data: training phantoms")
-    ap.add_argument("--epochs", type=int, help="override the stage's number of epochs (EPOCHS)")
-    ap.add_argument("--lr", type=float, default=LR, help="initial AdamW learning rate")
-    ap.add_argument("--init", type=Path, help="train1/train2: start from this checkpoint")
-    args = ap.parse_args()
+    ap.add_argument(
+        "--runs",
+        nargs="+",
+        choices=list(RUNS),
+        default=[r.name for r in RECIPE],
+        help="train: these runs, in the order given; export: the last of them for each step "
+        "(default: RECIPE, the shipped models)",
+    )
+    ap.add_argument(
+        "--init",
+        type=Path,
+        help="train: the first run starts from this checkpoint instead of its recipe's run",
+    )
+    args = ap.parse_args(argv)
     work = args.work.resolve()
     for var, sub in (
         ("nnUNet_raw", "raw"),
@@ -330,12 +390,13 @@ def main() -> None:
         write_datasets(work / "raw", len(os.sched_getaffinity(0)), args.cases)
     if args.stage in ("plan", "all"):
         plan([101, 102])
-    if args.stage in ("train1", "all"):
-        train(STEP1, args.threads, args.epochs, args.lr, args.init)
-    if args.stage in ("train2", "all"):
-        train(STEP2, args.threads, args.epochs, args.lr, args.init)
+    if args.stage in ("train", "all"):
+        runs = [RUNS[name] for name in args.runs] if args.stage == "train" else list(RECIPE)
+        for k, run in enumerate(runs):
+            train(run, work / "results", args.threads, args.init if k == 0 else None)
     if args.stage in ("export", "all"):
-        export(work / "results", args.dest)
+        chosen = [RUNS[name] for name in args.runs] if args.stage == "export" else list(RECIPE)
+        export(work / "results", args.dest, chosen)
 
 
 if __name__ == "__main__":
