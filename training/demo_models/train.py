@@ -34,6 +34,7 @@ from bids_app import labels as L
 from bids_app.engine.geometry import image_like, labels_onto, resample_to_iso, to_canonical
 from bids_app.phantom.render import FOVS, Acquisition, render_phantom
 from bids_app.phantom.targets import step1_target, step2_target
+from training.cpu_trainer import Schedule, cpu_trainer
 
 # The exported models ship inside the runtime package; this training code does not.
 DEMO_DIR = Path(__file__).resolve().parents[2] / "bids_app" / "demo_models"
@@ -223,51 +224,18 @@ def train(run: Run, results: Path, threads: int, init: Path | None = None) -> No
     """
     import torch
     from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
     from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as trainer_module
 
     from training.demo_models import landmark_sampling as ls
 
     cpu = torch.device("cpu")
-
-    class DemoTrainer(trainer_module.nnUNetTrainer):
-        """nnU-Net's trainer with a short CPU schedule, AdamW and no mirroring.
-
-        Mirroring would teach the net that up and down look alike, and the disc landmarks
-        (C2-C3 at the top, L5-S at the bottom) are told apart by exactly that. Most patches
-        are forced onto foreground, most of those onto a landmark class.
-        """
-
-        def __init__(
-            self,
-            plans: dict,
-            configuration: str,
-            fold: int,
-            dataset_json: dict,
-            device: torch.device = cpu,
-        ) -> None:
-            super().__init__(plans, configuration, fold, dataset_json, device)
-            self.num_epochs = run.epochs
-            self.num_iterations_per_epoch = ITERS
-            self.num_val_iterations_per_epoch = 4
-            self.initial_lr = run.lr
-            self.save_every = 2
-            self.oversample_foreground_percent = 0.6
-
-        def configure_optimizers(self):  # type: ignore[no-untyped-def]
-            opt = torch.optim.AdamW(
-                self.network.parameters(), lr=self.initial_lr, weight_decay=1e-4
-            )
-            return opt, PolyLRScheduler(opt, self.initial_lr, self.num_epochs)
-
-        def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):  # type: ignore[no-untyped-def]
-            rot, dummy_2d, initial, _ = (
-                super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-            )
-            rot = (-15.0 / 180 * np.pi, 15.0 / 180 * np.pi)
-            self.inference_allowed_mirroring_axes = None
-            return rot, dummy_2d, initial, None
-
+    # No mirroring: it would teach the net that up and down look alike, and the landmark discs
+    # (C2-C3 at the top, L5-S at the bottom) are told apart by exactly that. Most patches are
+    # forced onto foreground, most of those onto a landmark class (the loaders below).
+    DemoTrainer = cpu_trainer(
+        "DemoTrainer",
+        Schedule(epochs=run.epochs, lr=run.lr, iterations=ITERS, foreground=0.6, rotation_deg=15),
+    )
     start = init or (checkpoint(results, RUNS[run.init]) if run.init else None)
     torch.manual_seed(MASTER_SEED)
     np.random.seed(MASTER_SEED)

@@ -34,6 +34,7 @@ from bids_app.lesions.weights import install_lesion_model
 from bids_app.phantom.anatomy import random_anatomy
 from bids_app.phantom.lesions import random_lesions
 from bids_app.phantom.render import Acquisition, render
+from training.cpu_trainer import Schedule, cpu_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 DEST = ROOT / "bids_app" / "demo_models" / "lesion"
@@ -146,26 +147,11 @@ def train(threads: int, epochs: int) -> None:
     """Fold 0 with nnU-Net's trainer: short schedule, AdamW, half the patches on foreground."""
     import torch
     from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     cpu = torch.device("cpu")
-
-    class LesionTrainer(nnUNetTrainer):
-        def __init__(self, plans, configuration, fold, dataset_json, device=cpu):  # type: ignore[no-untyped-def]
-            super().__init__(plans, configuration, fold, dataset_json, device)
-            self.num_epochs = epochs
-            self.num_iterations_per_epoch = ITERS
-            self.num_val_iterations_per_epoch = 4
-            self.initial_lr = LR
-            self.save_every = 2
-            self.oversample_foreground_percent = 0.5
-
-        def configure_optimizers(self):  # type: ignore[no-untyped-def]
-            opt = torch.optim.AdamW(
-                self.network.parameters(), lr=self.initial_lr, weight_decay=1e-4
-            )
-            return opt, PolyLRScheduler(opt, self.initial_lr, self.num_epochs)
+    LesionTrainer = cpu_trainer(
+        "LesionTrainer", Schedule(epochs=epochs, lr=LR, iterations=ITERS, foreground=0.5)
+    )
 
     # Augmentation in this process (nnU-Net's single-threaded augmenter): one busy core.
     os.environ["nnUNet_n_proc_DA"] = "0"  # noqa: SIM112 (nnU-Net's own name)
