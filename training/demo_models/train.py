@@ -78,8 +78,10 @@ RECIPE: tuple[Run, ...] = (
 # Runs under evaluation, not shipped (yet): trained with `train --runs`, exported elsewhere with
 # `export --runs ... --dest`, benchmarked; one that beats the shipped model moves into RECIPE.
 CANDIDATES: tuple[Run, ...] = (
-    Run("step1-neck", STEP1, 28, init="step1-ft", sampling="neck"),
-    Run("step2-neck", STEP2, 28, init="step2", sampling="neck"),
+    Run("step1-neck", STEP1, 48, init="step1-ft", sampling="neck"),
+    Run("step2-neck", STEP2, 48, init="step2", sampling="neck"),
+    Run("step1-neck2", STEP1, 50, lr=1e-3, init="step1-neck", sampling="neck"),
+    Run("step2-neck2", STEP2, 50, lr=1e-3, init="step2-neck", sampling="neck"),
 )
 RUNS = {run.name: run for run in (*RECIPE, *CANDIDATES)}
 
