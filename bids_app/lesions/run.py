@@ -20,6 +20,7 @@ import numpy as np
 
 from bids_app import labeling
 from bids_app.engine import geometry as geo
+from bids_app.engine.image_checks import check_image
 from bids_app.engine.memory import F32, U8, step_peak_bytes
 from bids_app.labels import CANAL, CORD
 from bids_app.lesions.labels import read_labels
@@ -44,8 +45,14 @@ class ModelInput:
 
 
 def model_input(img: nib.Nifti1Image, spine: nib.Nifti1Image | None) -> ModelInput:
-    """Canonical 1 mm image and the box of the canal (cord included) + MARGIN_MM on it."""
-    iso = geo.resample_to_iso(geo.to_canonical(geo.average_4d(img)))
+    """Canonical 1 mm image and the box of the canal (cord included) + MARGIN_MM on it.
+
+    The image goes through the spine engine's input checks first, so the lesion network sees
+    what the spine networks saw (NaN voxels set to 0: nnU-Net's normalisation would spread
+    them over the whole crop).
+    """
+    checked = check_image(img, "image").image
+    iso = geo.resample_to_iso(geo.to_canonical(geo.average_4d(checked)))
     box: Box | None = None
     if spine is not None:
         labels = geo.labels_onto(np.asanyarray(spine.dataobj), spine.affine, iso)
