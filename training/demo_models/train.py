@@ -80,8 +80,6 @@ RECIPE: tuple[Run, ...] = (
 CANDIDATES: tuple[Run, ...] = (
     Run("step1-neck", STEP1, 48, init="step1-ft", sampling="neck"),
     Run("step2-neck", STEP2, 48, init="step2", sampling="neck"),
-    Run("step1-neck2", STEP1, 50, lr=1e-3, init="step1-neck", sampling="neck"),
-    Run("step2-neck2", STEP2, 50, lr=1e-3, init="step2-neck", sampling="neck"),
 )
 RUNS = {run.name: run for run in (*RECIPE, *CANDIDATES)}
 
