@@ -410,6 +410,13 @@ def segment_parser() -> UsageParser:
         metavar="FILE",
         help="final labels of a localizer image of the same subject/session",
     )
+    p.add_argument(
+        "--lesion-model",
+        metavar="DIR",
+        help="also segment and measure spinal cord lesions with this nnU-Net lesion model "
+        "(`demo`: the demo lesion model); writes <name>_label-lesion_mask.nii.gz and the "
+        "<name>_seg-lesion[levels]_morphometry.tsv tables (+ JSON)",
+    )
     _add_engine_options(p)
     p.add_argument("--omp-nthreads", type=positive_int, metavar="N", help="threads")
     p.add_argument("-v", "--verbose", action="count", default=0)

@@ -7,12 +7,19 @@ import os
 import sys
 from pathlib import Path
 
+from nibabel import Nifti1Image
+
 from bids_app.atomic import make_dir
-from bids_app.bids.derivatives import write_outputs
+from bids_app.bids.derivatives import OUTPUTS, output_name, write_outputs
 from bids_app.bids.stamps import source_stem
 from bids_app.engine.options import SegmentOptions
+from bids_app.engine.result import EngineResult
 from bids_app.errors import ExitCode, UserError, without_name
+from bids_app.lesions.outputs import write_lesion_outputs
+from bids_app.lesions.participant import resolve_lesion_runner
+from bids_app.lesions.run import LesionRunner
 from bids_app.logs import say
+from bids_app.nnunet.weights import WeightsError
 from bids_app.segmentation import (
     EngineFactory,
     ImageCrash,
@@ -22,6 +29,31 @@ from bids_app.segmentation import (
     resolve_model,
     segment_image,
 )
+
+
+def _segment_lesions(
+    runner: LesionRunner, out: Path, src: Path, img: Nifti1Image, result: EngineResult
+) -> list[Path]:
+    """Lesions of the one image, placed on its final (else step-1) labels, beside them."""
+    spine_key = "final" if "final" in result.native else "step1"
+    spine = result.native.get(spine_key)
+    try:
+        lesions = runner.segment(img, spine, device=result.device)  # where the spine ran
+    except WeightsError as e:
+        raise UserError(ExitCode.CONFIG, str(e)) from e
+    warnings = [] if spine_key == "final" else ["levels from the step-1 labels"]
+    result.warnings += [f"lesions: {w}" for w in warnings]
+    sources = [src.resolve().as_uri()]
+    if spine is not None:
+        spec = next(o for o in OUTPUTS if o.key == spine_key)
+        sources.append(
+            (out / output_name(source_stem(src.name), spec, desc=None, iso=False)).as_uri()
+        )
+    written = write_lesion_outputs(
+        out, src.name, None, lesions, runner.weights, sources=sources, warnings=warnings
+    )
+    say(f"{src.name}: {len(lesions.report.rows)} lesion(s)")
+    return [out / rel for rel in written]
 
 
 def run_segment(args, engine_factory: EngineFactory) -> int:
@@ -35,6 +67,8 @@ def run_segment(args, engine_factory: EngineFactory) -> int:
     out = args.output_dir.expanduser().resolve()
     make_dir(out, "output folder")
     weights, model = resolve_model(args.weights)
+    # A bad lesion model stops here (exit 78), before any network runs.
+    lesions = resolve_lesion_runner(args.lesion_model, (), args.omp_nthreads)
     engine = create_engine(engine_factory, weights, args.device, args.omp_nthreads)
     options = SegmentOptions(
         step1_only=args.step1,
@@ -67,6 +101,8 @@ def run_segment(args, engine_factory: EngineFactory) -> int:
         raise UserError(
             ExitCode.IO_ERROR, f"{e.filename or out}: cannot write ({e.strerror})"
         ) from e
+    if lesions is not None:
+        written += _segment_lesions(lesions, out, src, img, result)
     say(*(str(p) for p in written if p.name.endswith(".nii.gz")))
     for warning in result.warnings:
         say(f"{src.name}: warning: {warning}")

@@ -30,10 +30,13 @@ MASK_DESCRIPTION = (
 )
 
 
-def lesion_paths(relpath: str, suffix: str) -> dict[str, str]:
-    """Output-relative paths of an image's lesion files: mask, table, levels (no sidecars)."""
+def lesion_paths(relpath: str, suffix: str | None) -> dict[str, str]:
+    """Output-relative paths of an image's lesion files: mask, table, levels (no sidecars).
+
+    `suffix` None: a file outside BIDS (`spineseg segment`), named after its whole stem.
+    """
     src = PurePosixPath(relpath)
-    prefix = bids_prefix(src.name, suffix)
+    prefix = bids_prefix(src.name, suffix) if suffix else source_stem(src.name)
     names = {
         "mask": entity_name(prefix, "mask", label="lesion", desc=suffix),
         "table": entity_name(prefix, "morphometry", ".tsv", seg="lesion", desc=suffix),
@@ -62,22 +65,25 @@ def _columns_sidecar(columns: dict[str, tuple[str, str | None]]) -> dict:
 def write_lesion_outputs(
     output_dir: Path,
     relpath: str,
-    suffix: str,
+    suffix: str | None,
     result: LesionResult,
     weights: LesionWeights,
     *,
-    spine_output: str | None,
+    sources: Sequence[str],
     warnings: Sequence[str] = (),
 ) -> list[str]:
-    """Write the mask, the two tables and their sidecars; returns output-relative paths."""
+    """Write the mask, the two tables and their sidecars; returns output-relative paths.
+
+    `sources`: the source image (also the spatial reference), then the spine labels the
+    levels came from, as URIs (BIDS URIs in a participant run).
+    """
     paths = lesion_paths(relpath, suffix)
-    raw = f"bids:raw:{relpath}"
     mask = Path(output_dir) / paths["mask"]
     save_nifti_atomic(result.mask, mask)
     meta = {
         "Description": MASK_DESCRIPTION,
-        "Sources": [raw] + ([f"bids::{spine_output}"] if spine_output else []),
-        "SpatialReference": raw,
+        "Sources": list(sources),
+        "SpatialReference": sources[0],
         "Manual": False,
         "Model": model_record(weights),
         "ModelInput": "source image in RAS orientation on SpineSeg's 1 mm grid, cropped to "

@@ -109,7 +109,7 @@ def lesion_step(
         suffix,
         lesions,
         runner.weights,
-        spine_output=spine_output,
+        sources=[f"bids:raw:{relpath}"] + ([f"bids::{spine_output}"] if spine_output else []),
         warnings=warnings,
     )
     figure = figure_path(output_dir, job.subject, bids_prefix(Path(relpath).name, suffix), suffix)

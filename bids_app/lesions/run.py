@@ -51,7 +51,7 @@ def model_input(img: nib.Nifti1Image, spine: nib.Nifti1Image | None) -> ModelInp
     what the spine networks saw (NaN voxels set to 0: nnU-Net's normalisation would spread
     them over the whole crop).
     """
-    checked = check_image(img, "image").image
+    checked: nib.Nifti1Image = check_image(img, "image").image  # type: ignore[assignment]
     iso = geo.resample_to_iso(geo.to_canonical(geo.average_4d(checked)))
     box: Box | None = None
     if spine is not None:
@@ -81,10 +81,9 @@ class LesionRunner:
         self,
         weights: LesionWeights,
         suffixes: tuple[str, ...] = ("T2w",),
-        device: str = "cpu",
         threads: int | None = None,
     ):
-        self.weights, self.suffixes, self.device = weights, suffixes, device
+        self.weights, self.suffixes = weights, suffixes
         self.models = LesionModels(weights, threads)
         self.heads = read_labels(weights.trainer_dir / "dataset.json").heads
 
@@ -109,10 +108,11 @@ class LesionRunner:
         img: nib.Nifti1Image,
         spine: nib.Nifti1Image | None,
         run_on: DeviceRunner | None = None,
+        device: str = "cpu",
     ) -> LesionResult:
         """Lesions of one image, given its spine labels (final or step 1) on its grid.
 
-        `run_on` sends the network call to a device pool; without it, `self.device`.
+        `run_on` sends the network call to a device pool; without it, it runs on `device`.
         """
         inp = model_input(img, spine)
         crop = inp.crop
@@ -125,7 +125,7 @@ class LesionRunner:
         if run_on is not None:
             lesion, device, seconds = run_on(lambda nets: call(str(nets.device)))
         else:
-            lesion, device, seconds = call(self.device)
+            lesion, device, seconds = call(device)
         full = np.zeros(inp.iso.shape[:3], np.uint8)
         full[inp.box] = lesion
         ref = geo.average_4d(img)

@@ -213,7 +213,7 @@ class FakeEngineFactory:
     def __call__(self, weights, device, threads):
         engine = FakeEngine(
             weights,
-            device,
+            device if isinstance(device, str) else device[0],  # what a result names: one device
             threads,
             fail=self.fail,
             partial=self.partial,
