@@ -26,6 +26,12 @@ class Schedule:
     # Rotation range in degrees (nnU-Net: 180) and mirroring off, for a model whose classes
     # differ only by their place along the spine; None keeps nnU-Net's augmentation.
     rotation_deg: float | None = None
+    # The loss: nnU-Net's Dice is per patch unless `batch_dice`, so a head that fires on a patch
+    # without its class gets no Dice gradient; only the cross-entropy (weight `ce_weight`,
+    # nnU-Net: 1) sees it. Pooling the Dice over the batch makes such false positives count
+    # whenever the other patch holds the class.
+    batch_dice: bool | None = None  # None: the plans' choice
+    ce_weight: float = 1.0
 
 
 def cpu_trainer(name: str, schedule: Schedule) -> type:
@@ -47,6 +53,13 @@ def cpu_trainer(name: str, schedule: Schedule) -> type:
             self.initial_lr = schedule.lr
             self.save_every = 2
             self.oversample_foreground_percent = schedule.foreground
+            if schedule.batch_dice is not None:  # read when the loss is built (initialize)
+                self.configuration_manager.configuration["batch_dice"] = schedule.batch_dice
+
+        def _build_loss(self):  # type: ignore[no-untyped-def]
+            loss = super()._build_loss()
+            getattr(loss, "loss", loss).weight_ce = schedule.ce_weight  # inside deep supervision
+            return loss
 
         def configure_optimizers(self):  # type: ignore[no-untyped-def]
             opt = torch.optim.AdamW(

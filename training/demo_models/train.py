@@ -66,6 +66,8 @@ class Run:
     lr: float = LR
     init: str | None = None
     sampling: str = "shifted"
+    batch_dice: bool | None = None  # see training/cpu_trainer.Schedule
+    ce_weight: float = 1.0
 
 
 # How the shipped models were made, in order; `all` trains these and exports the last run of
@@ -80,6 +82,9 @@ RECIPE: tuple[Run, ...] = (
 CANDIDATES: tuple[Run, ...] = (
     Run("step1-neck", STEP1, 48, init="step1-ft", sampling="neck"),
     Run("step2-neck", STEP2, 48, init="step2", sampling="neck"),
+    # Against the false landmarks of the neck runs: Dice pooled over the batch, 3x cross-entropy.
+    Run("step1-neck-bd", STEP1, 25, 1e-3, "step1-neck", "neck", batch_dice=True, ce_weight=3.0),
+    Run("step2-neck-bd", STEP2, 25, 1e-3, "step2-neck", "neck", batch_dice=True, ce_weight=3.0),
 )
 RUNS = {run.name: run for run in (*RECIPE, *CANDIDATES)}
 
@@ -234,7 +239,15 @@ def train(run: Run, results: Path, threads: int, init: Path | None = None) -> No
     # forced onto foreground, most of those onto a landmark class (the loaders below).
     DemoTrainer = cpu_trainer(
         "DemoTrainer",
-        Schedule(epochs=run.epochs, lr=run.lr, iterations=ITERS, foreground=0.6, rotation_deg=15),
+        Schedule(
+            epochs=run.epochs,
+            lr=run.lr,
+            iterations=ITERS,
+            foreground=0.6,
+            rotation_deg=15,
+            batch_dice=run.batch_dice,
+            ce_weight=run.ce_weight,
+        ),
     )
     start = init or (checkpoint(results, RUNS[run.init]) if run.init else None)
     torch.manual_seed(MASTER_SEED)
