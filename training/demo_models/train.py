@@ -71,22 +71,19 @@ class Run:
 
 
 # How the shipped models were made, in order; `all` trains these and exports the last run of
-# each step.
+# each step. The neck runs draw C2-C3 / C7-T1 patches more often, so cervical fields of view
+# find their landmarks; the "-bd" runs pool the Dice over the batch and weigh the
+# cross-entropy 3x, against landmark heads firing on the other landmark discs.
 RECIPE: tuple[Run, ...] = (
     Run("step1", STEP1, 60),
     Run("step1-ft", STEP1, 30, lr=1e-3, init="step1"),
-    Run("step2", STEP2, 80, sampling="centred"),
-)
-# Runs under evaluation, not shipped (yet): trained with `train --runs`, exported elsewhere with
-# `export --runs ... --dest`, benchmarked; one that beats the shipped model moves into RECIPE.
-CANDIDATES: tuple[Run, ...] = (
     Run("step1-neck", STEP1, 48, init="step1-ft", sampling="neck"),
-    Run("step2-neck", STEP2, 48, init="step2", sampling="neck"),
-    # Against the false landmarks of the neck runs: Dice pooled over the batch, 3x cross-entropy.
     Run("step1-neck-bd", STEP1, 25, 1e-3, "step1-neck", "neck", batch_dice=True, ce_weight=3.0),
+    Run("step2", STEP2, 80, sampling="centred"),
+    Run("step2-neck", STEP2, 48, init="step2", sampling="neck"),
     Run("step2-neck-bd", STEP2, 25, 1e-3, "step2-neck", "neck", batch_dice=True, ce_weight=3.0),
 )
-RUNS = {run.name: run for run in (*RECIPE, *CANDIDATES)}
+RUNS = {run.name: run for run in RECIPE}
 
 
 def case_acquisition(i: int) -> tuple[int, Acquisition]:
@@ -290,6 +287,8 @@ def _history(dataset: str, runs: Sequence[Run] = RECIPE) -> str:
         f"`{r.name}` {r.epochs} epochs at learning rate {r.lr:g}"
         + (f" from `{r.init}`" if r.init else " from scratch")
         + f", {r.sampling} landmark patches"
+        + (", Dice pooled over the batch" if r.batch_dice else "")
+        + (f", cross-entropy weight {r.ce_weight:g}" if r.ce_weight != 1 else "")
         for r in chain
     ]
     return f"- {dataset}: " + "; then ".join(parts) + f" ({ITERS} iterations per epoch)."
