@@ -30,7 +30,7 @@ demo: venv
 	rm -rf $(DEMO)
 	$(BIN)/spineseg phantoms $(DEMO)/bids --subjects 3
 	$(BIN)/spineseg $(DEMO)/bids $(DEMO)/out participant --weights demo --device cpu \
-	    --work-dir $(DEMO)/work --assume-top-disc C2-C3
+	    --work-dir $(DEMO)/work
 	$(BIN)/spineseg $(DEMO)/bids $(DEMO)/out group
 	@echo ""
 	@echo "Reports: $(abspath $(DEMO)/out)/group.html and $(abspath $(DEMO)/out)/sub-*.html"

@@ -4,9 +4,9 @@
 
 Anatomy seeds start at 6000 (lesion training used 3000-3999, spine training 1000-1999). Each
 phantom (cervical or cervico-thoracic, from C1, 1 mm or 3 mm sagittal, T2w) gets 0-3 lesions.
-The spine comes from the demo spine models (`--spine model`, with --assume-top-disc C2-C3,
-as the demo runs) or from the phantom's own labels (`--spine truth`, to separate the lesion
-model from the spine model). Writes `lesion_accuracy.json`:
+The spine comes from the demo spine models (`--spine model`, levels from the landmark discs
+they find, as in a user's run) or from the phantom's own labels (`--spine truth`, to separate
+the lesion model from the spine model). Writes `lesion_accuracy.json`:
 
 - lesion-wise detection rate (a truth lesion is found when a predicted lesion overlaps it),
   false positives per image (predicted lesions overlapping no truth lesion), voxel Dice;
@@ -119,7 +119,7 @@ def main() -> None:
         truth_ids = np.asarray(ph.lesions.dataobj)
         spine = ph.labels
         if engine is not None:
-            res = engine.segment(ph.image, SegmentOptions(assume_top_disc=63), name=f"case{i}")
+            res = engine.segment(ph.image, SegmentOptions(), name=f"case{i}")
             final = res.native.get("final")
             spine = final if final is not None else res.native.get("step1")
         result = runner.segment(ph.image, spine)

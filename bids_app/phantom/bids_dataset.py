@@ -54,8 +54,8 @@ def default_plan(n_subjects: int = 3) -> list[ScanPlan]:
             Acquisition(fov, voxel, codes, oblique, contrast, ax if voxel == "ax4" else sag),
         )
 
-    # Every field of view starts at C1: the demo models do not find the landmark discs, and
-    # the demo numbers discs from the top one (--assume-top-disc C2-C3), see the README.
+    # Small fields of view from C1 down: the demo models number them from the C7-T1 (or
+    # C2-C3) disc they find, as a user's run would (bids_app/demo_models/README.md).
     plans = [
         scan("01", "01", "sag", "cervical", "iso1", "PSR", "T2w"),
         scan("01", "01", "sag", "cervicothoracic", "iso1", "RAS", "T1w"),

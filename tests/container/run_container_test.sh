@@ -258,12 +258,8 @@ run_level() {
         fail "spineseg $* failed in the container; see $WORK/run-$1.log"
     }
 }
-# The demo models rarely find the landmark discs that name the levels; every phantom starts at
-# C1, so demo runs number the discs from the top (see bids_app/demo_models/README.md).
-# Every phantom of this dataset starts at C1, so the assumption holds whatever the weights.
-demo_opts=(--assume-top-disc C2-C3)
 log "run: participant"
-timed "run: participant (2 subjects, CPU)" run_level participant --device cpu "${demo_opts[@]}"
+timed "run: participant (2 subjects, CPU)" run_level participant --device cpu
 log "run: group"
 timed "run: group" run_level group
 
@@ -340,15 +336,8 @@ desc["container-image"]["image"] = image
 desc["container-image"].pop("index", None)
 (dst / "descriptor.json").write_text(json.dumps(desc, indent=2))
 EOF
-# The shipped example, plus the top-disc assumption for the demo models (see above).
-"$VENV_BIN/python" - "$REPO/descriptors/invocations/participant.json" "$WORK/bosh/invocation.json" \
-    "${demo_opts[1]:-}" <<'EOF'
-import json, sys
-invocation = json.loads(open(sys.argv[1]).read())
-if sys.argv[3]:
-    invocation["assume_top_disc"] = sys.argv[3]
-open(sys.argv[2], "w").write(json.dumps(invocation, indent=2))
-EOF
+# The shipped example invocation, as it is.
+cp "$REPO/descriptors/invocations/participant.json" "$WORK/bosh/invocation.json"
 bids_name="$(json_get "$WORK/bosh/invocation.json" bids_dir)"
 out_name="$(json_get "$WORK/bosh/invocation.json" output_dir_name)"
 cp -r "$WORK/data" "$WORK/bosh/$bids_name"

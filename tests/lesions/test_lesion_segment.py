@@ -25,7 +25,9 @@ def _segment(tmp_path: Path, model: Path | str, capsys) -> tuple[int, Path, Path
     nib.save(tiny_image(), scan)
     out = tmp_path / "seg"
     argv = ["segment", scan, out, "--weights", make_weights(tmp_path / "w"), "--device", "cpu"]
-    rc = main([str(a) for a in [*argv, "--lesion-model", model]], engine_factory=FakeEngineFactory())
+    rc = main(
+        [str(a) for a in [*argv, "--lesion-model", model]], engine_factory=FakeEngineFactory()
+    )
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     return rc, scan, out, captured.out + captured.err

@@ -179,7 +179,7 @@ lap "phantoms (4 subjects)"
 step "writing the scripts with spineseg"
 "$VENV_BIN/spineseg" bids out participant --slurm-script jobs/spineseg.sh \
     --slurm-throttle "$CPUS" --slurm-mem 2G --slurm-time 00:20:00 \
-    --nprocs 1 --omp-nthreads 1 --weights demo --device cpu --assume-top-disc C2-C3 \
+    --nprocs 1 --omp-nthreads 1 --weights demo --device cpu \
     | tee "$WORK/generate.out"
 for f in jobs/spineseg.sh jobs/spineseg_group.sh jobs/spineseg_selection.json; do
     [ -s "$f" ] || fail "$f not written"
