@@ -17,7 +17,7 @@ from bids_app.engine.result import EngineResult
 from bids_app.errors import ExitCode, UserError, without_name
 from bids_app.lesions.outputs import write_lesion_outputs
 from bids_app.lesions.participant import resolve_lesion_runner
-from bids_app.lesions.run import LesionRunner
+from bids_app.lesions.run import LesionRunner, spine_for_lesions
 from bids_app.logs import say
 from bids_app.nnunet.weights import WeightsError
 from bids_app.segmentation import (
@@ -35,13 +35,11 @@ def _segment_lesions(
     runner: LesionRunner, out: Path, src: Path, img: Nifti1Image, result: EngineResult
 ) -> list[Path]:
     """Lesions of the one image, placed on its final (else step-1) labels, beside them."""
-    spine_key = "final" if "final" in result.native else "step1"
-    spine = result.native.get(spine_key)
+    spine_key, spine, warnings = spine_for_lesions(result.native)
     try:
         lesions = runner.segment(img, spine, device=result.device)  # where the spine ran
     except WeightsError as e:
         raise UserError(ExitCode.CONFIG, str(e)) from e
-    warnings = [] if spine_key == "final" else ["levels from the step-1 labels"]
     result.warnings += [f"lesions: {w}" for w in warnings]
     sources = [src.resolve().as_uri()]
     if spine is not None:

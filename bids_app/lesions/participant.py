@@ -21,7 +21,7 @@ from bids_app.engine.result import EngineResult
 from bids_app.errors import ExitCode, UserError, one_line
 from bids_app.lesions.outputs import model_record, write_lesion_outputs
 from bids_app.lesions.preview import figure_path, write_preview
-from bids_app.lesions.run import LesionRunner
+from bids_app.lesions.run import LesionRunner, spine_for_lesions
 from bids_app.lesions.weights import resolve_lesion_model
 from bids_app.nnunet.weights import WeightsError
 from bids_app.scheduling import MemoryGate
@@ -80,8 +80,7 @@ def lesion_step(
         return [], None
     final_out = final_output_relpath(relpath, suffix)
     spine_output = final_out if final_out in spine_outputs else None
-    spine = result.native.get("final")
-    spine = spine if spine is not None else result.native.get("step1")
+    _, spine, warnings = spine_for_lesions(result.native)
     pool = getattr(getattr(engine, "networks", None), "pool", None)
     need = runner.memory_bytes(img)
     if not memory.fits(need):
@@ -102,7 +101,6 @@ def lesion_step(
         where = crash.relative_to(output_dir).as_posix()
         return [], f"lesions: {one_line(e, with_type=True)} (see {where})"
     result.timings["lesion_device"] = round(lesions.seconds, 3)
-    warnings = [] if "final" in result.native else ["levels from the step-1 labels"]
     written = write_lesion_outputs(
         output_dir,
         relpath,

@@ -11,7 +11,7 @@ device loads the lesion model once (`LesionModels`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,16 @@ def model_input(img: nib.Nifti1Image, spine: nib.Nifti1Image | None) -> ModelInp
         labels = geo.labels_onto(np.asanyarray(spine.dataobj), spine.affine, iso)
         box = labeling.bbox_slices(np.isin(labels, (CORD, CANAL)), MARGIN_MM)
     return ModelInput(iso, box or (slice(None), slice(None), slice(None)))
+
+
+def spine_for_lesions(
+    native: Mapping[str, nib.Nifti1Image],
+) -> tuple[str, nib.Nifti1Image | None, list[str]]:
+    """The spine labels the lesions are placed on, from an engine result's native outputs:
+    (result key, image or None, warnings). The final labels, else step 1's, said so."""
+    if native.get("final") is not None:
+        return "final", native["final"], []
+    return "step1", native.get("step1"), ["levels from the step-1 labels"]
 
 
 @dataclass
