@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -34,7 +33,15 @@ from bids_app import labels as L
 from bids_app.engine.geometry import image_like, labels_onto, resample_to_iso, to_canonical
 from bids_app.phantom.render import FOVS, Acquisition, render_phantom
 from bids_app.phantom.targets import step1_target, step2_target
-from training.cpu_trainer import Schedule, cpu_trainer
+from training.nnunet_cpu import (
+    STOCK_TRAINER,
+    Schedule,
+    cpu_trainer,
+    export_checkpoint,
+    shrink_plans,
+    use_work_folder,
+    write_split,
+)
 
 # The exported models ship inside the runtime package; this training code does not.
 DEMO_DIR = Path(__file__).resolve().parents[2] / "bids_app" / "demo_models"
@@ -50,7 +57,6 @@ PATCH = [80, 48, 32]  # nnU-Net axis order (S, A, R), in voxels of SPACING
 FEATURES = [8, 16, 32, 64, 96]
 ITERS = 50
 LR = 2e-3  # initial AdamW learning rate
-TRAINER_NAME = "nnUNetTrainer"  # what the exported checkpoints say, so stock tools load them
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ class Run:
     lr: float = LR
     init: str | None = None
     sampling: str = "shifted"
-    batch_dice: bool | None = None  # see training/cpu_trainer.Schedule
+    batch_dice: bool | None = None  # see training/nnunet_cpu.Schedule
     ce_weight: float = 1.0
 
 
@@ -181,32 +187,16 @@ def plan(ids: list[int]) -> None:
     plan_experiments(ids)
     for name in (STEP1, STEP2):
         path = Path(nnUNet_preprocessed) / name / "nnUNetPlans.json"
-        plans = json.loads(path.read_text())
-        plans["configurations"] = {"3d_fullres": plans["configurations"]["3d_fullres"]}
-        cfg = plans["configurations"]["3d_fullres"]
-        cfg["spacing"] = SPACING
-        cfg["patch_size"] = PATCH
-        cfg["batch_size"] = 2
-        kw = cfg["architecture"]["arch_kwargs"]
-        n = len(FEATURES)
-        kw.update(
-            n_stages=n,
-            features_per_stage=FEATURES,
-            kernel_sizes=[[3, 3, 3]] * n,
-            strides=[[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
-            n_conv_per_stage=[2] * n,
-            n_conv_per_stage_decoder=[2] * (n - 1),
-        )
-        path.write_text(json.dumps(plans, indent=2))
+        cfg = shrink_plans(path, SPACING, PATCH, FEATURES)
         # One validation split: a few held-back cases, the rest train fold 0.
         cases = sorted(
             p.name[: -len(".nii.gz")]
             for p in (Path(nnUNet_raw) / name / "labelsTr").glob("*.nii.gz")
         )
         val = [c for c in cases if c.startswith(("phantom_000", "phantom_001"))]
-        split = [{"train": [c for c in cases if c not in val], "val": val}]
-        (path.parent / "splits_final.json").write_text(json.dumps(split, indent=2))
-        print(f"planned {name}: {cfg['patch_size']} {kw['features_per_stage']}", flush=True)
+        write_split(path.parent, cases, val)
+        arch = cfg["architecture"]["arch_kwargs"]
+        print(f"planned {name}: {cfg['patch_size']} {arch['features_per_stage']}", flush=True)
     preprocess(ids, configurations=("3d_fullres",), num_processes=(2,))
 
 
@@ -297,26 +287,12 @@ def _history(dataset: str, runs: Sequence[Run] = RECIPE) -> str:
 def export(results: Path, dest: Path, runs: Sequence[Run] = RECIPE) -> None:
     """The last of `runs` for each step in the official layout, optimiser state stripped,
     trainer name a stock nnU-Net one; their hashes and history go into dest/README.md."""
-    import torch
-
     for dataset in (STEP1, STEP2):
         run = [r for r in runs if r.dataset == dataset][-1]
         ckpt_path = checkpoint(results, run)
-        src = ckpt_path.parents[1]
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        slim = {
-            "network_weights": ckpt["network_weights"],
-            "init_args": {"configuration": "3d_fullres"},
-            "trainer_name": TRAINER_NAME,
-            "inference_allowed_mirroring_axes": None,
-            "current_epoch": ckpt.get("current_epoch"),
-        }
-        out = dest / dataset / f"{TRAINER_NAME}__nnUNetPlans__3d_fullres"
-        (out / "fold_0").mkdir(parents=True, exist_ok=True)
-        shutil.copy(src / "plans.json", out / "plans.json")
-        shutil.copy(src / "dataset.json", out / "dataset.json")
-        torch.save(slim, out / "fold_0" / "checkpoint_final.pth")
-        print(f"exported {dataset} from {ckpt_path} (epoch {slim['current_epoch']})")
+        out = dest / dataset / f"{STOCK_TRAINER}__nnUNetPlans__3d_fullres"
+        epoch = export_checkpoint(ckpt_path, out)
+        print(f"exported {dataset} from {ckpt_path} (epoch {epoch})")
     files = sorted(p for p in dest.glob("Dataset10*/*/**/*") if p.is_file())
     sums = [
         f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(dest).as_posix()}"
@@ -358,14 +334,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     work = args.work.resolve()
-    for var, sub in (
-        ("nnUNet_raw", "raw"),
-        ("nnUNet_preprocessed", "preprocessed"),
-        ("nnUNet_results", "results"),
-    ):
-        (work / sub).mkdir(parents=True, exist_ok=True)
-        os.environ[var] = str(work / sub)
-    os.environ.setdefault("nnUNet_n_proc_DA", "1")
+    use_work_folder(work)
     if args.stage in ("data", "all"):
         write_datasets(work / "raw", len(os.sched_getaffinity(0)), args.cases)
     if args.stage in ("plan", "all"):

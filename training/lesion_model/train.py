@@ -34,13 +34,20 @@ from bids_app.lesions.weights import install_lesion_model
 from bids_app.phantom.anatomy import random_anatomy
 from bids_app.phantom.lesions import random_lesions
 from bids_app.phantom.render import Acquisition, render
-from training.cpu_trainer import Schedule, cpu_trainer
+from training.nnunet_cpu import (
+    STOCK_TRAINER,
+    Schedule,
+    cpu_trainer,
+    export_checkpoint,
+    shrink_plans,
+    use_work_folder,
+    write_split,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEST = ROOT / "bids_app" / "demo_models" / "lesion"
 NAME = "model_lesion_demo"
 DATASET = "Dataset201_SpineSegLesionDemo"
-TRAINER = "nnUNetTrainer"  # what the exported checkpoint says, so stock tools load it
 MASTER_SEED = 20261206
 SEED_BASE = 3000
 N_CASES = 48
@@ -121,25 +128,11 @@ def plan() -> None:
     extract_fingerprints([ds_id], num_processes=1, check_dataset_integrity=True)
     plan_experiments([ds_id])
     path = Path(nnUNet_preprocessed) / DATASET / "nnUNetPlans.json"
-    plans = json.loads(path.read_text())
-    plans["configurations"] = {"3d_fullres": plans["configurations"]["3d_fullres"]}
-    cfg = plans["configurations"]["3d_fullres"]
-    cfg.update(spacing=SPACING, patch_size=PATCH, batch_size=2)
-    n = len(FEATURES)
-    cfg["architecture"]["arch_kwargs"].update(
-        n_stages=n,
-        features_per_stage=FEATURES,
-        kernel_sizes=[[3, 3, 3]] * n,
-        strides=[[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
-        n_conv_per_stage=[2] * n,
-        n_conv_per_stage_decoder=[2] * (n - 1),
-    )
-    path.write_text(json.dumps(plans, indent=2))
+    shrink_plans(path, SPACING, PATCH, FEATURES)
     cases = sorted(
         p.name.removesuffix(".nii.gz") for p in (Path(nnUNet_raw) / DATASET / "labelsTr").iterdir()
     )
-    split = [{"train": cases[4:], "val": cases[:4]}]
-    (path.parent / "splits_final.json").write_text(json.dumps(split, indent=2))
+    write_split(path.parent, cases, cases[:4])
     preprocess([ds_id], configurations=("3d_fullres",), num_processes=(1,))
 
 
@@ -167,29 +160,15 @@ def train(threads: int, epochs: int) -> None:
 
 def export(results: Path, dest: Path) -> None:
     """SCIseg's layout, optimiser state stripped, installed with its SHA-256 manifest."""
-    import torch
-
     src = results / DATASET / "LesionTrainer__nnUNetPlans__3d_fullres"
     # The final checkpoint, else (an interrupted run) the best EMA pseudo-Dice one.
     names = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
     ckpt_path = next(src / "fold_0" / n for n in names if (src / "fold_0" / n).exists())
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    slim = {
-        "network_weights": ckpt["network_weights"],
-        "init_args": {"configuration": "3d_fullres"},
-        "trainer_name": TRAINER,
-        "inference_allowed_mirroring_axes": None,
-        "current_epoch": ckpt.get("current_epoch"),
-    }
     staging = results / "export" / NAME
     shutil.rmtree(staging.parent, ignore_errors=True)
-    out = staging / f"{TRAINER}__nnUNetPlans__3d_fullres"
-    (out / "fold_0").mkdir(parents=True)
-    shutil.copy(src / "plans.json", out / "plans.json")
-    shutil.copy(src / "dataset.json", out / "dataset.json")
-    torch.save(slim, out / "fold_0" / "checkpoint_final.pth")
+    epoch = export_checkpoint(ckpt_path, staging / f"{STOCK_TRAINER}__nnUNetPlans__3d_fullres")
     installed = install_lesion_model(staging, dest, force=True)
-    print(f"exported {installed.folder} from {ckpt_path.name} (epoch {slim['current_epoch']})")
+    print(f"exported {installed.folder} from {ckpt_path.name} (epoch {epoch})")
 
 
 def main() -> None:
@@ -203,14 +182,7 @@ def main() -> None:
     ap.add_argument("--dest", type=Path, default=DEST)
     args = ap.parse_args()
     work = args.work.resolve()
-    for var, sub in (
-        ("nnUNet_raw", "raw"),
-        ("nnUNet_preprocessed", "preprocessed"),
-        ("nnUNet_results", "results"),
-    ):
-        (work / sub).mkdir(parents=True, exist_ok=True)
-        os.environ[var] = str(work / sub)
-    os.environ.setdefault("nnUNet_n_proc_DA", "1")  # the planner needs >= 1
+    use_work_folder(work)
     if args.stage in ("data", "all"):
         write_dataset(work / "raw" / DATASET, args.processes, args.cases)
     if args.stage in ("plan", "all"):
