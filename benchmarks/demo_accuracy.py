@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_app import labels as L
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.pipeline import SpineSegEngine
 from bids_app.engine.result import EngineResult
 from bids_app.nnunet.weights import resolve_weights
 from bids_app.phantom.render import FOVS, Acquisition, render_phantom
+from bids_app.plumbing import labels as L
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_SEED = 5000

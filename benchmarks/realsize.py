@@ -54,13 +54,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_app import labels as L
 from bids_app.engine import geometry as geo
 from bids_app.engine.memory import estimate_peak_bytes
 from bids_app.engine.options import SegmentOptions
 from bids_app.labeling import bbox_slices, extract_alternate
 from bids_app.phantom import render as phantom_render
 from bids_app.phantom.render import Acquisition, render_phantom
+from bids_app.plumbing import labels as L
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "bids_app" / "demo_models"

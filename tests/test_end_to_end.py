@@ -22,8 +22,8 @@ import pytest
 from bids_app.bids.derivatives import image_output_paths
 from bids_app.bids.stamps import read_stamp, stamp_path
 from bids_app.bids.validation import find_validator, validate
-from bids_app.labels import DISCS, FINAL_IDS, VERTEBRAE
 from bids_app.nnunet.weights import DEMO_DIR
+from bids_app.plumbing.labels import DISCS, FINAL_IDS, VERTEBRAE
 
 pytestmark = pytest.mark.slow
 

@@ -107,9 +107,9 @@ def engine_batch(
     from bids_app.engine.options import SegmentOptions
     from bids_app.engine.result import EngineError
     from bids_app.nnunet.weights import resolve_weights
-    from bids_app.resources import plan_budget
-    from bids_app.scheduling import ImageScheduler
-    from bids_app.segmentation import default_engine_factory
+    from bids_app.run.resources import plan_budget
+    from bids_app.run.scheduling import ImageScheduler
+    from bids_app.run.segmentation import default_engine_factory
 
     devices = (device,)
     budget = plan_budget(devices, threads, threads)

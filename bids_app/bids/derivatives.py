@@ -21,9 +21,9 @@ from pathlib import Path, PurePosixPath
 import nibabel as nib
 
 from bids_app import __version__
-from bids_app.atomic import json_text, save_nifti_atomic, write_json_atomic, write_shared
 from bids_app.bids.stamps import source_stem
-from bids_app.labels import (
+from bids_app.plumbing.atomic import json_text, save_nifti_atomic, write_json_atomic, write_shared
+from bids_app.plumbing.labels import (
     CANAL,
     CORD,
     DISCS,

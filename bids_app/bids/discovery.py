@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bids_app.bids.derivatives import DERIVATIVE_ENTITY_ORDER
 from bids_app.bids.stamps import source_stem
-from bids_app.errors import one_line
+from bids_app.plumbing.errors import one_line
 
 DEFAULT_SUFFIXES = ("T2w", "T1w")
 NIFTI_EXTENSIONS = [".nii", ".nii.gz"]
@@ -539,7 +539,7 @@ class FrozenSelectionError(DiscoveryError):
 def save_selection(selection: Selection, bids_dir: Path, path: Path) -> None:
     """Write `selection` as JSON with dataset-relative paths, so that the file stays valid
     wherever the dataset is mounted (a container binds it elsewhere)."""
-    from bids_app.atomic import write_json_atomic
+    from bids_app.plumbing.atomic import write_json_atomic
 
     bids_dir = Path(bids_dir).resolve()
     by_path = {job.path: job.relpath for job in selection.jobs}

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
-from bids_app.atomic import write_json_atomic
+from bids_app.plumbing.atomic import write_json_atomic
 
 STATUS_DIR = Path("logs") / "status"
 

@@ -1,8 +1,8 @@
 """The BIDS-App command line: checks, the run configuration, dispatch to a level.
 
 Everything here happens before any work: paths and labels are checked, the argparse
-namespace becomes a frozen `RunConfig`, and the level's runner (`bids_app.participant`,
-`bids_app.group`) gets only that object.
+namespace becomes a frozen `RunConfig`, and the level's runner (`bids_app.run.participant`,
+`bids_app.run.group`) gets only that object.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bids_app import corrections, slurm
 from bids_app.bids import discovery as disc
 from bids_app.cli.parser import LEVELS
-from bids_app.config import Resources, RunConfig, SelectionConfig
+from bids_app.corrections import files as corrections
 from bids_app.engine.options import SegmentOptions
-from bids_app.errors import ExitCode, UserError
-from bids_app.group import run_group
-from bids_app.participant import run_participant
-from bids_app.segmentation import EngineFactory, default_engine_factory
+from bids_app.plumbing.errors import ExitCode, UserError
+from bids_app.run import slurm
+from bids_app.run.config import Resources, RunConfig, SelectionConfig
+from bids_app.run.group import run_group
+from bids_app.run.participant import run_participant
+from bids_app.run.segmentation import EngineFactory, default_engine_factory
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from contextlib import contextmanager
 
 from bids_app.cli import parser as cli_parser
 from bids_app.cli.app import run_bids_app
-from bids_app.crash import crash_error
-from bids_app.errors import ExitCode, UserError
-from bids_app.logs import console_logging
-from bids_app.segmentation import EngineFactory, default_engine_factory
+from bids_app.plumbing.crash import crash_error
+from bids_app.plumbing.errors import ExitCode, UserError
+from bids_app.plumbing.logs import console_logging
+from bids_app.run.segmentation import EngineFactory, default_engine_factory
 
 
 class Terminated(KeyboardInterrupt):

@@ -11,12 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from bids_app import __version__, slurm
-from bids_app.config import DEFAULT_LESION_SUFFIXES
+from bids_app import __version__
 from bids_app.engine.options import REFERENCE_TILE_STEP, TILE_STEP_RANGE
-from bids_app.errors import EXIT_CODE_HELP, ExitCode
-from bids_app.labels import DISCS
-from bids_app.resources import DEVICE_HELP, parse_devices
+from bids_app.plumbing.errors import EXIT_CODE_HELP, ExitCode
+from bids_app.plumbing.labels import DISCS
+from bids_app.run import slurm
+from bids_app.run.config import DEFAULT_LESION_SUFFIXES
+from bids_app.run.resources import DEVICE_HELP, parse_devices
 
 PROG = "spineseg"
 LEVELS = ("participant", "group")
@@ -335,7 +336,7 @@ def bids_app_parser() -> UsageParser:
 
 
 def _add_slurm_options(p: argparse.ArgumentParser) -> None:
-    """The SLURM group (bids_app/slurm.py): write an array script instead of running."""
+    """The SLURM group (bids_app/run/slurm.py): write an array script instead of running."""
     group = p.add_argument_group(
         "SLURM",
         "With --slurm-script, the participant level writes a SLURM array script (one task\n"

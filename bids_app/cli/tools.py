@@ -9,18 +9,18 @@ from pathlib import Path
 
 from nibabel import Nifti1Image
 
-from bids_app.atomic import make_dir
 from bids_app.bids.derivatives import OUTPUTS, output_name, write_outputs
 from bids_app.bids.stamps import source_stem
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import EngineResult
-from bids_app.errors import ExitCode, UserError, without_name
 from bids_app.lesions.outputs import write_lesion_outputs
 from bids_app.lesions.participant import resolve_lesion_runner
 from bids_app.lesions.run import LesionRunner, spine_for_lesions
-from bids_app.logs import say
 from bids_app.nnunet.weights import WeightsError
-from bids_app.segmentation import (
+from bids_app.plumbing.atomic import make_dir
+from bids_app.plumbing.errors import ExitCode, UserError, without_name
+from bids_app.plumbing.logs import say
+from bids_app.run.segmentation import (
     EngineFactory,
     ImageCrash,
     ImageFailure,

@@ -1,7 +1,7 @@
 """The two TotalSpineSeg networks of one device, loaded once; and what a prediction returns.
 
 The engine asks for predictions by step name through `predict()`; whether they run here, in
-the calling thread, or on one of several devices behind a queue (`bids_app.scheduling`) is
+the calling thread, or on one of several devices behind a queue (`bids_app.run.scheduling`) is
 the caller's choice. Each model is checked against the label tables when it is loaded, so
 wrong weights are refused before an image is labelled with them.
 """
@@ -16,10 +16,10 @@ from typing import Protocol
 
 import numpy as np
 
-from bids_app.labels import STEP1_REGIONS, STEP2_REGIONS
 from bids_app.nnunet import REFERENCE_TILE_STEP
 from bids_app.nnunet.model import NnUNetModel, resolve_device
 from bids_app.nnunet.weights import WeightsError, WeightSet
+from bids_app.plumbing.labels import STEP1_REGIONS, STEP2_REGIONS
 
 STEPS = ("step1", "step2")
 # Output heads each step's network must have: one per region of the label tables.

@@ -20,10 +20,10 @@ from bids_app.engine.image_checks import check_image
 from bids_app.engine.networks import Networks, Prediction, Predictor
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import EngineError, EngineResult
-from bids_app.labels import CANAL, CORD, STEP1_CANAL, STEP1_CORD, STEP1_REGIONS, head_index
 from bids_app.nnunet import REFERENCE_TILE_STEP
 from bids_app.nnunet.model import default_threads
 from bids_app.nnunet.weights import WeightSet
+from bids_app.plumbing.labels import CANAL, CORD, STEP1_CANAL, STEP1_CORD, STEP1_REGIONS, head_index
 
 # Step-1 region heads holding the canal (canal + cord) and cord probabilities (§2.5).
 CANAL_HEAD, CORD_HEAD = head_index(STEP1_REGIONS, "canal"), head_index(STEP1_REGIONS, "cord")

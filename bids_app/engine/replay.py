@@ -20,15 +20,15 @@ import nibabel as nib
 import numpy as np
 
 from bids_app import labeling
-from bids_app.atomic import atomic_path
 from bids_app.engine import geometry as geo
 from bids_app.engine.image_checks import check_image
 from bids_app.engine.networks import Prediction
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.pipeline import CANAL_HEAD, CORD_HEAD, SpineSegEngine
 from bids_app.engine.result import EngineError, EngineResult
-from bids_app.labels import CANAL, CORD, SACRUM, STEP1_REGIONS, VERTEBRAE
 from bids_app.nnunet import REFERENCE_TILE_STEP
+from bids_app.plumbing.atomic import atomic_path
+from bids_app.plumbing.labels import CANAL, CORD, SACRUM, STEP1_REGIONS, VERTEBRAE
 
 C1, C2 = sorted(VERTEBRAE)[:2]
 STEP1_OTHER_BONE = 50  # step-1 label of every vertebra but C1, sacrum included

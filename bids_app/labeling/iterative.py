@@ -23,7 +23,7 @@ from bids_app.labeling.components import (
 )
 from bids_app.labeling.errors import LabelingError
 from bids_app.labeling.ordering import Canal, canal_geometry, component_heights, si_order
-from bids_app.labels import DISCS
+from bids_app.plumbing.labels import DISCS
 
 # Slots per region (cervical, thoracic, lumbar, sacral) below each landmark (§3, defaults).
 REGION_MAX_SIZES = (5, 12, 6, 1)

@@ -10,7 +10,7 @@ from scipy.spatial import cKDTree
 
 from bids_app.labeling.components import label_mask
 from bids_app.labeling.errors import LabelingError
-from bids_app.labels import FIRST_DISC_LEVEL, LEVEL_DISCS
+from bids_app.plumbing.labels import FIRST_DISC_LEVEL, LEVEL_DISCS
 
 C1_MARKER, C1_C2_MARKER = 1, 2
 MIN_C1_VOXELS = 500  # levels 1 and 2 need more C1 voxels than this

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bids_app.labeling.iterative import LabelingOutput, iterative_label
-from bids_app.labels import (
+from bids_app.plumbing.labels import (
     CANAL,
     CORD,
     DISC_CLASSES,

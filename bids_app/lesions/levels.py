@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bids_app import labels as L
+from bids_app.plumbing import labels as L
 
 C1, C2 = 11, 12
 

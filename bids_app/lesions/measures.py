@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from bids_app import labels as L
 from bids_app.lesions.levels import LevelMap, level_names
+from bids_app.plumbing import labels as L
 
 STEP = 0.5  # mm, sampling of the cord frame
 HALF_WIDTH = 15.0  # mm, half-size of the frame grid across the cord

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from bids_app import __version__
-from bids_app.atomic import save_nifti_atomic, write_json_atomic, write_text_atomic
 from bids_app.bids.derivatives import bids_prefix, entity_name
 from bids_app.bids.stamps import source_stem
 from bids_app.lesions.measures import COLUMNS, LOAD_COLUMNS
 from bids_app.lesions.run import MARGIN_MM, LesionResult
 from bids_app.lesions.weights import LesionWeights
+from bids_app.plumbing.atomic import save_nifti_atomic, write_json_atomic, write_text_atomic
 from bids_app.qc.records import tsv_text
 
 MASK_DESCRIPTION = (

@@ -1,7 +1,7 @@
 """The lesion step inside a participant run: resolve the model once, then per image run it
 after the spine result on the spine networks' device pool, measure and write.
 
-`bids_app.participant` calls `resolve_lesion_runner` once and `lesion_step` per image; the
+`bids_app.run.participant` calls `resolve_lesion_runner` once and `lesion_step` per image; the
 rest of the participant run does not know about lesions.
 """
 
@@ -16,15 +16,15 @@ import nibabel as nib
 from bids_app.bids.derivatives import LOGS_DIR, bids_prefix, final_output_relpath
 from bids_app.bids.discovery import ImageJob
 from bids_app.bids.stamps import source_stem
-from bids_app.crash import write_crash_file
 from bids_app.engine.result import EngineResult
-from bids_app.errors import ExitCode, UserError, one_line
 from bids_app.lesions.outputs import model_record, write_lesion_outputs
 from bids_app.lesions.preview import figure_path, write_preview
 from bids_app.lesions.run import LesionRunner, spine_for_lesions
 from bids_app.lesions.weights import resolve_lesion_model
 from bids_app.nnunet.weights import WeightsError
-from bids_app.scheduling import MemoryGate
+from bids_app.plumbing.crash import write_crash_file
+from bids_app.plumbing.errors import ExitCode, UserError, one_line
+from bids_app.run.scheduling import MemoryGate
 
 log = logging.getLogger(__name__)
 

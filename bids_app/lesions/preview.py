@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 from PIL import ImageDraw
 
-from bids_app import labels as L
+from bids_app.plumbing import labels as L
 from bids_app.qc import previews
 from bids_app.qc.geometry import LabelGeometry
 from bids_app.qc.image import image_data

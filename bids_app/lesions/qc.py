@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from bids_app.labels import VERTEBRAE
+from bids_app.plumbing.labels import VERTEBRAE
 from bids_app.qc.records import read_tsv
 
 OUTSIDE_SHARE = 0.5  # a lesion with more of its voxels outside the canal is flagged

@@ -22,11 +22,11 @@ from bids_app import labeling
 from bids_app.engine import geometry as geo
 from bids_app.engine.image_checks import check_image
 from bids_app.engine.memory import F32, U8, step_peak_bytes
-from bids_app.labels import CANAL, CORD
 from bids_app.lesions.labels import read_labels
 from bids_app.lesions.measures import LesionReport, measure_lesions
 from bids_app.lesions.model import LesionModels
 from bids_app.lesions.weights import LesionWeights
+from bids_app.plumbing.labels import CANAL, CORD
 
 MARGIN_MM = 16
 Box = tuple[slice, slice, slice]

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bids_app.atomic import write_json_atomic
 from bids_app.lesions.labels import read_labels
 from bids_app.nnunet.weights import (
     DEMO_DIR,
@@ -38,6 +37,7 @@ from bids_app.nnunet.weights import (
     read_manifest,
     sha256_file,
 )
+from bids_app.plumbing.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +229,8 @@ def install_lesion_model(
 
 def run_lesion_weights(source: str | None, dest: Path | None, *, verify: bool, force: bool) -> int:
     """`spineseg weights --lesion`: install from `source`, or verify the folder `dest`."""
-    from bids_app.errors import ExitCode, UserError
-    from bids_app.logs import say
+    from bids_app.plumbing.errors import ExitCode, UserError
+    from bids_app.plumbing.logs import say
 
     try:
         if verify:

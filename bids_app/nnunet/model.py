@@ -24,9 +24,9 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from bids_app.errors import one_line
 from bids_app.nnunet import REFERENCE_TILE_STEP
 from bids_app.nnunet.weights import WeightsError, find_checkpoint
+from bids_app.plumbing.errors import one_line
 
 
 def default_threads() -> int:

@@ -42,7 +42,7 @@ from pathlib import Path
 from filelock import FileLock
 from tqdm import tqdm
 
-from bids_app.atomic import write_json_atomic
+from bids_app.plumbing.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bids_app import labels as L
+from bids_app.plumbing import labels as L
 
 # Segment kinds (integers so per-sample look-ups stay vectorised).
 NONE, C1, BODY, DISC, SACRUM = 0, 1, 2, 3, 4

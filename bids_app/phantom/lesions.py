@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bids_app import labels as L
 from bids_app.phantom.anatomy import Anatomy, Lesion
+from bids_app.plumbing import labels as L
 
 _H = 0.1  # mm
 # Levels where the demo draws lesions (the cord is thick there; C1 and C2 are left out).

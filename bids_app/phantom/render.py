@@ -18,8 +18,8 @@ import numpy as np
 from nibabel.orientations import axcodes2ornt
 from scipy import ndimage
 
-from bids_app import labels as L
 from bids_app.phantom.anatomy import BODY, C1, DISC, SACRUM, Anatomy, Lesion, random_anatomy
+from bids_app.plumbing import labels as L
 
 # Tissue classes and their (T2w, T1w) intensities relative to CSF/fat. Cord lesions are
 # hyperintense on T2w and slightly hypointense on T1w, as demyelination and oedema are.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bids_app import labels as L
+from bids_app.plumbing import labels as L
 
 _ODD_VERTEBRAE = frozenset([11, 13, 15, 17, 22, 24, 26, 28, 30, 32, 42, 44, 46])
 

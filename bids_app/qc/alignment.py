@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bids_app import labels as L
+from bids_app.plumbing import labels as L
 from bids_app.qc.geometry import SPINE_ORDER, SUPERIOR, LabelGeometry, to_world
 
 # name -> (upper endplate (vertebra, disc), lower endplate (vertebra, disc), sign).

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from bids_app import labels as L
 from bids_app.bids.stamps import INCOMPLETE, MISSING, Status
+from bids_app.plumbing import labels as L
 from bids_app.qc import plausibility
 from bids_app.qc.geometry import SPINE_ORDER, LabelGeometry
 from bids_app.qc.measures import number

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from bids_app import labels as L
+from bids_app.plumbing import labels as L
 
 ANTERIOR = np.array([0.0, 1.0, 0.0])
 SUPERIOR = np.array([0.0, 0.0, 1.0])

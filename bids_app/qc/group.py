@@ -14,10 +14,10 @@ from pathlib import Path
 from markupsafe import Markup
 
 from bids_app import __version__
-from bids_app import labels as L
-from bids_app.atomic import write_json_atomic, write_text_atomic
 from bids_app.bids.stamps import MISSING
 from bids_app.lesions import qc as lesion_qc
+from bids_app.plumbing import labels as L
+from bids_app.plumbing.atomic import write_json_atomic, write_text_atomic
 from bids_app.qc.alignment import TITLES
 from bids_app.qc.flags import (
     FLAG_DESCRIPTIONS,

@@ -10,9 +10,9 @@ import nibabel as nib
 import numpy as np
 
 from bids_app import __version__
-from bids_app import labels as L
-from bids_app.atomic import write_json_atomic, write_text_atomic
 from bids_app.bids.derivatives import bids_prefix, image_output_paths
+from bids_app.plumbing import labels as L
+from bids_app.plumbing.atomic import write_json_atomic, write_text_atomic
 from bids_app.qc import alignment, measures, plausibility, previews
 from bids_app.qc import flags as F
 from bids_app.qc.flags import Thresholds

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from bids_app import labels as L
+from bids_app.plumbing import labels as L
 from bids_app.qc.geometry import (
     LabelGeometry,
     anterior_frame,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import cc3d
 import numpy as np
 
-from bids_app import labels as L
+from bids_app.plumbing import labels as L
 from bids_app.qc.geometry import SPINE_ORDER, SUPERIOR, LabelGeometry
 from bids_app.qc.measures import number
 

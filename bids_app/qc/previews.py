@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from bids_app import labels as L
-from bids_app.atomic import write_bytes_atomic
 from bids_app.bids.derivatives import marker_levels
+from bids_app.plumbing import labels as L
+from bids_app.plumbing.atomic import write_bytes_atomic
 from bids_app.qc.geometry import (
     SPINE_ORDER,
     LabelGeometry,

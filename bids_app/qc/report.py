@@ -16,10 +16,10 @@ import jinja2
 from PIL import Image
 
 from bids_app import __version__
-from bids_app import labels as L
-from bids_app.atomic import write_text_atomic
 from bids_app.bids.stamps import INCOMPLETE, Status
 from bids_app.lesions.preview import report_section as lesion_section
+from bids_app.plumbing import labels as L
+from bids_app.plumbing.atomic import write_text_atomic
 from bids_app.qc.alignment import TITLES
 from bids_app.qc.measures import COLUMN_BY_NAME
 from bids_app.qc.ratings import PROBLEMS, RATINGS, SCHEMA

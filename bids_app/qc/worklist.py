@@ -14,9 +14,9 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bids_app.atomic import write_text_atomic
 from bids_app.bids.derivatives import final_output_relpath
 from bids_app.bids.stamps import Status
+from bids_app.plumbing.atomic import write_text_atomic
 from bids_app.qc.records import NA, read_tsv, split_source, tsv_text
 
 WORKLIST = "group_worklist.tsv"

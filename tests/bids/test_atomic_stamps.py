@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from bidsapp_testkit import make_bids, tiny_image
 
-from bids_app import atomic
 from bids_app.bids import derivatives as d
 from bids_app.bids import stamps as st
+from bids_app.plumbing import atomic
 
 MODEL = d.ModelInfo("r1", ("Dataset101_a", "Dataset102_b"), {"a.zip": "00" * 32})
 

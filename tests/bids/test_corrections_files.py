@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_app import corrections as C
+from bids_app.corrections import files as C
 
 SOURCES = ["sub-01/ses-01/anat/sub-01_ses-01_acq-sag_T2w.nii.gz", "sub-02/anat/sub-02_T1w.nii.gz"]
 

@@ -14,7 +14,7 @@ from bidsapp_testkit import FakeEngine, make_bids, tiny_image
 from bids_app.bids import derivatives as d
 from bids_app.bids.validation import find_validator, validate
 from bids_app.engine.options import SegmentOptions
-from bids_app.labels import FINAL_LABELS, label_hex
+from bids_app.plumbing.labels import FINAL_LABELS, label_hex
 
 MODEL = d.ModelInfo(
     "r20260730",

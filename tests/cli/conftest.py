@@ -31,6 +31,6 @@ def no_qc(request, monkeypatch):
     Tests marked `with_qc` keep it, to check the hand-over between the two layers.
     """
     if "with_qc" not in request.keywords:
-        from bids_app import participant
+        from bids_app.run import participant
 
         monkeypatch.setattr(participant, "qc", NO_QC)

@@ -12,7 +12,7 @@ from bidsapp_testkit import FakeEngineFactory, make_bids
 from bids_app.bids.validation import find_validator
 from bids_app.cli.app import expand_labels
 from bids_app.cli.main import main
-from bids_app.errors import UserError
+from bids_app.plumbing.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -316,7 +316,7 @@ def test_validation_covers_only_the_selected_participants(capsys, tmp_path, weig
 def test_a_bug_exits_70_with_one_line_and_a_crash_file(
     capsys, dataset, weights, tmp_path, monkeypatch
 ):
-    from bids_app import participant as run_module
+    from bids_app.run import participant as run_module
 
     def broken(*args, **kwargs):
         return 1 / 0

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from bidsapp_testkit import FakeEngineFactory, tree_digest
 
-from bids_app import __version__, participant, selection
+from bids_app import __version__
 from bids_app.bids.derivatives import image_output_paths
 from bids_app.bids.stamps import read_stamp, stamp_path
 from bids_app.bids.validation import ValidationReport, find_validator, validate
 from bids_app.cli.main import main
+from bids_app.run import participant, selection
 
 IMAGES = {
     "sub-01_ses-01_acq-sag_T2w.nii.gz": (

@@ -157,7 +157,7 @@ def test_every_descriptor_flag_exists_in_the_cli(level):
 
 
 def test_error_codes_are_the_apps_exit_codes():
-    from bids_app.errors import ExitCode
+    from bids_app.plumbing.errors import ExitCode
 
     app_codes = {int(c) for c in ExitCode if c != ExitCode.OK}
     part = {e["code"] for e in _load(DESCRIPTORS["participant"])["error-codes"]}

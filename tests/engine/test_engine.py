@@ -8,12 +8,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_app import labels as L
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.pipeline import SpineSegEngine
 from bids_app.engine.result import EngineError
 from bids_app.nnunet.weights import resolve_weights
 from bids_app.phantom.render import Acquisition, render_phantom
+from bids_app.plumbing import labels as L
 
 REAL_T2 = Path(__file__).parents[1] / "data" / "sct_t2" / "t2.nii.gz"
 pytestmark = pytest.mark.slow

@@ -11,9 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_app import corrections as C
 from bids_app import labeling
-from bids_app import labels as L
+from bids_app.corrections import files as C
 from bids_app.engine import geometry as geo
 from bids_app.engine.networks import Prediction
 from bids_app.engine.options import SegmentOptions
@@ -21,6 +20,7 @@ from bids_app.engine.pipeline import CANAL_HEAD, CORD_HEAD, SpineSegEngine
 from bids_app.engine.replay import KeptMismatch, from_manual, load_kept, relabel, save_kept
 from bids_app.phantom.render import Acquisition, render_phantom
 from bids_app.phantom.targets import step1_target, step2_target
+from bids_app.plumbing import labels as L
 
 
 class TruthPredictor:

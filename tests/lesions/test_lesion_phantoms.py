@@ -8,10 +8,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_app import labels as L
 from bids_app.phantom.anatomy import Lesion
 from bids_app.phantom.bids_dataset import write_phantom_dataset
 from bids_app.phantom.render import Acquisition, render_phantom
+from bids_app.plumbing import labels as L
 
 
 def test_lesions_are_bright_on_t2w_inside_the_cord_and_leave_the_spine_unchanged():

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bids_app import labels as L
 from bids_app.phantom.anatomy import random_anatomy
 from bids_app.phantom.render import Acquisition, render_phantom
 from bids_app.phantom.targets import step1_target, step2_target
+from bids_app.plumbing import labels as L
 
 
 @pytest.fixture(scope="module")

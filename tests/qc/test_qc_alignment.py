@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from qc_helpers import reorient, true_endplate_normal
 
-from bids_app import labels as L
 from bids_app.phantom.render import Acquisition, render_phantom
+from bids_app.plumbing import labels as L
 from bids_app.qc.alignment import SAGITTAL, alignment, coronal_tilt, sagittal_tilt
 from bids_app.qc.geometry import LabelGeometry
 

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_app import labels as L
+from bids_app.plumbing import labels as L
 from bids_app.qc.flags import (
     Thresholds,
     geometry_flags,

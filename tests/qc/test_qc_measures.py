@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from qc_helpers import bids_source, canal_radii, reorient, true_length
 
-from bids_app import labels as L
+from bids_app.plumbing import labels as L
 from bids_app.qc import measures
 from bids_app.qc.geometry import LabelGeometry, anterior_frame, load_nifti, unit, voxel_extent
 from bids_app.qc.image import write_image_qc

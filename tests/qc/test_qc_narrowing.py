@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from qc_helpers import canal_radii
 
-from bids_app import labels as L
 from bids_app.phantom.render import Acquisition, render_phantom
+from bids_app.plumbing import labels as L
 from bids_app.qc import measures
 from bids_app.qc.flags import Thresholds, image_flags
 from bids_app.qc.geometry import LabelGeometry

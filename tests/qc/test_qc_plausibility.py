@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from qc_helpers import bids_source, spine_s, stamp_for
 
-from bids_app import labels as L
 from bids_app.bids.stamps import write_stamp
 from bids_app.phantom.render import Acquisition, render_phantom
+from bids_app.plumbing import labels as L
 from bids_app.qc import measures, run_group, write_image_qc, write_subject_report
 from bids_app.qc.flags import Thresholds, image_flags, level_range, qc_status
 from bids_app.qc.geometry import LabelGeometry

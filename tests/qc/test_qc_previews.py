@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from qc_helpers import bids_source, reorient
 
-from bids_app import labels as L
+from bids_app.plumbing import labels as L
 from bids_app.qc.image import write_image_qc
 from bids_app.qc.previews import MIN_TAG_LUMINANCE, PX_PER_MM, luminance, tag_colour
 

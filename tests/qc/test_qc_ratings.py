@@ -13,10 +13,10 @@ from test_qc_report import assert_self_contained, links
 from bids_app import __version__
 from bids_app.cli.app import Paths, build_config
 from bids_app.cli.parser import bids_app_parser
-from bids_app.errors import ExitCode
-from bids_app.group import run_group as run_group_level
+from bids_app.plumbing.errors import ExitCode
 from bids_app.qc import run_group
 from bids_app.qc.ratings import SCHEMA, read_ratings, read_ratings_file
+from bids_app.run.group import run_group as run_group_level
 
 CHROMIUM = find_chromium()
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from bids_app.resources import parse_devices, plan_budget
-from bids_app.scheduling import Cancelled, DevicePool, ImageScheduler
+from bids_app.run.resources import parse_devices, plan_budget
+from bids_app.run.scheduling import Cancelled, DevicePool, ImageScheduler
 
 
 class Worker:
@@ -172,7 +172,7 @@ def test_a_device_whose_models_cannot_load_reports_it_to_every_call():
 
 
 def test_the_memory_gate_holds_images_until_their_estimate_fits():
-    from bids_app.scheduling import MemoryGate
+    from bids_app.run.scheduling import MemoryGate
 
     gate = MemoryGate(100)
     assert gate.fits(100) and not gate.fits(101)
@@ -193,7 +193,7 @@ def test_the_memory_gate_holds_images_until_their_estimate_fits():
 
 
 def test_memory_budget_from_the_option_and_slurm():
-    from bids_app.resources import plan_memory
+    from bids_app.run.resources import plan_memory
 
     mib = 2**20
     chosen = plan_memory(1000, 2, held_bytes=200 * mib)

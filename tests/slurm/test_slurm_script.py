@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from bidsapp_testkit import FakeEngineFactory
 
-from bids_app import slurm
 from bids_app.bids import discovery as disc
 from bids_app.cli.main import main
 from bids_app.cli.parser import bids_app_parser
+from bids_app.run import slurm
 
 RECORDER = '#!/bin/bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n'
 

@@ -29,10 +29,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_app import labels as L
 from bids_app.engine.geometry import image_like, labels_onto, resample_to_iso, to_canonical
 from bids_app.phantom.render import FOVS, Acquisition, render_phantom
 from bids_app.phantom.targets import step1_target, step2_target
+from bids_app.plumbing import labels as L
 from training.nnunet_cpu import (
     STOCK_TRAINER,
     Schedule,

@@ -27,13 +27,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_app import labels as L
 from bids_app.engine.geometry import image_like, labels_onto
 from bids_app.lesions.run import model_input
 from bids_app.lesions.weights import install_lesion_model
 from bids_app.phantom.anatomy import random_anatomy
 from bids_app.phantom.lesions import random_lesions
 from bids_app.phantom.render import Acquisition, render
+from bids_app.plumbing import labels as L
 from training.nnunet_cpu import (
     STOCK_TRAINER,
     Schedule,

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bids_app import __version__
-from bids_app.atomic import write_text_atomic
-from bids_app.errors import ExitCode, UserError, one_line
+from bids_app.plumbing.atomic import write_text_atomic
+from bids_app.plumbing.errors import ExitCode, UserError, one_line
 
 
 def write_crash_file(

@@ -18,9 +18,9 @@ import nibabel as nib
 from bids_app.bids.derivatives import ModelInfo
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import Engine, EngineError, EngineResult
-from bids_app.errors import ExitCode, UserError, one_line, without_name
 from bids_app.nnunet.weights import WeightsError, resolve_weights
-from bids_app.scheduling import DevicePool
+from bids_app.plumbing.errors import ExitCode, UserError, one_line, without_name
+from bids_app.run.scheduling import DevicePool
 
 log = logging.getLogger(__name__)
 

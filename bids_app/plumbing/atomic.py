@@ -20,7 +20,7 @@ from pathlib import Path
 import nibabel as nib
 from filelock import FileLock
 
-from bids_app.errors import ExitCode, UserError
+from bids_app.plumbing.errors import ExitCode, UserError
 
 LOCK_TIMEOUT_S = 600.0
 LOCK_NAME = ".spineseg.lock"  # one hidden lock per folder of shared files

@@ -1,7 +1,7 @@
 """The participant level: select, then for each image decide, segment, write, QC and stamp.
 
-Selection lives in `bids_app.selection`, one image's segmentation in `bids_app.segmentation`;
-this module schedules the images and records what became of each.
+Selection lives in `bids_app.run.selection`, one image's segmentation in
+`bids_app.run.segmentation`; this module schedules the images and records what became of each.
 
 Flow: validate the input -> select images (printed before any work) -> resolve weights -> for
 each image: resume decision, segment, write outputs, QC, stamp. One engine serves every image
@@ -28,8 +28,6 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from bids_app import __version__, qc
-from bids_app import corrections as corr
-from bids_app.atomic import make_dir
 from bids_app.bids import discovery as disc
 from bids_app.bids.derivatives import (
     LOGS_DIR,
@@ -49,27 +47,29 @@ from bids_app.bids.stamps import (
     stamp_path,
     write_stamp,
 )
-from bids_app.config import RunConfig
-from bids_app.crash import crash_reports, write_crash_file
+from bids_app.corrections import files as corr
 from bids_app.engine.geometry import iso_grid
 from bids_app.engine.memory import estimate_peak_bytes
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import Engine, EngineError, EngineResult
-from bids_app.errors import ExitCode, UserError, one_line, without_name
-from bids_app.labels import STEP1_REGIONS, STEP2_REGIONS
 from bids_app.lesions.participant import lesion_step, resolve_lesion_runner, with_lesion_model
 from bids_app.lesions.run import LesionRunner
-from bids_app.logs import run_log, say
 from bids_app.nnunet.weights import (
     WeightsError,
     describe_release,
     find_checkpoint,
 )
-from bids_app.progress import RunProgress
+from bids_app.plumbing.atomic import make_dir
+from bids_app.plumbing.crash import crash_reports, write_crash_file
+from bids_app.plumbing.errors import ExitCode, UserError, one_line, without_name
+from bids_app.plumbing.labels import STEP1_REGIONS, STEP2_REGIONS
+from bids_app.plumbing.logs import run_log, say
 from bids_app.qc.records import QCPaths, landmark_list, read_json
-from bids_app.resources import Budget, MemoryBudget, plan_budget, plan_memory, process_rss
-from bids_app.scheduling import ImageScheduler, MemoryGate
-from bids_app.segmentation import (
+from bids_app.run.config import RunConfig
+from bids_app.run.progress import RunProgress
+from bids_app.run.resources import Budget, MemoryBudget, plan_budget, plan_memory, process_rss
+from bids_app.run.scheduling import ImageScheduler, MemoryGate
+from bids_app.run.segmentation import (
     EngineFactory,
     ImageCrash,
     ImageFailure,
@@ -80,7 +80,7 @@ from bids_app.segmentation import (
     resolve_model,
     segment_image,
 )
-from bids_app.selection import select, validate_input
+from bids_app.run.selection import select, validate_input
 
 log = logging.getLogger(__name__)
 
@@ -412,7 +412,7 @@ class ParticipantRun:
             step1_only=options.step1_only,
         )
 
-    # -- corrections (see bids_app/corrections.py and the README's correction loop) ---------
+    # -- corrections (see bids_app/corrections/files.py and the README's correction loop) ---------
 
     def find_corrections(self) -> corr.Matched:
         """The selected images' corrections; a file that matches no image is one error line."""

@@ -11,11 +11,11 @@ import logging
 
 from bids_app import __version__, qc
 from bids_app.bids.derivatives import run_log_path
-from bids_app.config import RunConfig
-from bids_app.crash import crash_reports
-from bids_app.errors import ExitCode, UserError
-from bids_app.logs import run_log, say
+from bids_app.plumbing.crash import crash_reports
+from bids_app.plumbing.errors import ExitCode, UserError
+from bids_app.plumbing.logs import run_log, say
 from bids_app.qc.records import collect
+from bids_app.run.config import RunConfig
 
 log = logging.getLogger(__name__)
 

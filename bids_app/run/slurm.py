@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bids_app import __version__
-from bids_app.atomic import write_text_atomic
 from bids_app.bids import discovery as disc
-from bids_app.config import RunConfig
-from bids_app.errors import ExitCode, UserError
-from bids_app.logs import say
+from bids_app.plumbing.atomic import write_text_atomic
+from bids_app.plumbing.errors import ExitCode, UserError
+from bids_app.plumbing.logs import say
+from bids_app.run.config import RunConfig
 
 # Options of the "SLURM" group (cli/parser.py) -> how many values each takes. They shape the
 # script, never a task, so they are the only tokens removed from the tasks' command line.
@@ -326,7 +326,7 @@ def write_scripts(
 ) -> ScriptSet:
     """Freeze the selection and write both scripts (executable); the log folder is created
     too, because SLURM does not create the folder of `--output`."""
-    from bids_app.atomic import make_dir
+    from bids_app.plumbing.atomic import make_dir
 
     group, selection_file = script_paths(opts.script)
     tasks = array_tasks(selection, opts.per_session)
@@ -348,7 +348,7 @@ def write_scripts(
 
 def write_for_cli(config: RunConfig, opts: SlurmOptions, argv: Sequence[str]) -> int:
     """`--slurm-script`: select, print the selection, write the scripts and how to submit."""
-    from bids_app.selection import select
+    from bids_app.run.selection import select
 
     selection = select(config)
     say(*selection.describe())

@@ -30,7 +30,7 @@ import nibabel as nib
 import numpy as np
 
 from bids_app.bids.stamps import source_stem
-from bids_app.labels import DISCS, FINAL_IDS, FIRST_DISC_LEVEL, LEVEL_DISCS
+from bids_app.plumbing.labels import DISCS, FINAL_IDS, FIRST_DISC_LEVEL, LEVEL_DISCS
 
 DEFAULT_DIR = Path("derivatives") / "labels"  # beside the raw data (SCT/neuropoly convention)
 DISCS_KIND, SEG_KIND = "discs", "seg"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from bids_app.bids import discovery as disc
 from bids_app.bids.validation import ValidatorUnavailable, subject_view, validate
-from bids_app.config import RunConfig, SelectionConfig
-from bids_app.errors import ExitCode, UserError
+from bids_app.plumbing.errors import ExitCode, UserError
+from bids_app.run.config import RunConfig, SelectionConfig
 
 log = logging.getLogger(__name__)
 
