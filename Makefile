@@ -6,7 +6,7 @@ PIP     := $(BIN)/pip install -c constraints.txt
 DEMO    ?= demo
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: venv test lint demo benchmark container-test clean
+.PHONY: venv test lint demo docs benchmark container-test clean
 
 # torch first and pinned (the CPU wheel here); the constraints file keeps every later
 # install (nnunetv2 -> timm -> torchvision) from swapping it for a CUDA build.
@@ -35,6 +35,17 @@ demo: venv
 	@echo ""
 	@echo "Reports: $(abspath $(DEMO)/out)/group.html and $(abspath $(DEMO)/out)/sub-*.html"
 
+# The documentation site: Sphinx, warnings are errors, offline (no intersphinx).
+$(BIN)/sphinx-build: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(PIP) -q -e ".[docs]"
+	touch $@
+
+docs: $(BIN)/sphinx-build
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "Documentation: $(abspath docs/_build/html)/index.html"
+
 benchmark: venv
 	$(BIN)/python benchmarks/demo_accuracy.py
 
@@ -42,4 +53,4 @@ container-test:
 	bash tests/container/run_container_test.sh
 
 clean:
-	rm -rf $(DEMO) .pytest_cache .ruff_cache
+	rm -rf $(DEMO) .pytest_cache .ruff_cache docs/_build
