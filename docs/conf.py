@@ -17,7 +17,7 @@ project = "SpineSeg"
 author = "SpineSeg developers"
 release = (REPO / "version").read_text().strip()
 version = release
-copyright = "2026, SpineSeg developers"  # noqa: A001 (Sphinx's name)
+copyright = "2026, SpineSeg developers"
 
 extensions = ["myst_parser", "sphinxarg.ext"]
 source_suffix = {".md": "markdown"}

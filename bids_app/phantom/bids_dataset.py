@@ -84,6 +84,53 @@ def default_plan(n_subjects: int = 3) -> list[ScanPlan]:
 DEMO_LESION_LEVELS = ("C3", "C4", "C5", "C6", "C7", "T1")
 
 
+# What the BIDS validator recommends for a raw dataset and its anatomical sidecars, filled so
+# that `make demo` shows no validator warning about the project's own data (users' datasets
+# keep theirs). The acquisition fields are a nominal sagittal TSE protocol: the renderer draws
+# intensities per tissue and simulates no sequence, as the README says.
+README = """Synthetic spine MRI phantoms made by `spineseg phantoms` (SpineSeg). Not real subjects
+and not real scans: each image is rendered from a random anatomy (vertebrae, discs, cord,
+canal) with per-tissue intensities, partial volume, Rician noise and a bias field.
+
+The acquisition fields of the sidecars (echo time, flip angle, sequence...) are nominal
+values of a sagittal turbo spin echo protocol, written so that the files are complete BIDS;
+the images were not simulated from them. Exact labels of every image are in
+derivatives/truth/. participants.tsv gives the anatomy seed of each subject.
+"""
+PARTICIPANTS_SIDECAR = {
+    "phantom_seed": {
+        "Description": "random seed of the subject's synthetic anatomy (spineseg phantoms)"
+    }
+}
+_NOMINAL_COMMON = {
+    "Manufacturer": "SpineSeg phantom",
+    "ManufacturersModelName": "spineseg phantoms",
+    "DeviceSerialNumber": "none (synthetic)",
+    "StationName": "none (synthetic)",
+    "SoftwareVersions": f"spineseg {__version__}",
+    "InstitutionName": "none (synthetic)",
+    "InstitutionAddress": "none (synthetic)",
+    "InstitutionalDepartmentName": "none (synthetic)",
+    "MagneticFieldStrength": 3,
+    "ReceiveCoilName": "none (synthetic)",
+    "ReceiveCoilActiveElements": "none (synthetic)",
+    "MatrixCoilMode": "none (synthetic)",
+    "CoilCombinationMethod": "none (synthetic)",
+    "NonlinearGradientCorrection": False,
+    "MRAcquisitionType": "3D",
+    "ScanningSequence": "SE",
+    "SequenceVariant": "SK",
+    "SequenceName": "nominal TSE (not simulated)",
+    "PulseSequenceType": "Turbo spin echo (nominal; intensities not simulated)",
+    "PulseSequenceDetails": "none: intensities are drawn per tissue, no sequence is simulated",
+    "DwellTime": 1e-05,
+}
+NOMINAL_ACQUISITION = {
+    "T2w": {**_NOMINAL_COMMON, "EchoTime": 0.1, "RepetitionTime": 3.0, "FlipAngle": 90},
+    "T1w": {**_NOMINAL_COMMON, "EchoTime": 0.01, "RepetitionTime": 0.6, "FlipAngle": 90},
+}
+
+
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
@@ -107,14 +154,16 @@ def write_phantom_dataset(
             "BIDSVersion": "1.10.1",
             "DatasetType": "raw",
             "License": "CC0",
-            "Authors": ["SpineSeg developers"],
+            "Authors": ["SpineSeg developers", "spineseg phantoms (synthetic data generator)"],
+            "HEDVersion": "8.3.0",
+            "SourceDatasets": [
+                {"URL": "none: rendered by spineseg phantoms, no scan used", "Version": __version__}
+            ],
             "GeneratedBy": [{"Name": "spineseg phantoms", "Version": __version__}],
         },
     )
-    (out / "README").write_text(
-        "Synthetic spine MRI phantoms made by `spineseg phantoms`. Not real subjects.\n"
-        "Exact labels of every image are in derivatives/truth/.\n"
-    )
+    (out / "README").write_text(README)
+    _write_json(out / "participants.json", PARTICIPANTS_SIDECAR)
     truth = out / "derivatives" / "truth"
     _write_json(
         truth / "dataset_description.json",
@@ -146,9 +195,9 @@ def write_phantom_dataset(
         _write_json(
             path.with_name(f"{stem}_{contrast}.json"),
             {
-                "Manufacturer": "SpineSeg phantom",
-                "MagneticFieldStrength": 3,
-                "SeriesDescription": f"synthetic {contrast} {plan.acquisition.fov}",
+                **NOMINAL_ACQUISITION[contrast],
+                "SeriesDescription": f"synthetic {contrast} {plan.acquisition.fov}; acquisition "
+                "fields are nominal (see README)",
             },
         )
         (truth / rel).mkdir(parents=True, exist_ok=True)
