@@ -9,14 +9,21 @@ export OMP_NUM_THREADS ?= 2
 .PHONY: venv test lint demo docs benchmark container-test clean
 
 # torch first and pinned (the CPU wheel here); the constraints file keeps every later
-# install (nnunetv2 -> timm -> torchvision) from swapping it for a CUDA build.
-$(BIN)/spineseg: pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q "torch==2.13.0"
-	$(PIP) -q -e ".[test]"
-	touch $@
+# install (nnunetv2 -> timm -> torchvision) from swapping it for a CUDA build. One stamp per
+# set of extras, so that `make demo` (runtime only) never hides a missing test install.
+install = test -x $(BIN)/python || $(PY) -m venv $(VENV); \
+	$(BIN)/pip install -q "torch==2.13.0" && $(PIP) -q -e ".$(1)" && touch $@
 
-venv: $(BIN)/spineseg
+$(VENV)/.installed-test: pyproject.toml constraints.txt
+	$(call install,[test])
+
+$(VENV)/.installed-run: pyproject.toml constraints.txt
+	$(call install,)
+
+$(VENV)/.installed-docs: pyproject.toml constraints.txt
+	$(call install,[docs])
+
+venv: $(VENV)/.installed-test
 
 lint: venv
 	$(BIN)/ruff check .
@@ -26,7 +33,7 @@ lint: venv
 test: venv lint
 	$(BIN)/python -m pytest -q -ra
 
-demo: venv
+demo: $(VENV)/.installed-run
 	rm -rf $(DEMO)
 	$(BIN)/spineseg phantoms $(DEMO)/bids --subjects 3
 	$(BIN)/spineseg $(DEMO)/bids $(DEMO)/out participant --weights demo --device cpu \
@@ -36,13 +43,7 @@ demo: venv
 	@echo "Reports: $(abspath $(DEMO)/out)/group.html and $(abspath $(DEMO)/out)/sub-*.html"
 
 # The documentation site: Sphinx, warnings are errors, offline (no intersphinx).
-$(BIN)/sphinx-build: pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q "torch==2.13.0"
-	$(PIP) -q -e ".[docs]"
-	touch $@
-
-docs: $(BIN)/sphinx-build
+docs: $(VENV)/.installed-docs
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 	@echo "Documentation: $(abspath docs/_build/html)/index.html"
 
