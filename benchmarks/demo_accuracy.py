@@ -9,7 +9,7 @@ discs the models find themselves, as they do for a user. Writes `demo_accuracy.j
 image: Dice per label, the levels that are wrong, the landmarks; per field of view and
 contrast: mean Dice, share of levels right, share of images with a landmark and with the
 right one, since a landmark on the wrong disc numbers every level wrong) and refreshes the
-table between the `demo-accuracy` markers in README.md. Not a test: numbers, not verdicts.
+table between the `demo-accuracy` markers in docs/expect.md. Not a test: numbers, not verdicts.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def targets(groups: dict[str, dict], by_fov: dict[str, dict]) -> list[str]:
 
 
 def update_readme(summary: dict) -> None:
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs" / "expect.md"
     start, end = "<!-- demo-accuracy:start -->", "<!-- demo-accuracy:end -->"
     text = readme.read_text() if readme.exists() else ""
     if start not in text:
@@ -206,7 +206,7 @@ def main() -> None:
         help="for comparison only: final label of the top disc when no landmark is found",
     )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
-    ap.add_argument("--no-readme", action="store_true", help="leave README.md as it is")
+    ap.add_argument("--no-readme", action="store_true", help="leave docs/expect.md as it is")
     args = ap.parse_args()
     engine = SpineSegEngine(resolve_weights(args.weights), device=args.device, threads=args.threads)
     options = SegmentOptions(assume_top_disc=args.assume_top_disc)

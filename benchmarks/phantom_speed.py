@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/phantom_speed.py [--repeats 3]
 
 Writes `benchmarks/out/phantom_speed.json` and the line between the `phantom-speed` markers
-of README.md. CPU time of this process is reported beside wall time, because the wall time
+of docs/expect.md. CPU time of this process is reported beside wall time, because the wall time
 on a shared machine also counts other people's work.
 """
 
@@ -51,7 +51,7 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "phantom_speed.json").write_text(json.dumps(result, indent=2))
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs" / "expect.md"
     start, end = "<!-- phantom-speed:start -->", "<!-- phantom-speed:end -->"
     text = readme.read_text() if readme.exists() else ""
     if start in text:

@@ -19,7 +19,7 @@ architecture and size and measures their cost. It
    by a zero-output stand-in (real arrays, real sliding window and export) plus one real
    patch forward, and the result is EXTRAPOLATED: time = that path + patches x time per patch,
    peak RSS = its peak + the one patch's extra memory. Which rows are extrapolated is said
-   in the JSON and the README; the per-patch time used and a check of the extrapolation
+   in the JSON and docs/expect.md; the per-patch time used and a check of the extrapolation
    against a measured image are written next to them;
 4. "the rest of the pipeline" (preprocess, labeling, back to the input grid) does not depend
    on the network's size; it is measured on the same images through `SpineSegEngine` with the
@@ -28,8 +28,8 @@ architecture and size and measures their cost. It
    with the default mode (voxel agreement of final labels, Dice per label, levels identical).
 
 Writes `benchmarks/out/realsize.json` and the table between the `realsize` markers of
-README.md. `--quick` is a smoke run (cervical only, small planning set) that writes
-`<work>/realsize.json` and leaves README.md alone. No GPU here: GPU memory is recorded as null.
+docs/expect.md. `--quick` is a smoke run (cervical only, small planning set) that writes
+`<work>/realsize.json` and leaves docs/expect.md alone. No GPU here: GPU memory is recorded as null.
 Not a test; on a shared machine read times as upper bounds (the load average is recorded).
 """
 
@@ -519,7 +519,7 @@ def summarise(case: dict, run: dict, per_patch: dict[str, float]) -> dict:
 
 
 def update_readme(report: dict) -> None:
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs" / "expect.md"
     start, end = "<!-- realsize:start -->", "<!-- realsize:end -->"
     text = readme.read_text()
     if start not in text:

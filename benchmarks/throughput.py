@@ -7,7 +7,7 @@ N phantom images (whole-spine and partial fields of view mixed, one subject each
 records the wall time, the network time (the sum of every image's device time from its
 stamp), how busy the network workers were (network_s / wall_s / workers), the peak RSS of the
 run's process, and whether every NIfTI, TSV and JSON (times aside) is identical to the
-sequential run. Writes benchmarks/out/throughput.json and the README table between the
+sequential run. Writes benchmarks/out/throughput.json and the docs/expect.md table between the
 `throughput` markers. Numbers, not verdicts: nothing here is a test.
 """
 
@@ -126,7 +126,7 @@ def readme_table(result: dict) -> str:
 
 
 def update_readme(table: str) -> None:
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs" / "expect.md"
     text = readme.read_text()
     start, end = MARKERS
     if start not in text:
