@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bids_app.bids import discovery as disc
 from bids_app.cli.parser import LEVELS
+from bids_app.cli.slurm_args import slurm_config
 from bids_app.corrections import files as corrections
 from bids_app.engine.options import SegmentOptions
 from bids_app.plumbing.errors import ExitCode, UserError
@@ -164,6 +165,7 @@ def build_config(args: argparse.Namespace, paths: Paths) -> RunConfig:
         corrections_dir=corrections_dir(args.corrections, paths),
         lesion_model=args.lesion_model,
         lesion_suffixes=tuple(args.lesion_suffix),
+        slurm=slurm_config(args),
     )
 
 
@@ -184,11 +186,10 @@ def run_bids_app(
             ExitCode.BAD_LEVEL,
             f"analysis level {args.analysis_level!r}: must be one of {', '.join(LEVELS)}",
         )
-    slurm_options = slurm.options_from_args(args)
     paths = check_paths(args.bids_dir, args.output_dir, args.work_dir, args.analysis_level)
     config = build_config(args, paths)
-    if slurm_options is not None:
-        return slurm.write_for_cli(config, slurm_options, args.argv)
+    if config.slurm is not None:
+        return slurm.write_for_cli(config)
     if config.level == "group":
         return run_group(config)
     return run_participant(config, engine_factory)

@@ -41,7 +41,13 @@ class UsageParser(argparse.ArgumentParser):
 
 
 class BidsAppParser(UsageParser):
-    """Also keeps the command line as typed (`argv`): --slurm-script passes it to the tasks."""
+    """Also keeps the command line as typed (`argv`): --slurm-script passes it to the tasks.
+
+    `slurm_options` (dest -> option) are the options that shape the SLURM scripts, never a
+    task: the only ones removed from the tasks' command line (cli/slurm_args.py).
+    """
+
+    slurm_options: dict[str, str]
 
     def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
@@ -134,7 +140,7 @@ def _add_engine_options(parser: argparse.ArgumentParser | argparse._ArgumentGrou
     )
 
 
-def bids_app_parser() -> UsageParser:
+def bids_app_parser() -> BidsAppParser:
     """The BIDS-App parser: `spineseg bids_dir output_dir {participant,group} [options]`."""
     p = BidsAppParser(
         prog=PROG,
@@ -335,7 +341,7 @@ def bids_app_parser() -> UsageParser:
     return p
 
 
-def _add_slurm_options(p: argparse.ArgumentParser) -> None:
+def _add_slurm_options(p: BidsAppParser) -> None:
     """The SLURM group (bids_app/run/slurm.py): write an array script instead of running."""
     group = p.add_argument_group(
         "SLURM",
@@ -343,45 +349,87 @@ def _add_slurm_options(p: argparse.ArgumentParser) -> None:
         "per participant), its group-level script and the frozen selection, and runs\n"
         "nothing. Every other option is passed to the tasks unchanged (see the README).",
     )
-    group.add_argument(
-        "--slurm-script",
-        type=Path,
-        metavar="FILE",
-        help="write the array script to FILE, the group level to FILE_group.sh and the "
-        "selected images to FILE_selection.json (FILE without .sh)",
-    )
-    group.add_argument(
-        "--slurm-per-session",
-        action="store_true",
-        help="one task per participant x session instead of per participant",
-    )
-    group.add_argument(
-        "--slurm-throttle", type=positive_int, metavar="N", help="at most N tasks at once (%%N)"
-    )
-    group.add_argument(
-        "--slurm-mem",
-        type=slurm.slurm_mem,
-        metavar="MEM",
-        help=f"memory per task (default {slurm.DEFAULT_MEM}); "
-        f"CPUs per task are --nprocs (default {slurm.DEFAULT_CPUS})",
-    )
-    group.add_argument(
-        "--slurm-time",
-        type=slurm.slurm_time,
-        metavar="TIME",
-        help=f"time limit per task (default {slurm.DEFAULT_TIME})",
-    )
-    group.add_argument("--slurm-gpus", type=positive_int, metavar="N", help="GPUs per task")
-    group.add_argument("--slurm-partition", type=slurm.slurm_name, metavar="NAME", help="partition")
-    group.add_argument(
-        "--slurm-account", type=slurm.slurm_name, metavar="NAME", help="account to charge"
-    )
-    group.add_argument(
-        "--container",
-        type=Path,
-        metavar="SIF",
-        help="run the tasks with this Apptainer image instead of this installation",
-    )
+    actions = [
+        group.add_argument(
+            "--slurm-script",
+            type=Path,
+            metavar="FILE",
+            help="write the array script to FILE, the group level to FILE_group.sh and the "
+            "selected images to FILE_selection.json (FILE without .sh)",
+        ),
+        group.add_argument(
+            "--slurm-per-session",
+            action="store_true",
+            help="one task per participant x session instead of per participant",
+        ),
+        group.add_argument(
+            "--slurm-throttle",
+            type=positive_int,
+            metavar="N",
+            help="at most N tasks of each array at once (%%N)",
+        ),
+        group.add_argument(
+            "--slurm-mem",
+            type=slurm.slurm_mem,
+            metavar="MEM",
+            help=f"memory per task (default {slurm.DEFAULT_MEM}), also passed to the task as "
+            f"--mem-mb; CPUs per task are --nprocs (default {slurm.DEFAULT_CPUS})",
+        ),
+        group.add_argument(
+            "--slurm-time",
+            type=slurm.slurm_time,
+            metavar="TIME",
+            help=f"time limit per task (default {slurm.DEFAULT_TIME})",
+        ),
+        group.add_argument(
+            "--slurm-gpus",
+            type=positive_int,
+            metavar="N",
+            help="GPUs per task (--gres=gpu:N; with --container also --nv)",
+        ),
+        group.add_argument(
+            "--slurm-partition", type=slurm.slurm_name, metavar="NAME", help="partition"
+        ),
+        group.add_argument(
+            "--slurm-account",
+            type=slurm.slurm_name,
+            metavar="NAME",
+            help="account to charge (both scripts)",
+        ),
+        group.add_argument(
+            "--container",
+            type=Path,
+            metavar="SIF",
+            help="run the tasks with this Apptainer image instead of this installation",
+        ),
+        group.add_argument(
+            "--slurm-max-array",
+            type=positive_int,
+            metavar="N",
+            help=f"the cluster's MaxArraySize (default {slurm.DEFAULT_MAX_ARRAY}; see "
+            "`scontrol show config`): more tasks are split into several array scripts",
+        ),
+        group.add_argument(
+            "--slurm-group-partition",
+            type=slurm.slurm_name,
+            metavar="NAME",
+            help="partition of the group-level job (default: --slurm-partition, unless "
+            "--slurm-gpus is given: then the cluster's default partition)",
+        ),
+        group.add_argument(
+            "--slurm-group-mem",
+            type=slurm.slurm_mem,
+            metavar="MEM",
+            help=f"memory of the group-level job (default {slurm.DEFAULT_GROUP_MEM})",
+        ),
+        group.add_argument(
+            "--slurm-group-time",
+            type=slurm.slurm_time,
+            metavar="TIME",
+            help=f"time limit of the group-level job (default {slurm.DEFAULT_GROUP_TIME})",
+        ),
+    ]
+    p.slurm_options = {a.dest: a.option_strings[0] for a in actions}
     group.add_argument(
         slurm.TASK_OPTION,
         type=Path,

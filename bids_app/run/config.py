@@ -50,6 +50,30 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class SlurmConfig:
+    """`--slurm-script`: what the array and group scripts ask SLURM for, and how a task runs.
+
+    `task_argv` is the command line as typed without the SLURM options (cli/ removes them
+    with the real parser); each task runs it plus its own participant and the frozen selection.
+    """
+
+    script: Path
+    task_argv: tuple[str, ...]
+    mem: str
+    time: str
+    per_session: bool = False
+    throttle: int | None = None
+    gpus: int | None = None
+    partition: str | None = None
+    account: str | None = None
+    container: Path | None = None
+    max_array: int = 1001  # SLURM's MaxArraySize: larger selections are split into arrays
+    group_partition: str | None = None  # None: the cluster's default partition
+    group_mem: str = "4G"
+    group_time: str = "00:30:00"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One BIDS-App run: paths, selection, what to compute and with what."""
 
@@ -70,3 +94,4 @@ class RunConfig:
     corrections_dir: Path | None = None  # participant level: manual corrections (None: none)
     lesion_model: str | None = None  # nnU-Net lesion model folder (SCIseg-like), "demo", or none
     lesion_suffixes: tuple[str, ...] = DEFAULT_LESION_SUFFIXES  # images the lesion model runs on
+    slurm: SlurmConfig | None = None  # write SLURM scripts instead of running

@@ -11,6 +11,7 @@ on every node, and a resubmitted task skips what its stamps say is done.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import shlex
@@ -24,30 +25,24 @@ from bids_app.bids import discovery as disc
 from bids_app.plumbing.atomic import write_text_atomic
 from bids_app.plumbing.errors import ExitCode, UserError
 from bids_app.plumbing.logs import say
-from bids_app.run.config import RunConfig
+from bids_app.run.config import RunConfig, SlurmConfig
 
-# Options of the "SLURM" group (cli/parser.py) -> how many values each takes. They shape the
-# script, never a task, so they are the only tokens removed from the tasks' command line.
-SLURM_OPTIONS: dict[str, int] = {
-    "--slurm-script": 1,
-    "--slurm-per-session": 0,
-    "--slurm-throttle": 1,
-    "--slurm-mem": 1,
-    "--slurm-time": 1,
-    "--slurm-gpus": 1,
-    "--slurm-partition": 1,
-    "--slurm-account": 1,
-    "--container": 1,
-}
+log = logging.getLogger(__name__)
+
 # What a task adds to the command line; given by hand it would fight the script's values.
 TASK_OPTION = "--frozen-selection"
 DEFAULT_MEM, DEFAULT_TIME, DEFAULT_CPUS = "16G", "01:00:00", 4
-GROUP_RESOURCES = ("--cpus-per-task=1", "--mem=4G", "--time=00:30:00")
+DEFAULT_GROUP_MEM, DEFAULT_GROUP_TIME = "4G", "00:30:00"
+DEFAULT_MAX_ARRAY = 1001  # SLURM's default MaxArraySize: indices 0..1000
 LOG_DIR = Path("logs") / "slurm"
+# Below these a task cannot use what it books: one whole-spine image holds about 1-2 GB on
+# the 1 mm grid besides the networks, and every CPU beyond the first serves another image.
+MIN_TASK_MB, MIN_MB_PER_CPU = 2048, 512
 
 _MEM_RE = re.compile(r"^[1-9][0-9]*[KMGT]?$", re.IGNORECASE)
 _TIME_RE = re.compile(r"^([0-9]+-[0-9]+(:[0-9]+){0,2}|[0-9]+(:[0-9]+){0,2})$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.,+-]+$")
+_MB_PER_UNIT = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}
 
 
 def slurm_mem(text: str) -> str:
@@ -55,6 +50,13 @@ def slurm_mem(text: str) -> str:
     if not _MEM_RE.match(text.strip()):
         raise argparse.ArgumentTypeError(f"{text!r}: expected a size such as 16G or 8000M")
     return text.strip().upper()
+
+
+def mem_mb(mem: str) -> int:
+    """A `slurm_mem` value in MB, as SLURM counts (`--mem-mb` of the task)."""
+    unit = mem[-1] if mem[-1].isalpha() else "M"
+    number = int(mem[:-1] if mem[-1].isalpha() else mem)
+    return max(1, int(number * _MB_PER_UNIT[unit]))
 
 
 def slurm_time(text: str) -> str:
@@ -73,78 +75,37 @@ def slurm_name(text: str) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class SlurmOptions:
-    """What the scripts ask SLURM for, and how a task runs (local install or an image)."""
-
-    script: Path
-    per_session: bool = False
-    throttle: int | None = None
-    mem: str = DEFAULT_MEM
-    time: str = DEFAULT_TIME
-    gpus: int | None = None
-    partition: str | None = None
-    account: str | None = None
-    container: Path | None = None
-
-
-def options_from_args(args: argparse.Namespace) -> SlurmOptions | None:
-    """The SLURM options of a parsed command line, or None when no script is asked for."""
-    given = [
-        name
-        for name in SLURM_OPTIONS
-        if name != "--slurm-script"
-        and getattr(args, name.lstrip("-").replace("-", "_")) not in (None, False)
-    ]
-    if args.slurm_script is None:
-        if given:
-            raise UserError(ExitCode.USAGE, f"{given[0]} only goes with --slurm-script FILE")
-        return None
-    if args.analysis_level != "participant":
-        raise UserError(
-            ExitCode.USAGE,
-            "--slurm-script writes the participant-level array (and its group script); "
-            "use it with the participant level",
+def check_request(config: RunConfig, opts: SlurmConfig) -> list[str]:
+    """Refuse a request whose every task would fail (64); the warnings for one that books
+    what its tasks cannot use."""
+    devices = config.resources.devices
+    cuda = [d for d in devices if d.startswith("cuda")]
+    warnings = []
+    if cuda and not opts.gpus:
+        if opts.container is not None:
+            raise UserError(
+                ExitCode.USAGE,
+                f"--device {','.join(devices)} with --container needs --slurm-gpus N: "
+                "without a GPU request the image gets no GPU (no --nv) and every task exits 64",
+            )
+        warnings.append(
+            f"--device {','.join(devices)} without --slurm-gpus: the tasks get a GPU only "
+            "where the cluster does not confine GPUs to jobs that ask for them"
         )
-    if args.frozen_selection is not None:
-        raise UserError(
-            ExitCode.USAGE,
-            f"{TASK_OPTION} is set by the script for its tasks; not with --slurm-script",
+    if opts.gpus and all(d == "cpu" for d in devices):
+        warnings.append(
+            f"--device cpu with --slurm-gpus {opts.gpus}: every task books {opts.gpus} GPU(s) "
+            "it leaves idle; drop --slurm-gpus or use --device cuda"
         )
-    container = args.container.expanduser().resolve() if args.container else None
-    if container is not None and not container.is_file():
-        raise UserError(ExitCode.USAGE, f"{container}: --container image not found")
-    return SlurmOptions(
-        script=args.slurm_script.expanduser().resolve(),
-        per_session=args.slurm_per_session,
-        throttle=args.slurm_throttle,
-        mem=args.slurm_mem or DEFAULT_MEM,
-        time=args.slurm_time or DEFAULT_TIME,
-        gpus=args.slurm_gpus,
-        partition=args.slurm_partition,
-        account=args.slurm_account,
-        container=container,
-    )
-
-
-def strip_slurm_options(argv: Sequence[str]) -> list[str]:
-    """The command line without the SLURM options (`--opt value`, `--opt=value`, or an
-    unambiguous prefix as argparse accepts it); every other token is kept as typed."""
-    kept: list[str] = []
-    tokens = iter(argv)
-    for token in tokens:
-        name, inline = token.split("=", 1)[0], "=" in token
-        matches = [o for o in SLURM_OPTIONS if o == name] or [
-            o
-            for o in SLURM_OPTIONS
-            if name.startswith("--") and len(name) > 2 and o.startswith(name)
-        ]
-        if len(matches) != 1:
-            kept.append(token)
-            continue
-        if SLURM_OPTIONS[matches[0]] and not inline:
-            next(tokens, None)
-    return kept
+    cpus = config.resources.nprocs or DEFAULT_CPUS
+    total = mem_mb(opts.mem)
+    if total < MIN_TASK_MB or total < cpus * MIN_MB_PER_CPU:
+        warnings.append(
+            f"--slurm-mem {opts.mem} for {cpus} CPU(s): below {MIN_TASK_MB} MB per task or "
+            f"{MIN_MB_PER_CPU} MB per CPU, images wait for memory (or fail as too large) while "
+            "the CPUs idle; raise --slurm-mem or lower --nprocs"
+        )
+    return warnings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,18 +114,38 @@ def strip_slurm_options(argv: Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class ScriptSet:
-    """The files written for one submission and the tasks of the array."""
+    """The files written for one submission and the tasks of each array."""
 
-    array: Path
+    arrays: list[Path]  # one array script per MaxArraySize tasks, submitted one by one
     group: Path
     selection: Path
-    tasks: list[tuple[str, str | None]]
+    tasks: list[list[tuple[str, str | None]]]  # per array script
+
+    def submit_lines(self) -> list[str]:
+        """The commands that submit the arrays and then the group level (afterany)."""
+        if len(self.arrays) == 1:
+            names = ["array"]
+        else:
+            names = [f"array{i}" for i in range(1, len(self.arrays) + 1)]
+        lines = [
+            f"{name}=$(sbatch --parsable {shlex.quote(str(path))})"
+            for name, path in zip(names, self.arrays, strict=True)
+        ]
+        after = ":".join(f'"${name}"' for name in names)
+        return [*lines, f"sbatch --dependency=afterany:{after} {shlex.quote(str(self.group))}"]
 
 
 def script_paths(script: Path) -> tuple[Path, Path]:
     """The group script and the frozen selection, named after the array script."""
     stem = script.name.removesuffix(".sh")
     return script.with_name(f"{stem}_group.sh"), script.with_name(f"{stem}_selection.json")
+
+
+def part_path(script: Path, part: int) -> Path:
+    """Array script number `part` (1 = `script` itself) when the tasks need several."""
+    if part == 1:
+        return script
+    return script.with_name(f"{script.name.removesuffix('.sh')}_part{part}.sh")
 
 
 def array_tasks(selection: disc.Selection, per_session: bool) -> list[tuple[str, str | None]]:
@@ -208,7 +189,7 @@ def container_binds(config: RunConfig, selection_file: Path, cwd: Path) -> list[
 
 
 def _command_lines(
-    opts: SlurmOptions, config: RunConfig, selection_file: Path, cwd: Path, gpus: bool
+    opts: SlurmConfig, config: RunConfig, selection_file: Path, cwd: Path, gpus: bool
 ) -> list[str]:
     """The program part of a task or group command: `spineseg` or `apptainer run ... SIF`."""
     if opts.container is None:
@@ -228,10 +209,10 @@ def _command_lines(
     return lines
 
 
-def _sbatch_lines(opts: SlurmOptions, cwd: Path, log: str) -> list[str]:
-    lines = [f"#SBATCH --partition={opts.partition}"] if opts.partition else []
-    if opts.account:
-        lines.append(f"#SBATCH --account={opts.account}")
+def _sbatch_lines(partition: str | None, account: str | None, cwd: Path, log: str) -> list[str]:
+    lines = [f"#SBATCH --partition={partition}"] if partition else []
+    if account:
+        lines.append(f"#SBATCH --account={account}")
     return [*lines, f"#SBATCH --chdir={cwd}", f"#SBATCH --output={log}"]
 
 
@@ -252,31 +233,49 @@ def _option_lines(argv: Sequence[str]) -> list[str]:
 
 def array_script(
     config: RunConfig,
-    opts: SlurmOptions,
+    opts: SlurmConfig,
     tasks: Sequence[tuple[str, str | None]],
-    task_argv: Sequence[str],
     cwd: Path,
+    part: tuple[int, int] = (1, 1),
 ) -> str:
-    """The array job: task i runs participant tasks[i] (and its session)."""
+    """An array job: task i runs participant tasks[i] (and its session).
+
+    `part` (number, count): which of the array scripts this is when the selection needs more
+    tasks than one array may hold (`opts.max_array`).
+    """
     group, selection_file = script_paths(opts.script)
+    script = part_path(opts.script, part[0])
     unit = "participant x session" if opts.per_session else "participant"
     throttle = f"%{opts.throttle}" if opts.throttle else ""
     cpus = config.resources.nprocs or DEFAULT_CPUS
+    which = f" (array {part[0]} of {part[1]})" if part[1] > 1 else ""
     head = [
         "#!/bin/bash",
-        f"# SpineSeg {__version__}, participant level: {len(tasks)} array task(s), one per {unit}.",
+        f"# SpineSeg {__version__}, participant level{which}: {len(tasks)} array task(s), "
+        f"one per {unit}.",
         "# Submit; the group level starts when every task has ended, failed or not:",
-        f"#   array=$(sbatch --parsable {shlex.quote(str(opts.script))})",
-        f'#   sbatch --dependency=afterany:"$array" {shlex.quote(str(group))}',
+    ]
+    if part[1] == 1:
+        head += [
+            f"#   array=$(sbatch --parsable {shlex.quote(str(script))})",
+            f'#   sbatch --dependency=afterany:"$array" {shlex.quote(str(group))}',
+        ]
+    else:
+        head.append(
+            f"#   every array script, then the group level after all of them (see {group.name})"
+        )
+    head += [
         "#SBATCH --job-name=spineseg",
         f"#SBATCH --array=0-{len(tasks) - 1}{throttle}",
         f"#SBATCH --cpus-per-task={cpus}",
         f"#SBATCH --mem={opts.mem}",
         f"#SBATCH --time={opts.time}",
     ]
-    if opts.gpus:
-        head.append(f"#SBATCH --gpus-per-task={opts.gpus}")
-    head += _sbatch_lines(opts, cwd, str(config.output_dir / LOG_DIR / "%x_%A_%a.out"))
+    if opts.gpus:  # accepted alone by every SLURM (--gpus-per-task needs --ntasks since 23.11)
+        head.append(f"#SBATCH --gres=gpu:{opts.gpus}")
+    head += _sbatch_lines(
+        opts.partition, opts.account, cwd, str(config.output_dir / LOG_DIR / "%x_%A_%a.out")
+    )
     body = [
         "set -euo pipefail",
         ': "${SLURM_ARRAY_TASK_ID:?submit this script with sbatch}"',
@@ -294,21 +293,31 @@ def array_script(
         extra.append('${ses:+--session-label "$ses"}')
     if config.resources.nprocs is None:
         extra.append('--nprocs "$SLURM_CPUS_PER_TASK"')
+    if config.resources.mem_mb is None:  # a container's --cleanenv hides SLURM's variables
+        extra.append(f'--mem-mb "${{SLURM_MEM_PER_NODE:-{mem_mb(opts.mem)}}}"')
     program = _command_lines(opts, config, selection_file, cwd, bool(opts.gpus))
-    command = ["exec " + program[0], *program[1:], *_option_lines(task_argv), *extra]
+    command = ["exec " + program[0], *program[1:], *_option_lines(opts.task_argv), *extra]
     return "\n".join([*head, *body, _continued(command)]) + "\n"
 
 
-def group_script(config: RunConfig, opts: SlurmOptions, cwd: Path) -> str:
-    """The group level, to be submitted with an `afterany` dependency on the array."""
+def group_script(config: RunConfig, opts: SlurmConfig, cwd: Path, submit: Sequence[str]) -> str:
+    """The group level, to be submitted with an `afterany` dependency on the array(s)."""
     _, selection_file = script_paths(opts.script)
     head = [
         "#!/bin/bash",
         f"# SpineSeg {__version__}, group level: summarises every image of the output folder,",
-        "# including the failed ones. Submit after the array (see its header).",
+        "# including the failed ones. Submit after the array(s):",
+        *(f"#   {line}" for line in submit),
         "#SBATCH --job-name=spineseg-group",
-        *(f"#SBATCH {r}" for r in GROUP_RESOURCES),
-        *_sbatch_lines(opts, cwd, str(config.output_dir / LOG_DIR / "%x_%j.out")),
+        "#SBATCH --cpus-per-task=1",
+        f"#SBATCH --mem={opts.group_mem}",
+        f"#SBATCH --time={opts.group_time}",
+        *_sbatch_lines(
+            opts.group_partition,
+            opts.account,
+            cwd,
+            str(config.output_dir / LOG_DIR / "%x_%j.out"),
+        ),
         "set -euo pipefail",
     ]
     program = _command_lines(opts, config, selection_file, cwd, gpus=False)
@@ -317,51 +326,77 @@ def group_script(config: RunConfig, opts: SlurmOptions, cwd: Path) -> str:
     return "\n".join([*head, _continued(command)]) + "\n"
 
 
+def _chunks(
+    tasks: Sequence[tuple[str, str | None]], size: int
+) -> list[list[tuple[str, str | None]]]:
+    return [list(tasks[i : i + size]) for i in range(0, len(tasks), size)] or [[]]
+
+
+def _remove_stale_parts(script: Path, keep: int) -> None:
+    """Array scripts of an earlier, larger submission that this one does not rewrite."""
+    part = keep + 1
+    while (path := part_path(script, part)).is_file():
+        if path.read_text(errors="replace").startswith("#!/bin/bash\n# SpineSeg "):
+            path.unlink()
+        part += 1
+
+
 def write_scripts(
-    config: RunConfig,
-    selection: disc.Selection,
-    opts: SlurmOptions,
-    argv: Sequence[str],
-    cwd: Path,
+    config: RunConfig, selection: disc.Selection, opts: SlurmConfig, cwd: Path
 ) -> ScriptSet:
-    """Freeze the selection and write both scripts (executable); the log folder is created
-    too, because SLURM does not create the folder of `--output`."""
+    """Freeze the selection and write the array script(s) and the group script (executable);
+    the log folder is created too, because SLURM does not create the folder of `--output`."""
     from bids_app.plumbing.atomic import make_dir
 
     group, selection_file = script_paths(opts.script)
-    tasks = array_tasks(selection, opts.per_session)
+    parts = _chunks(array_tasks(selection, opts.per_session), opts.max_array)
+    arrays = [part_path(opts.script, i) for i in range(1, len(parts) + 1)]
+    written = ScriptSet(arrays, group, selection_file, parts)
     make_dir(opts.script.parent, "script folder")
     make_dir(config.output_dir / LOG_DIR, "SLURM log folder")
     try:
         disc.save_selection(selection, config.bids_dir, selection_file)
-        task_argv = strip_slurm_options(argv)
-        write_text_atomic(opts.script, array_script(config, opts, tasks, task_argv, cwd))
-        write_text_atomic(group, group_script(config, opts, cwd))
-        for script in (opts.script, group):
+        for i, (path, tasks) in enumerate(zip(arrays, parts, strict=True), start=1):
+            text = array_script(config, opts, tasks, cwd, (i, len(parts)))
+            write_text_atomic(path, text)
+        write_text_atomic(group, group_script(config, opts, cwd, written.submit_lines()))
+        for script in (*arrays, group):
             script.chmod(script.stat().st_mode | 0o111)
+        _remove_stale_parts(opts.script, len(parts))
     except OSError as e:
         raise UserError(
             ExitCode.CANT_CREATE, f"{e.filename or opts.script}: cannot write ({e.strerror or e})"
         ) from e
-    return ScriptSet(opts.script, group, selection_file, tasks)
+    return written
 
 
-def write_for_cli(config: RunConfig, opts: SlurmOptions, argv: Sequence[str]) -> int:
-    """`--slurm-script`: select, print the selection, write the scripts and how to submit."""
+def write_for_cli(config: RunConfig) -> int:
+    """`--slurm-script`: check the request, select, print the selection, write the scripts
+    and how to submit them."""
     from bids_app.run.selection import select
 
+    opts = config.slurm
+    if opts is None:
+        raise ValueError("write_for_cli needs config.slurm")
+    warnings = check_request(config, opts)
     selection = select(config)
     say(*selection.describe())
-    written = write_scripts(config, selection, opts, argv, Path.cwd())
+    written = write_scripts(config, selection, opts, Path.cwd())
     unit = "participant x session" if opts.per_session else "participant"
+    say("")
+    for path, tasks in zip(written.arrays, written.tasks, strict=True):
+        say(f"wrote {path} ({len(tasks)} array task(s), one per {unit})")
+    if len(written.arrays) > 1:
+        total = sum(map(len, written.tasks))
+        say(f"  ({total} tasks: more than one array may hold, --slurm-max-array {opts.max_array})")
+    group_where = opts.group_partition or "the default partition"
     say(
-        "",
-        f"wrote {written.array} ({len(written.tasks)} array task(s), one per {unit})",
-        f"wrote {written.group} (group level)",
+        f"wrote {written.group} (group level, {group_where})",
         f"wrote {written.selection} (the selected images; tasks do not re-index the dataset)",
         "submit with:",
-        f"  array=$(sbatch --parsable {shlex.quote(str(written.array))})",
-        f'  sbatch --dependency=afterany:"$array" {shlex.quote(str(written.group))}',
+        *(f"  {line}" for line in written.submit_lines()),
         f"task logs: {config.output_dir / LOG_DIR}",
     )
+    for warning in warnings:
+        log.warning("%s", warning)
     return ExitCode.OK

@@ -21,6 +21,7 @@ from bidsapp_testkit import FakeEngineFactory
 from bids_app.bids import discovery as disc
 from bids_app.cli.main import main
 from bids_app.cli.parser import bids_app_parser
+from bids_app.cli.slurm_args import without_slurm_options
 from bids_app.run import slurm
 
 RECORDER = '#!/bin/bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n'
@@ -74,6 +75,7 @@ def test_scripts_carry_the_resources_and_one_task_per_participant(gen, tmp_path)
     rc, out, _ = gen(
         "--nprocs", "2", "--slurm-mem", "8g", "--slurm-time", "1-00", "--slurm-gpus", "1",
         "--slurm-partition", "gpu", "--slurm-account", "lab1", "--slurm-throttle", "5",
+        "--device", "cuda",
     )  # fmt: skip
     assert rc == 0
     array, group = tmp_path / "jobs" / "run.sh", tmp_path / "jobs" / "run_group.sh"
@@ -83,22 +85,96 @@ def test_scripts_carry_the_resources_and_one_task_per_participant(gen, tmp_path)
         "cpus-per-task": "2",
         "mem": "8G",
         "time": "1-00",
-        "gpus-per-task": "1",
+        "gres": "gpu:1",  # alone valid in every SLURM; --gpus-per-task needs --ntasks (23.11)
         "partition": "gpu",
         "account": "lab1",
         "chdir": str(tmp_path),
         "output": f"{tmp_path}/out/logs/slurm/%x_%A_%a.out",
     }
     assert (tmp_path / "out" / "logs" / "slurm").is_dir()  # sbatch does not create it
-    group_lines = sbatch(group)
-    assert group_lines["partition"] == "gpu" and group_lines["account"] == "lab1"
-    assert "gpus-per-task" not in group_lines
-    assert group_lines["output"] == f"{tmp_path}/out/logs/slurm/%x_%j.out"
+    # The group level needs no GPU: not on the GPU partition, its own small resources.
+    assert sbatch(group) == {
+        "job-name": "spineseg-group",
+        "cpus-per-task": "1",
+        "mem": slurm.DEFAULT_GROUP_MEM,
+        "time": slurm.DEFAULT_GROUP_TIME,
+        "account": "lab1",
+        "chdir": str(tmp_path),
+        "output": f"{tmp_path}/out/logs/slurm/%x_%j.out",
+    }
     for script in (array, group):
         assert os.access(script, os.X_OK)
         subprocess.run(["bash", "-n", str(script)], check=True)
     assert f"array=$(sbatch --parsable {array})" in out
     assert f'sbatch --dependency=afterany:"$array" {group}' in out
+
+
+def test_group_job_resources_and_partition_are_settable(gen, tmp_path):
+    group = tmp_path / "jobs" / "run_group.sh"
+    assert gen("--slurm-partition", "cpu")[0] == 0
+    assert sbatch(group)["partition"] == "cpu"  # no GPU asked for: the same partition
+    options = ["--slurm-gpus", "1", "--device", "cuda", "--slurm-partition", "gpu"]
+    group_options = ["--slurm-group-partition", "short", "--slurm-group-mem", "2G"]
+    assert gen(*options, *group_options, "--slurm-group-time", "10")[0] == 0
+    lines = sbatch(group)
+    assert (lines["partition"], lines["mem"], lines["time"]) == ("short", "2G", "10")
+    assert "gres" not in lines and sbatch(tmp_path / "jobs" / "run.sh")["partition"] == "gpu"
+    task = run_task(tmp_path, tmp_path / "jobs" / "run.sh", 0)
+    assert not any(a.startswith("--slurm") for a in task)
+
+
+@pytest.mark.parametrize(
+    ("options", "warning"),
+    [
+        (["--device", "cpu", "--slurm-gpus", "1"], "--device cpu with --slurm-gpus 1"),
+        (["--nprocs", "64", "--slurm-mem", "1G"], "--slurm-mem 1G for 64 CPU(s)"),
+        (["--device", "cuda"], "--device cuda without --slurm-gpus"),
+    ],
+)
+def test_requests_that_book_what_tasks_cannot_use_are_written_with_a_warning(
+    gen, tmp_path, options, warning
+):
+    rc, _, err = gen(*options)
+    assert rc == 0 and (tmp_path / "jobs" / "run.sh").is_file()
+    assert [line for line in err.splitlines() if warning in line]
+
+
+def test_a_container_on_cuda_without_a_gpu_request_is_refused(gen, tmp_path):
+    (tmp_path / "spineseg.sif").write_bytes(b"")
+    rc, _, err = gen("--container", "spineseg.sif", "--device", "cuda:0")
+    assert rc == 64 and not (tmp_path / "jobs").exists()
+    assert err.count("\n") == 1 and "--device cuda:0 with --container needs --slurm-gpus" in err
+    assert gen("--container", "spineseg.sif", "--device", "cuda:0", "--slurm-gpus", "1")[0] == 0
+
+
+def test_more_tasks_than_max_array_size_are_split_into_valid_arrays(gen, tmp_path, monkeypatch):
+    rc, out, _ = gen("--slurm-max-array", "1", "--slurm-throttle", "3")
+    assert rc == 0
+    jobs = tmp_path / "jobs"
+    first, second, group = jobs / "run.sh", jobs / "run_part2.sh", jobs / "run_group.sh"
+    assert [sbatch(a)["array"] for a in (first, second)] == ["0-0%3", "0-0%3"]
+    submit = [
+        f"array1=$(sbatch --parsable {first})",
+        f"array2=$(sbatch --parsable {second})",
+        f'sbatch --dependency=afterany:"$array1":"$array2" {group}',
+    ]
+    assert all(line in out for line in submit)
+    assert all(f"#   {line}" in group.read_text() for line in submit)
+    labels = [run_task(tmp_path, a, 0) for a in (first, second)]
+    assert [args[args.index("--participant-label", 6) + 1] for args in labels] == ["01", "02"]
+    assert gen()[0] == 0  # one array again: the second script of the earlier split is gone
+    assert not second.exists() and sbatch(first)["array"] == "0-1"
+
+
+def test_the_task_gets_the_memory_budget_explicitly(gen, tmp_path):
+    """`apptainer run --cleanenv` hides SLURM_MEM_PER_NODE: the task gets --mem-mb."""
+    assert gen("--slurm-mem", "3G")[0] == 0
+    array = tmp_path / "jobs" / "run.sh"
+    assert run_task(tmp_path, array, 0)[-2:] == ["--mem-mb", "3072"]
+    assert run_task(tmp_path, array, 0, SLURM_MEM_PER_NODE="5000")[-2:] == ["--mem-mb", "5000"]
+    assert gen("--mem-mb", "1000")[0] == 0  # given by hand: passed as typed, not twice
+    args = run_task(tmp_path, array, 0)
+    assert args.count("--mem-mb") == 1 and args[args.index("--mem-mb") + 1] == "1000"
 
 
 def test_group_script_runs_the_group_level_on_the_output(gen, tmp_path):
@@ -111,7 +187,7 @@ def test_without_nprocs_a_task_uses_its_slurm_cpus(gen, tmp_path):
     assert gen()[0] == 0
     array = tmp_path / "jobs" / "run.sh"
     assert sbatch(array)["cpus-per-task"] == str(slurm.DEFAULT_CPUS)
-    assert run_task(tmp_path, array, 0)[-2:] == ["--nprocs", "3"]  # $SLURM_CPUS_PER_TASK
+    assert run_task(tmp_path, array, 0)[-4:-2] == ["--nprocs", "3"]  # $SLURM_CPUS_PER_TASK
 
 
 def test_task_gets_the_typed_options_and_runs_only_its_participant(gen, tmp_path, monkeypatch):
@@ -120,7 +196,8 @@ def test_task_gets_the_typed_options_and_runs_only_its_participant(gen, tmp_path
     selection = tmp_path / "jobs" / "run_selection.json"
     args = run_task(tmp_path, tmp_path / "jobs" / "run.sh", 1)
     typed = [*gen.argv, "--participant-label", "sub-01", "02", "--iso", "-v", "--nprocs", "1"]
-    assert args == [*typed, "--frozen-selection", str(selection), "--participant-label", "02"]
+    tail = ["--frozen-selection", str(selection), "--participant-label", "02", "--mem-mb", "4096"]
+    assert args == [*typed, *tail]
 
     def no_pybids(*a, **k):
         raise AssertionError("a task indexed the dataset")
@@ -145,10 +222,11 @@ def test_per_session_tasks(gen, tmp_path, monkeypatch):
         return run_task(tmp_path, array, i)
 
     tails = [args[args.index("--frozen-selection") + 2 :] for args in map(task_args, range(3))]
+    budget = ["--nprocs", "3", "--mem-mb", str(16 * 1024)]
     assert tails == [
-        ["--participant-label", "01", "--session-label", "01", "--nprocs", "3"],
-        ["--participant-label", "01", "--session-label", "02", "--nprocs", "3"],
-        ["--participant-label", "02", "--nprocs", "3"],  # no sessions: all of sub-02's images
+        ["--participant-label", "01", "--session-label", "01", *budget],
+        ["--participant-label", "01", "--session-label", "02", *budget],
+        ["--participant-label", "02", *budget],  # no sessions: all of sub-02's images
     ]
     factory = FakeEngineFactory()
     assert main(run_task(tmp_path, array, 1), engine_factory=factory) == 0
@@ -186,26 +264,53 @@ def test_container_binds_every_path_at_its_own_place(gen, tmp_path):
 # The command line
 
 
-def test_strip_slurm_options_keeps_every_other_token_as_typed():
+def test_slurm_options_are_removed_the_way_the_parser_reads_them():
     argv = [
         "ds", "out", "participant", "--slurm-script=x.sh", "--slurm-thr", "2",
         "--slurm-per-session", "--container", "a b.sif", "--participant-label", "01", "02",
-        "--slurm-mem", "4G", "--bids-filter-file", "f.json", "-v",
+        "--slurm-mem", "4G", "--bids-filter-file", "f.json", "-v", "--slurm-group-m=2G",
+        "--nprocs", "3", "--slurm-mem", "8G",
     ]  # fmt: skip
-    assert slurm.strip_slurm_options(argv) == [
+    assert without_slurm_options(argv) == [
         "ds", "out", "participant", "--participant-label", "01", "02",
-        "--bids-filter-file", "f.json", "-v",
+        "--bids-filter-file", "f.json", "-v", "--nprocs", "3",
     ]  # fmt: skip
 
 
-def test_slurm_option_table_matches_the_parser():
-    group = next(g for g in bids_app_parser()._action_groups if g.title == "SLURM")
-    parsed = {
-        a.option_strings[0]: 0 if a.nargs == 0 else 1
-        for a in group._group_actions
-        if a.option_strings[0] != slurm.TASK_OPTION
-    }
-    assert parsed == slurm.SLURM_OPTIONS
+VALUES = {"--slurm-mem": "4G", "--slurm-group-mem": "2G", "--slurm-time": "10"}
+VALUES |= {"--slurm-group-time": "10", "--slurm-script": "x.sh", "--container": "a.sif"}
+
+
+@pytest.mark.parametrize("option", sorted(bids_app_parser().slurm_options.values()))
+@pytest.mark.parametrize("spelling", ["full", "prefix", "equals"])
+def test_every_slurm_option_in_every_spelling_leaves_the_task_line(option, spelling):
+    parser = bids_app_parser()
+    action = next(a for a in parser._actions if option in a.option_strings)
+    value = [] if action.nargs == 0 else [VALUES.get(option, "gpu" if "part" in option else "2")]
+    name = option
+    if spelling == "prefix":  # the shortest prefix argparse accepts for it
+        others = [o for a in parser._actions for o in a.option_strings if o != option]
+        name = (
+            next(
+                option[:n]
+                for n in range(3, len(option))
+                if not any(o.startswith(option[:n]) for o in others)
+            )
+            if not any(o.startswith(option) for o in others)
+            else option
+        )
+    tokens = [f"{name}={value[0]}"] if spelling == "equals" and value else [name, *value]
+    typed = ["ds", "out", "participant", "--iso", *tokens, "--participant-label", "01"]
+    assert without_slurm_options(typed) == [
+        "ds", "out", "participant", "--iso", "--participant-label", "01"
+    ]  # fmt: skip
+
+
+def test_every_option_of_the_slurm_group_is_known_as_one():
+    parser = bids_app_parser()
+    group = next(g for g in parser._action_groups if g.title == "SLURM")
+    options = {a.option_strings[0] for a in group._group_actions}
+    assert options - set(parser.slurm_options.values()) == {slurm.TASK_OPTION}
 
 
 @pytest.mark.parametrize(
