@@ -11,6 +11,7 @@ Entities come from the dataset-relative path only: pybids 0.22 parses the absolu
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,10 @@ class MissingImagesError(DiscoveryError):
 
 class DerivativeInputError(DiscoveryError):
     """The input is a derivative dataset; SpineSeg segments raw BIDS images."""
+
+
+class OutputClashError(DiscoveryError):
+    """Two selected images would write the same outputs and status stamp."""
 
 
 @dataclass(frozen=True)
@@ -333,13 +338,39 @@ def _anchored_config(root: Path) -> dict:
     return config
 
 
-def _layout(bids_dir: Path, index_metadata: bool):
+def subject_folders(bids_dir: Path) -> list[str]:
+    """Labels of the `sub-*` folders at the top of the dataset (one directory listing)."""
+    with os.scandir(bids_dir) as entries:
+        return sorted(
+            e.name[4:] for e in entries if e.name.startswith("sub-") and e.is_dir() and e.name[4:]
+        )
+
+
+def _only_these_subjects(subjects: Sequence[str]) -> re.Pattern:
+    """pybids ignore pattern for every top-level `sub-*` path except these subjects'.
+
+    pybids matches it against '/'-prefixed paths relative to the root, so the other subjects'
+    folders are never walked: a one-subject call of a 10,000-subject dataset indexes one
+    folder (what fMRIPrep and MRIQC do with their participant filter).
+    """
+    wanted = "|".join(re.escape(s) for s in subjects)
+    return re.compile(rf"^/sub-(?!(?:{wanted})(?:/|$))")
+
+
+def _layout(bids_dir: Path, index_metadata: bool, subjects: Sequence[str] | None = None):
+    """pybids' index of the dataset; of only these subjects' folders when `subjects` is given."""
     from bids import BIDSLayout, BIDSLayoutIndexer
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
 
     if not bids_dir.is_dir():
         raise DiscoveryError(f"{bids_dir}: not a folder")
     try:
-        indexer = BIDSLayoutIndexer(validate=False, index_metadata=index_metadata)
+        ignore = None
+        if subjects is not None:
+            ignore = [*DEFAULT_LOCATIONS_TO_IGNORE, _only_these_subjects(subjects)]
+        indexer = BIDSLayoutIndexer(
+            validate=False, index_metadata=index_metadata, ignore=ignore
+        )
         config = _anchored_config(bids_dir)
         return BIDSLayout(str(bids_dir), validate=False, indexer=indexer, config=[config])
     except Exception as e:  # pybids raises many types for a broken dataset
@@ -381,17 +412,23 @@ def discover(
     check_raw_dataset(bids_dir)
     all_queries = [*queries.values(), *([localizer_query] if localizer_query else [])]
     keys = {k for q in all_queries for k in q}
-    layout = _layout(bids_dir, index_metadata=bool(keys - _known_entities()))
-
-    found = sorted(layout.get_subjects())
-    if not found:
-        raise EmptySelectionError(f"{bids_dir}: no sub-* folder found")
+    index_metadata = bool(keys - _known_entities())
     asked = list(dict.fromkeys(participants or []))
     listed = [label for label in dict.fromkeys(listed_participants or []) if label not in asked]
-    candidates = asked + listed if (asked or listed) else found
-    subjects = sorted(set(candidates) & set(found))
+    if asked or listed:  # index only the selected subjects' folders
+        found = subject_folders(bids_dir)
+        subjects = sorted(set(asked + listed) & set(found))
+        layout = _layout(bids_dir, index_metadata, subjects) if subjects else None
+        candidates = asked + listed
+    else:
+        layout = _layout(bids_dir, index_metadata)
+        found = sorted(layout.get_subjects())
+        candidates = found
+        subjects = found
+    if not found:
+        raise EmptySelectionError(f"{bids_dir}: no sub-* folder found")
     fixed: dict[str, object] = {"subject": subjects}
-    if sessions and subjects:
+    if sessions and layout is not None:
         found_sessions = sorted(layout.get_sessions(subject=subjects))
         unknown = sorted(set(sessions) - set(found_sessions))
         if unknown:
@@ -404,7 +441,7 @@ def discover(
     notes: list[str] = []
     printable = {k: dict(q, **_fixed_json(fixed)) for k, q in queries.items()}
     loc_printable = dict(localizer_query, **_fixed_json(fixed)) if localizer_query else None
-    jobs = _jobs(layout, bids_dir, queries, localizer_query, fixed, notes) if subjects else []
+    jobs = _jobs(layout, bids_dir, queries, localizer_query, fixed, notes) if layout else []
     selection = Selection(jobs, printable, loc_printable, notes=notes)
     with_images = set(selection.subjects)
     missing = [s for s in asked if s not in with_images]
@@ -458,7 +495,36 @@ def _jobs(
             where = f"sub-{sub}" + (f" ses-{ses}" if ses else "")
             notes.append(f"{where}: no localizer image; its images run without one")
     jobs.sort(key=lambda j: (j.subject, j.session or "", not j.is_localizer, j.relpath))
+    check_output_names(jobs)
     return jobs
+
+
+def check_output_names(jobs: Sequence[ImageJob]) -> None:
+    """Refuse images whose outputs would be one another's (OutputClashError, one line).
+
+    Outputs, status stamps and locks are named after the source name without its extension,
+    so `x_T2w.nii` beside `x_T2w.nii.gz` (which the BIDS validator accepts) would share them
+    and one result would silently replace the other. Names are compared ignoring case, as a
+    case-insensitive output file system (macOS, SMB) would. Nothing can tell which of the two
+    the user meant, so neither is segmented: the run stops before any work.
+    """
+    seen: dict[str, ImageJob] = {}
+    clashes: list[tuple[ImageJob, ImageJob]] = []
+    for job in jobs:
+        key = source_stem(job.name).casefold()
+        if key in seen:
+            clashes.append((seen[key], job))
+        else:
+            seen[key] = job
+    if not clashes:
+        return
+    first, second = clashes[0]
+    more = f" ({len(clashes) - 1} more such pair(s))" if len(clashes) > 1 else ""
+    raise OutputClashError(
+        f"{first.relpath} and {second.relpath}: two selected images would write the same "
+        f"outputs and status stamp ({source_stem(first.name)}_*){more}; remove or rename one "
+        "of each pair, or leave one out with --bids-filter-file"
+    )
 
 
 def _raw_only(found: list, notes: list[str]) -> list:
@@ -580,6 +646,7 @@ def load_selection(path: Path, bids_dir: Path) -> Selection:
     root = Path(bids_dir).resolve()
     try:
         jobs = [_frozen_job(item, root) for item in data["images"]]
+        check_output_names(jobs)
         return Selection(
             jobs,
             dict(data["queries"]),
@@ -643,7 +710,8 @@ def restrict_selection(
         raise UnknownLabelError(
             f"{source}: no image of session(s) {', '.join(sessions or ())} in this selection"
         )
-    gone = [job.relpath for job in jobs if not job.path.is_file()]
+    # A link without content (git-annex) is still in the dataset: that image fails alone.
+    gone = [job.relpath for job in jobs if not (job.path.is_file() or job.path.is_symlink())]
     if gone:
         raise MissingImagesError(
             f"{source}: {gone[0]} is no longer in the dataset"

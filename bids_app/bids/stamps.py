@@ -11,6 +11,10 @@ the same way (no landmark, a bad header), and a rerun of a finished dataset must
 seconds. The skip still reports the failure, and `--retry-failed` recomputes it. What died
 without a stamp (killed, out of memory at the system level) and failures stamped `transient`
 (out of memory inside the process) are always retried.
+
+The stamp also records what the source file was (`source_file`, see `bids.sources`): a
+source replaced since (re-converted DICOMs) is recomputed, and so is an image that failed
+because its content was missing (a dangling git-annex link) once the content is there.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
+from bids_app.bids.sources import source_change
 from bids_app.plumbing.atomic import write_json_atomic
 
 STATUS_DIR = Path("logs") / "status"
@@ -100,11 +105,13 @@ def resume_decision(
     model: Mapping[str, object] | None,
     overwrite: bool = False,
     retry_failed: bool = False,
+    source: Path | None = None,
 ) -> Decision:
     """Decide what to do with one image given its previous stamp (see module docstring).
 
     `model` None means the model is unknown (a dry run reads no weights): it is then not
-    compared, and a skip names only the version and options as checked.
+    compared, and a skip names only the version and options as checked. `source` is the
+    source image, compared with what the stamp recorded of it (None: not compared).
     """
     if overwrite:
         return Decision(True, "--overwrite given")
@@ -117,7 +124,7 @@ def resume_decision(
         return Decision(True, f"previous run ended '{status}' ({why})")
     if stamp.get("transient"):
         return Decision(True, f"previous run ended '{status}' ({why}); retrying")
-    changed = _what_changed(stamp, output_dir, app_version, opts_hash, model)
+    changed = _what_changed(stamp, output_dir, app_version, opts_hash, model, source)
     if changed:  # a warning only when a good result gets replaced
         return Decision(True, changed, warn=not failed)
     if failed and retry_failed:
@@ -141,6 +148,7 @@ def _what_changed(
     app_version: str,
     opts_hash: str,
     model: Mapping[str, object] | None,
+    source: Path | None,
 ) -> str | None:
     """Why the stamped result is not what this run would make (None: it is)."""
     if stamp.get("app_version") != app_version:
@@ -154,7 +162,14 @@ def _what_changed(
             return f"previous result made with model release {old}, now {new}"
         if old_model.get("sha256") != model.get("sha256"):
             return "previous result made with different model weights (hashes)"
-    missing = [o for o in stamp.get("outputs") or [] if not (Path(output_dir) / o).is_file()]
+    if source is not None and (why := source_change(stamp.get("source_file"), source)):
+        return why
+    missing = missing_outputs(output_dir, stamp)
     if missing:
         return f"{len(missing)} previous output(s) missing, e.g. {missing[0]}"
     return None
+
+
+def missing_outputs(output_dir: Path, stamp: Mapping) -> list[str]:
+    """The outputs a stamp lists that are no longer in `output_dir` (deleted by hand)."""
+    return [o for o in stamp.get("outputs") or [] if not (Path(output_dir) / o).is_file()]

@@ -57,11 +57,22 @@ class CheckedImage:
     warnings: list[str] = field(default_factory=list)
 
 
+def check_header(img: SpatialImage, name: str) -> list[str]:
+    """The checks that need no voxel: kind, grid, declared size against the file.
+
+    Callers that estimate memory from the header run these first, so that a 2-D image or a
+    header declaring terabytes over a small file is named for what it is, not for the memory
+    it would need. Returns the warnings; refusals are EngineError, one line naming `name`.
+    """
+    warnings = _kind(img, name) + _grid(img, name)
+    _size(img, name)
+    return warnings
+
+
 def check_image(img: SpatialImage, name: str) -> CheckedImage:
     """Refuse what the method cannot segment (EngineError, one line naming `name`); otherwise
     return the image with its voxels read once, and warnings about what was assumed."""
-    warnings = _kind(img, name) + _grid(img, name)
-    _size(img, name)
+    warnings = check_header(img, name)
     data, voxel_warnings = _voxels(np.asanyarray(img.dataobj), name)
     return CheckedImage(img.__class__(data, img.affine, img.header), warnings + voxel_warnings)
 

@@ -14,10 +14,12 @@ class ExitCode(IntEnum):
     BAD_LEVEL = 17  # unknown analysis level
     EMPTY_SELECTION = 18  # filters selected nothing, or a session label does not exist
     USAGE = 64  # command used incorrectly
+    DATA_ERROR = 65  # two selected images would write the same outputs
     NO_INPUT = 66  # a participant asked for has no usable image / input file missing
     SOFTWARE = 70  # an unexpected error (a bug): traceback in a crash file
     CANT_CREATE = 73  # output or work folder cannot be created
     IO_ERROR = 74  # writing outputs failed
+    TEMP_FAIL = 75  # nothing done: every image is held by another run (its lock); rerun later
     CONFIG = 78  # model weights missing or corrupt
 
 
@@ -32,10 +34,14 @@ exit codes:
   17  unknown analysis level (use participant or group)
   18  the selection is empty, or a session label does not exist
   64  command used incorrectly (unknown option, bad value, bad paths)
-  66  a participant given by label is missing or has no usable image (group: no records)
+  65  two selected images would write the same outputs (e.g. x_T2w.nii and x_T2w.nii.gz)
+  66  a participant given by label is missing or has no usable image (group: no records,
+      or outputs a status stamp lists are gone; the group tables are still written)
   70  unexpected error (a bug): one line here, the traceback in a logs/crash-*.txt file
   73  the output or work folder cannot be created
   74  input/output error while writing outputs
+  75  nothing was done: every selected image is being segmented by another run (locks);
+      run again once it has finished
   78  model weights missing or corrupt (see `spineseg weights`)
 """
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from markupsafe import Markup
 
 from bids_app import __version__
-from bids_app.bids.stamps import MISSING
+from bids_app.bids.stamps import MISSING, missing_outputs
 from bids_app.lesions import qc as lesion_qc
 from bids_app.plumbing import labels as L
 from bids_app.plumbing.atomic import write_json_atomic, write_text_atomic
@@ -325,7 +325,8 @@ def qc_sidecar(th: Thresholds) -> dict[str, object]:
                     "partial": "some outputs written; see reason",
                     "failed": "no segmentation; see reason",
                     "incomplete": "QC files without a status stamp (run interrupted)",
-                    "missing": "participant selected but no output found",
+                    "missing": "participant selected but no output found, or outputs the "
+                    "status stamp lists were deleted since the participant run",
                 },
             },
             "reason": {"Description": "One-line reason for a non-ok status."},
@@ -371,6 +372,18 @@ def _missing(
         else {p.name[4:] for p in root.glob("sub-*") if p.is_dir()}
     )
     return sorted(wanted - {r.subject for r in records})
+
+
+def outputs_gone(root: Path, stamp: Mapping[str, object]) -> str | None:
+    """Why a stamped image's results are no longer there (None: every listed output is)."""
+    gone = missing_outputs(root, stamp)
+    if not gone:
+        return None
+    listed = len(stamp.get("outputs") or [])  # type: ignore[arg-type]
+    return (
+        f"{len(gone)} of the {listed} outputs its status stamp lists are gone (e.g. {gone[0]}); "
+        "run the participant level again"
+    )
 
 
 def plots(
@@ -495,6 +508,8 @@ def run_group(
         raised.update(reasons)  # lesion flags count like the image's own
         row.update(cols, qc_status=rec.qc_status(list(raised)))
         row["flag_reasons"] = "; ".join(f"{k}: {v}" for k, v in raised.items()) or None
+        if reason := outputs_gone(root, rec.stamp):
+            row.update(status=MISSING, reason=reason, qc_status="fail")
     with_lesions = any(cols for cols, _ in lesions)
     qc_columns = (*QC_COLUMNS, *lesion_qc.COLUMNS) if with_lesions else QC_COLUMNS
     qc_rows += [

@@ -16,7 +16,7 @@ from types import TracebackType
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from bids_app.bids.stamps import Status
+from bids_app.bids.stamps import Status, source_stem
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class RunProgress:
     def _refresh(self) -> None:
         if self._bar is None:
             return
-        stages = ", ".join(f"{name.split('_')[0]}:{st}" for name, st in self._stages.items())
+        # The whole name without extension: two images of one subject must not look alike.
+        stages = ", ".join(f"{source_stem(name)}:{st}" for name, st in self._stages.items())
         text = f"failed/partial {self.not_ok}" + (f" | {stages}" if stages else "")
         self._bar.set_postfix_str(text)

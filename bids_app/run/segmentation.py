@@ -16,6 +16,7 @@ from pathlib import Path
 import nibabel as nib
 
 from bids_app.bids.derivatives import ModelInfo
+from bids_app.bids.sources import content_problem
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import Engine, EngineError, EngineResult
 from bids_app.nnunet.weights import WeightsError, resolve_weights
@@ -100,7 +101,13 @@ def create_engine(
 
 
 def load_image(path: Path) -> nib.Nifti1Image:
-    """The image, opened read-only by nibabel (never written); unreadable = ImageFailure."""
+    """The image, opened read-only by nibabel (never written); unreadable = ImageFailure.
+
+    A file without content (a dangling link, a git-annex pointer) is named as such: nibabel
+    would only say that it cannot find or parse it.
+    """
+    if problem := content_problem(path):
+        raise ImageFailure(f"{path.name}: {problem}")
     try:
         img = nib.load(str(path))
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as e:

@@ -109,5 +109,7 @@ def select(config: RunConfig) -> disc.Selection:
         raise UserError(ExitCode.EMPTY_SELECTION, str(e)) from e
     except disc.MissingImagesError as e:
         raise UserError(ExitCode.NO_INPUT, str(e)) from e
+    except disc.OutputClashError as e:
+        raise UserError(ExitCode.DATA_ERROR, str(e)) from e
     except disc.DiscoveryError as e:
         raise UserError(ExitCode.VALIDATION, str(e)) from e
