@@ -34,18 +34,92 @@ def parse_devices(text: str) -> tuple[str, ...]:
     return items
 
 
-def _cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> float | None:
-    """CPUs granted by a cgroup v2 quota (`cpu.max` = "quota period"), if one is set."""
+_UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a huge page-rounded number
+
+
+@dataclass(frozen=True)
+class Cgroups:
+    """The cgroup limits that apply to this process, read where the kernel says it lives.
+
+    `/proc/self/cgroup` names the process's own cgroup (a SLURM job's `.../job_42/step_0`,
+    a container's), and every folder from there up to the mount point may set a limit: the
+    smallest one applies. cgroup v2 (`0::/path`, files `memory.max` and `cpu.max`) and v1
+    (`N:memory:/path`, files `memory.limit_in_bytes`, `cpu.cfs_quota_us`/`cpu.cfs_period_us`)
+    are both read. A path that does not exist under the mount (a container that mounts only
+    its own cgroup) leaves the mount point itself, which is then that cgroup.
+    The paths are fields so that tests can point them at fake trees.
+    """
+
+    root: Path = Path("/sys/fs/cgroup")
+    proc: Path = Path("/proc/self/cgroup")
+
+    def _folders(self, controller: str) -> list[Path]:
+        """Folders whose `controller` limits apply to this process, innermost first."""
+        try:
+            lines = self.proc.read_text().splitlines()
+        except OSError:
+            lines = []
+        mounts: list[tuple[Path, str]] = []
+        for line in lines:
+            parts = line.split(":", 2)
+            if len(parts) != 3:
+                continue
+            hierarchy, controllers, path = parts
+            if hierarchy == "0" and not controllers:  # v2 (alone, or hybrid's "unified")
+                mounts += [(self.root, path), (self.root / "unified", path)]
+            elif controller in controllers.split(","):
+                for name in {controller, controllers}:
+                    mounts.append((self.root / name, path))
+        if not mounts:  # no /proc (or not Linux): the mount point, as v2 or v1 has it
+            mounts = [(self.root, "/"), (self.root / controller, "/")]
+        folders: list[Path] = []
+        for mount, path in mounts:
+            inner = mount / path.strip("/")
+            chain = [inner, *inner.parents] if path.strip("/") else [mount]
+            for folder in chain:
+                if folder.is_dir() and folder not in folders:
+                    folders.append(folder)
+                if folder == mount:
+                    break
+        return folders
+
+    def memory_limit(self) -> tuple[int, Path] | None:
+        """(bytes, the file that sets them): the smallest memory limit, if any."""
+        limits = []
+        for folder in self._folders("memory"):
+            for name in ("memory.max", "memory.limit_in_bytes"):
+                value = _read_int(folder / name)
+                if value is not None and 0 < value < _UNLIMITED:
+                    limits.append((value, folder / name))
+        return min(limits) if limits else None
+
+    def cpu_quota(self) -> tuple[float, Path] | None:
+        """(CPUs, the file that sets them): the smallest CPU quota, if any."""
+        quotas = []
+        for folder in self._folders("cpu"):
+            try:
+                quota, period = (folder / "cpu.max").read_text().split()[:2]
+                if quota != "max":
+                    quotas.append((int(quota) / int(period), folder / "cpu.max"))
+            except (OSError, ValueError):
+                pass
+            v1_quota = _read_int(folder / "cpu.cfs_quota_us")
+            v1_period = _read_int(folder / "cpu.cfs_period_us")
+            if v1_quota is not None and v1_quota > 0 and v1_period:
+                quotas.append((v1_quota / v1_period, folder / "cpu.cfs_quota_us"))
+        return min(quotas) if quotas else None
+
+
+def _read_int(path: Path) -> int | None:
     try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
+        return int(path.read_text().strip())
+    except (OSError, ValueError):  # missing, "max", or not a number
         return None
-    if quota == "max":
-        return None
-    return int(quota) / int(period)
 
 
-def cpu_allocation(env: Mapping[str, str] = os.environ) -> tuple[int, str]:
+def cpu_allocation(
+    env: Mapping[str, str] = os.environ, cgroups: Cgroups | None = None
+) -> tuple[int, str]:
     """(CPUs this process may use, where that number comes from)."""
     try:
         affinity = len(os.sched_getaffinity(0))
@@ -56,9 +130,9 @@ def cpu_allocation(env: Mapping[str, str] = os.environ) -> tuple[int, str]:
     slurm = env.get("SLURM_CPUS_PER_TASK")
     if slurm and slurm.isdigit() and int(slurm) > 0:
         candidates.append((int(slurm), "SLURM_CPUS_PER_TASK"))
-    quota = _cgroup_cpus()
+    quota = (cgroups or Cgroups()).cpu_quota()
     if quota:
-        candidates.append((max(1, math.floor(quota)), "cgroup CPU quota"))
+        candidates.append((max(1, math.floor(quota[0])), f"cgroup CPU quota ({quota[1]})"))
     return min(candidates)
 
 
@@ -87,6 +161,7 @@ def plan_budget(
     in_flight: int | None = None,
     pipeline: bool = True,
     env: Mapping[str, str] = os.environ,
+    cgroups: Cgroups | None = None,
 ) -> Budget:
     """Split the CPU budget between network workers and the images' CPU stages.
 
@@ -95,7 +170,7 @@ def plan_budget(
     worker needs one thread to feed its device. Images in flight: two per network worker,
     so one image's CPU stages run while another's network runs; one when pipelining is off.
     """
-    allowed, source = cpu_allocation(env)
+    allowed, source = cpu_allocation(env, cgroups)
     cpus = min(nprocs, allowed) if nprocs else allowed
     if nprocs and nprocs > allowed:
         source = f"--nprocs {nprocs} capped to the {source}"
@@ -109,31 +184,24 @@ def plan_budget(
     return Budget(cpus, source, workers, threads, max(1, flight))
 
 
-def _cgroup_memory(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """Bytes allowed by a cgroup v2 memory limit (`memory.max`), if one is set."""
-    try:
-        text = (root / "memory.max").read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
 def _machine_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def memory_allocation(cpus: int, env: Mapping[str, str] = os.environ) -> tuple[int, str]:
+def memory_allocation(
+    cpus: int, env: Mapping[str, str] = os.environ, cgroups: Cgroups | None = None
+) -> tuple[int, str]:
     """(bytes this run may use, where that number comes from): the smallest of SLURM's
-    allocation, the cgroup limit of a container or job, and the machine's memory."""
+    allocation, the cgroup limit of the job or container, and the machine's memory."""
     candidates = [(_machine_memory(), "machine memory")]
     per_node, per_cpu = env.get("SLURM_MEM_PER_NODE", ""), env.get("SLURM_MEM_PER_CPU", "")
     if per_node.isdigit() and int(per_node) > 0:
         candidates.append((int(per_node) * 2**20, "SLURM_MEM_PER_NODE"))
     elif per_cpu.isdigit() and int(per_cpu) > 0:
         candidates.append((int(per_cpu) * 2**20 * cpus, "SLURM_MEM_PER_CPU x CPUs"))
-    limit = _cgroup_memory()
+    limit = (cgroups or Cgroups()).memory_limit()
     if limit:
-        candidates.append((limit, "cgroup memory limit"))
+        candidates.append((limit[0], f"cgroup memory limit ({limit[1]})"))
     return min(candidates)
 
 
@@ -153,12 +221,16 @@ class MemoryBudget:
 
 
 def plan_memory(
-    mem_mb: int | None, cpus: int, held_bytes: int, env: Mapping[str, str] = os.environ
+    mem_mb: int | None,
+    cpus: int,
+    held_bytes: int,
+    env: Mapping[str, str] = os.environ,
+    cgroups: Cgroups | None = None,
 ) -> MemoryBudget:
     """Memory for images: --mem-mb (or the allocation) minus `held_bytes` (the process as it
     stands plus the networks it will load), never below a quarter of the total, so a small
     budget still lets small images through one at a time."""
-    allowed, source = memory_allocation(cpus, env)
+    allowed, source = memory_allocation(cpus, env, cgroups)
     total = min(mem_mb * 2**20, allowed) if mem_mb else allowed
     if mem_mb:
         source = "--mem-mb" if mem_mb * 2**20 <= allowed else f"--mem-mb capped to the {source}"
