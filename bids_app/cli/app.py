@@ -88,6 +88,12 @@ def check_paths(bids_dir: Path, output_dir: Path, work_dir: Path | None, level: 
         raise UserError(
             ExitCode.USAGE, f"{output_dir}: output_dir is the input dataset; use {suggestion}"
         )
+    if output_dir in bids_dir.parents:
+        raise UserError(
+            ExitCode.USAGE,
+            f"{output_dir}: output_dir contains the input dataset {bids_dir} (the outputs "
+            f"would not be a valid derivatives dataset); use {suggestion} or a folder outside it",
+        )
     if bids_dir in output_dir.parents and output_dir.parent != bids_dir / "derivatives":
         raise UserError(
             ExitCode.USAGE,
