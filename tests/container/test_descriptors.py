@@ -2,8 +2,8 @@
 
 What a CBRAIN integrator or a `bosh exec launch` user relies on: the descriptors validate
 (also as BIDS Apps), each example invocation is accepted, the command bosh builds is the one
-the README documents, every flag exists in the app's CLI, and version, image tag and exit
-codes agree with the code.
+descriptors/README.md documents, and version, image tag and exit codes agree with the code
+(the inputs against the CLI, both ways: test_descriptor_cli.py).
 """
 
 from __future__ import annotations
@@ -136,24 +136,6 @@ def test_value_keys_are_bracketed_and_unique():
         keys = [i["value-key"] for i in _load(desc_path)["inputs"]]
         assert all(re.fullmatch(r"\[[A-Z0-9_]+\]", k) for k in keys), desc_path.name
         assert len(set(keys)) == len(keys) - 1  # output_dir_name/participant_level_analysis_dir
-
-
-def _cli_help() -> str:
-    from bids_app.cli.parser import bids_app_parser
-
-    return bids_app_parser().format_help()
-
-
-@pytest.mark.parametrize("level", sorted(DESCRIPTORS))
-def test_every_descriptor_flag_exists_in_the_cli(level):
-    help_text = _cli_help()
-    for inp in _load(DESCRIPTORS[level])["inputs"]:
-        flag = inp.get("command-line-flag")
-        if flag:
-            assert re.search(rf"(^|[\s,\[]){re.escape(flag)}([\s,=\]]|$)", help_text, re.M), flag
-        if "value-choices" in inp and inp["id"] != "analysis_level":
-            for choice in inp["value-choices"]:
-                assert choice in help_text, f"{inp['id']}={choice}"
 
 
 def test_error_codes_are_the_apps_exit_codes():
