@@ -73,6 +73,7 @@ def run_segment(args, engine_factory: EngineFactory) -> int:
         iso=args.iso,
         assume_top_disc=args.assume_top_disc,
         tile_step=args.tile_step,
+        precision=args.precision,
     )
     try:
         img = load_image(src)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from bids_app.nnunet import REFERENCE_TILE_STEP
+from bids_app.nnunet import REFERENCE_PRECISION, REFERENCE_TILE_STEP
 from bids_app.nnunet.model import NnUNetModel, resolve_device
 from bids_app.nnunet.weights import WeightsError, WeightSet
 from bids_app.plumbing.labels import STEP1_REGIONS, STEP2_REGIONS
@@ -46,6 +46,7 @@ class Predictor(Protocol):
         channels: np.ndarray,
         return_probabilities: bool = False,
         tile_step: float = REFERENCE_TILE_STEP,
+        precision: str = REFERENCE_PRECISION,
     ) -> Prediction: ...
 
 
@@ -90,11 +91,15 @@ class Networks:
         channels: np.ndarray,
         return_probabilities: bool = False,
         tile_step: float = REFERENCE_TILE_STEP,
+        precision: str = REFERENCE_PRECISION,
     ) -> Prediction:
         model = self.model(step)
         t0 = time.perf_counter()
         labels, probabilities = model.predict(
-            channels, return_probabilities=return_probabilities, tile_step=tile_step
+            channels,
+            return_probabilities=return_probabilities,
+            tile_step=tile_step,
+            precision=precision,
         )
         return Prediction(labels, probabilities, str(self.device), time.perf_counter() - t0)
 
@@ -121,9 +126,10 @@ class PooledNetworks:
         channels: np.ndarray,
         return_probabilities: bool = False,
         tile_step: float = REFERENCE_TILE_STEP,
+        precision: str = REFERENCE_PRECISION,
     ) -> Prediction:
         return self.pool.run(
-            lambda nets: nets.predict(step, channels, return_probabilities, tile_step)
+            lambda nets: nets.predict(step, channels, return_probabilities, tile_step, precision)
         )
 
     def close(self, cancel: bool = False) -> None:

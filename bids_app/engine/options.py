@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from bids_app.nnunet import REFERENCE_TILE_STEP
+from bids_app.nnunet import PRECISIONS, REFERENCE_PRECISION, REFERENCE_TILE_STEP
 
 # The tile steps offered to users: below the reference's 0.5 costs more for no published
 # benefit; 1.0 = patches do not overlap.
 TILE_STEP_RANGE = (REFERENCE_TILE_STEP, 1.0)
+# --fast: the tile step and precision that measured fastest at official size on CPU within
+# the agreement the README states (benchmarks/fast.py); bfloat16 only where it is native.
+FAST_TILE_STEP = 1.0
+FAST_PRECISION = "bf16"
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class SegmentOptions:
     (per image: filled in by the participant run, ignored by the engine, which receives the
     localizer image itself). `tile_step` is the networks' sliding-window step (fraction of
     the patch): 0.5 is the reference; larger is the opt-in fast mode, a different result.
+    `precision` is the networks' arithmetic (`auto` = the reference's, `fp32`, `bf16`).
     """
 
     step1_only: bool = False
@@ -32,14 +37,26 @@ class SegmentOptions:
     localizer: str | None = None
     tile_step: float = REFERENCE_TILE_STEP
     corrections: str | None = None
+    precision: str = REFERENCE_PRECISION
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+
+    @property
+    def differs_from_reference(self) -> bool:
+        """Whether the networks run other than TotalSpineSeg's way (the fast-mode warning)."""
+        return self.tile_step != REFERENCE_TILE_STEP or self.precision != REFERENCE_PRECISION
 
     def record(self) -> dict[str, object]:
         """JSON-ready form, the input of the stamp's options hash.
 
-        An image without corrections hashes as before corrections existed, so the results
-        of earlier runs stay valid.
+        An image without corrections, at the reference precision, hashes as before these
+        options existed, so the results of earlier runs stay valid.
         """
         record = asdict(self)
         if record["corrections"] is None:
             del record["corrections"]
+        if record["precision"] == REFERENCE_PRECISION:
+            del record["precision"]
         return record

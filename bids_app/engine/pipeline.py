@@ -20,7 +20,7 @@ from bids_app.engine.image_checks import check_image
 from bids_app.engine.networks import Networks, Prediction, Predictor
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import EngineError, EngineResult
-from bids_app.nnunet import REFERENCE_TILE_STEP
+from bids_app.nnunet import REFERENCE_PRECISION, REFERENCE_TILE_STEP
 from bids_app.nnunet.model import default_threads
 from bids_app.nnunet.weights import WeightSet
 from bids_app.plumbing.labels import CANAL, CORD, STEP1_CANAL, STEP1_CORD, STEP1_REGIONS, head_index
@@ -36,6 +36,25 @@ class _Iso:
 
     native: nib.Nifti1Image  # the 3-D input grid outputs return to
     image: nib.Nifti1Image  # 1 mm canonical image (input dtype)
+
+
+def fast_mode_warning(options: SegmentOptions) -> str:
+    """One line naming what differs from TotalSpineSeg's way of running the networks."""
+    parts = []
+    if options.tile_step != REFERENCE_TILE_STEP:
+        parts.append(
+            f"sliding-window tile step {options.tile_step} (TotalSpineSeg uses "
+            f"{REFERENCE_TILE_STEP})"
+        )
+    if options.precision != REFERENCE_PRECISION:
+        parts.append(
+            f"network precision {options.precision} (TotalSpineSeg: float32 on CPU, "
+            "float16 autocast on GPU)"
+        )
+    return (
+        f"fast mode: {', '.join(parts)}; the result differs slightly from the reference's "
+        "(level markers may move, see the README)"
+    )
 
 
 def _numbered(out: labeling.LabelingOutput) -> labeling.LabelingOutput:
@@ -99,12 +118,8 @@ class SpineSegEngine:
         checked = check_image(img, name)  # before anything is allocated for the image
         img = checked.image  # type: ignore[assignment]  # same class as the input
         res.warnings.extend(checked.warnings)
-        if options.tile_step != REFERENCE_TILE_STEP:
-            res.warnings.append(
-                f"fast mode: sliding-window tile step {options.tile_step} (TotalSpineSeg uses "
-                f"{REFERENCE_TILE_STEP}); the result differs slightly from the reference's "
-                "(level markers may move, see the README)"
-            )
+        if options.differs_from_reference:
+            res.warnings.append(fast_mode_warning(options))
 
         @contextmanager
         def stage(label: str) -> Iterator[None]:
@@ -127,7 +142,7 @@ class SpineSegEngine:
 
         with stage("step1_network"):
             pred1 = self._predict(
-                "step1", data[None], res, devices, options.tile_step, return_probabilities=True
+                "step1", data[None], res, devices, options, return_probabilities=True
             )
             raw1, prob1 = pred1.labels, pred1.probabilities
         with stage("step1_labeling"):
@@ -163,9 +178,7 @@ class SpineSegEngine:
             iso_out["levels"] = levels
 
         if not options.step1_only and not res.errors:
-            final = self._step2(
-                data, step1, loc_iso, top_disc, res, stage, devices, options.tile_step
-            )
+            final = self._step2(data, step1, loc_iso, top_disc, res, stage, devices, options)
             if final is not None:
                 iso_out["final"] = final
 
@@ -180,12 +193,14 @@ class SpineSegEngine:
         channels: np.ndarray,
         res: EngineResult,
         devices: list[str],
-        tile_step: float,
+        options: SegmentOptions,
         return_probabilities: bool = False,
     ) -> Prediction:
         """Run a step's network; its device time is `<step>_device` (the stage time also
         counts any wait for a free device)."""
-        pred = self.networks.predict(step, channels, return_probabilities, tile_step)
+        pred = self.networks.predict(
+            step, channels, return_probabilities, options.tile_step, options.precision
+        )
         res.timings[f"{step}_device"] = round(pred.seconds, 3)
         res.kept[step] = pred.labels
         if len(channels) > 1:  # the guide channels it was given (step 2: alternate discs)
@@ -207,7 +222,7 @@ class SpineSegEngine:
         res: EngineResult,
         stage: Callable[[str], AbstractContextManager[None]],
         devices: list[str],
-        tile_step: float,
+        options: SegmentOptions,
     ) -> np.ndarray | None:
         """Crop to step 1 +- 10 voxels, add the alternate-disc channel, label, un-crop."""
         box = labeling.bbox_slices(step1, CROP_MARGIN)
@@ -221,7 +236,7 @@ class SpineSegEngine:
                     labeling.extract_alternate(step1[box]).astype(np.float32),
                 ]
             )
-            raw2 = self._predict("step2", channels, res, devices, tile_step).labels
+            raw2 = self._predict("step2", channels, res, devices, options).labels
         with stage("step2_labeling"):
             raw2 = labeling.largest_component(raw2)
             # When step 1 had to number from the assumed top disc, step 2 keeps that

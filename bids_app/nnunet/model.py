@@ -24,7 +24,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from bids_app.nnunet import REFERENCE_TILE_STEP
+from bids_app.nnunet import REFERENCE_PRECISION, REFERENCE_TILE_STEP
 from bids_app.nnunet.weights import WeightsError, find_checkpoint
 from bids_app.plumbing.errors import one_line
 
@@ -77,6 +77,61 @@ def resolve_devices(specs: Sequence[str]) -> list[str]:
     return names
 
 
+def cpu_bf16_native(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes bfloat16 in hardware (x86 AVX512-BF16 or AMX-BF16, Arm BF16).
+
+    Without such a unit torch emulates bfloat16 with float32 arithmetic plus conversions,
+    slower than float32 itself. Unknown (no /proc/cpuinfo, e.g. macOS) counts as no.
+    """
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether bfloat16 autocast runs natively (hence faster than float32) on `device`."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and cpu_bf16_native()
+
+
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Around one network forward: `auto` keeps nnU-Net's choice (float32 on CPU, its own
+    float16 autocast on CUDA); `fp32` turns any autocast off; `bf16` autocasts to bfloat16."""
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision != REFERENCE_PRECISION:
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    return contextlib.nullcontext()
+
+
+class _Predictor(nnUNetPredictor):
+    """nnU-Net's predictor with the network's arithmetic precision chosen per call.
+
+    The context wraps only the forward (inside nnU-Net's own autocast on CUDA, so it wins);
+    the output is taken back to float32 so the Gaussian weighting and the accumulation of
+    patches run exactly as in the float32 path.
+    """
+
+    precision = REFERENCE_PRECISION
+
+    def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
+        if self.precision == REFERENCE_PRECISION:
+            return super()._internal_maybe_mirror_and_predict(x)
+        with precision_context(self.precision, self.device):
+            out = super()._internal_maybe_mirror_and_predict(x)
+        return out.float()
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -103,7 +158,7 @@ class NnUNetModel:
 
     def __init__(
         self,
-        predictor: nnUNetPredictor,
+        predictor: _Predictor,
         checkpoint_path: Path,
         configuration: str,
         num_input_channels: int,
@@ -179,7 +234,7 @@ class NnUNetModel:
             torch.set_num_threads(threads or default_threads())
         # nnU-Net prints a notice about perform_everything_on_device on every CPU construction.
         with contextlib.redirect_stdout(io.StringIO()):
-            predictor = nnUNetPredictor(
+            predictor = _Predictor(
                 tile_step_size=REFERENCE_TILE_STEP,
                 use_gaussian=True,
                 use_mirroring=False,
@@ -241,6 +296,7 @@ class NnUNetModel:
         spacing: Sequence[float] = (1.0, 1.0, 1.0),
         return_probabilities: bool = False,
         tile_step: float = REFERENCE_TILE_STEP,
+        precision: str = REFERENCE_PRECISION,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Segment one image, exactly as nnU-Net would from a NIfTI holding this array.
 
@@ -251,7 +307,10 @@ class NnUNetModel:
         (num_outputs, x, y, z) float32 (sigmoid per region, 0 outside nnU-Net's nonzero crop
         box), else None. `tile_step` is the sliding-window step as a fraction of the patch:
         0.5 is TotalSpineSeg's; up to 1.0 (no overlap) needs fewer patches, hence less time,
-        but gives a different result.
+        but gives a different result. `precision` is the network's arithmetic: `auto` is
+        TotalSpineSeg's (float32 on CPU, nnU-Net's float16 autocast on CUDA), `fp32` or
+        `bf16` (autocast to bfloat16: about 2.4x faster on CPUs with a bfloat16 unit, a
+        slightly different result; see `bf16_native`).
         """
         array = np.asarray(channels)
         if array.ndim != 4 or array.shape[0] != self._num_input_channels:
@@ -262,7 +321,9 @@ class NnUNetModel:
             raise ValueError(f"spacing must be three positive numbers, got {tuple(spacing)}")
         if not 0 < tile_step <= 1:  # nnU-Net's own limit (it asserts); above 1 leaves gaps
             raise ValueError(f"tile step must be in (0, 1], got {tile_step}")
+        precision_context(precision, self.device)  # refuses an unknown name before any work
         self._predictor.tile_step_size = float(tile_step)
+        self._predictor.precision = precision
         # SimpleITK (nnU-Net's reader for .nii.gz) returns the same voxels with axes reversed,
         # and the spacing reversed with them; nnU-Net uses nothing else of the properties.
         # C order matters too: the z-score sums run in memory order, so a transposed view

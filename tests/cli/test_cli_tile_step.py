@@ -1,4 +1,5 @@
-"""--tile-step: the opt-in fast mode is checked, reaches the engine, and is a different result."""
+"""--tile-step, --precision and --fast: the opt-in fast mode is checked, reaches the engine,
+is stamped, and is a different result."""
 
 from __future__ import annotations
 
@@ -15,14 +16,17 @@ class OptionsSeen(FakeEngineFactory):
     """Fake engines that remember the tile step of every image they were asked to segment."""
 
     tile_steps: list[float]
+    precisions: list[str]
 
     def __call__(self, weights, device, threads):
         engine = super().__call__(weights, device, threads)
         self.tile_steps = getattr(self, "tile_steps", [])
+        self.precisions = getattr(self, "precisions", [])
         segment = engine.segment
 
         def seen(img, options, **kwargs):
             self.tile_steps.append(options.tile_step)
+            self.precisions.append(options.precision)
             return segment(img, options, **kwargs)
 
         engine.segment = seen  # type: ignore[method-assign]
@@ -62,3 +66,60 @@ def test_out_of_range_tile_step_is_a_usage_error(capsys, value):
     _, err = capsys.readouterr()
     assert rc == 64
     assert f"{value!r} is not a number between 0.5 and 1.0" in err
+
+
+def test_precision_and_fast_reach_the_engine_and_the_stamp(capsys, dataset, weights, tmp_path):
+    out = tmp_path / "out"
+    rc, _, factory = run(capsys, dataset, out, weights, "--participant-label", "02")
+    assert rc == 0 and factory.precisions == ["auto", "auto"]
+    assert "precision" not in read_stamp(stamp_path(out, IMAGE))["options"]  # old hashes hold
+
+    rc, err, factory = run(
+        capsys, dataset, out, weights, "--participant-label", "02", "--precision", "fp32"
+    )
+    assert rc == 0 and "made with other options" in err
+    assert factory.precisions == ["fp32", "fp32"]
+    assert read_stamp(stamp_path(out, IMAGE))["options"]["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_fast_is_bf16_and_tile_step_1_where_bf16_is_native(
+    capsys, dataset, weights, tmp_path, monkeypatch, native
+):
+    monkeypatch.setattr("bids_app.nnunet.model.cpu_bf16_native", lambda: native)
+    out = tmp_path / "out"
+    argv = ("--participant-label", "02", "--device", "cpu", "--fast")
+    rc, err, factory = run(capsys, dataset, out, weights, *argv)
+    assert rc == 0
+    assert factory.tile_steps == [1.0, 1.0]
+    want = "bf16" if native else "auto"
+    assert factory.precisions == [want, want]
+    options = read_stamp(stamp_path(out, IMAGE))["options"]
+    assert options["tile_step"] == 1.0 and options.get("precision", "auto") == want
+    said = [line for line in err.splitlines() if "no bfloat16 unit" in line]
+    assert len(said) == (0 if native else 1)
+
+
+def test_bf16_on_a_cpu_without_it_warns_in_one_line(
+    capsys, dataset, weights, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("bids_app.nnunet.model.cpu_bf16_native", lambda: False)
+    argv = ("--participant-label", "02", "--device", "cpu", "--precision", "bf16")
+    rc, err, factory = run(capsys, dataset, tmp_path / "out", weights, *argv)
+    assert rc == 0 and factory.precisions == ["bf16", "bf16"]
+    assert len([ln for ln in err.splitlines() if "emulated and slower than fp32" in ln]) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--fast", "--tile-step", "0.5"], "--fast sets --tile-step and --precision"),
+        (["--fast", "--precision", "fp32"], "--fast sets --tile-step and --precision"),
+        (["--precision", "fp16"], "invalid choice: 'fp16'"),
+    ],
+)
+def test_conflicting_or_unknown_precision_is_a_usage_error(capsys, extra, message):
+    rc = main(["bids", "out", "participant", *extra])
+    _, err = capsys.readouterr()
+    assert rc == 64
+    assert message in err

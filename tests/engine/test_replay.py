@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from bids_app import labeling
-from bids_app.corrections import files as C
+from bids_app.corrections import checking, finding
+from bids_app.corrections.kept import load_kept, save_kept
+from bids_app.corrections.replay import KeptMismatch, from_manual, relabel
 from bids_app.engine import geometry as geo
 from bids_app.engine.networks import Prediction
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.pipeline import CANAL_HEAD, CORD_HEAD, SpineSegEngine
-from bids_app.engine.replay import KeptMismatch, from_manual, load_kept, relabel, save_kept
 from bids_app.phantom.render import Acquisition, render_phantom
 from bids_app.phantom.targets import step1_target, step2_target
 from bids_app.plumbing import labels as L
@@ -32,7 +33,7 @@ class TruthPredictor:
         self.truth = truth_iso
         self.calls: list[str] = []
 
-    def predict(self, step, channels, return_probabilities=False, tile_step=0.5):
+    def predict(self, step, channels, return_probabilities=False, tile_step=0.5, precision="auto"):
         self.calls.append(step)
         if step == "step1":
             labels = step1_target(self.truth)
@@ -94,11 +95,11 @@ def test_disc_points_fix_the_levels_without_a_network(tmp_path, phantom, truth, 
     assert _dice(final == 64, truth == 63) > 0.8
     path = tmp_path / "sub-01_T2w_label-discs_dlabel.nii.gz"
     nib.save(nib.Nifti1Image(_sct_points(truth, {3: 63, 4: 64, 6: 66}), phantom.image.affine), path)
-    points = C.disc_points(
-        C.Correction(C.DISCS_KIND, path, "sub-01/anat/sub-01_T2w"), phantom.image
+    points = checking.disc_points(
+        finding.Correction(finding.DISCS_KIND, path, "sub-01/anat/sub-01_T2w"), phantom.image
     )
     assert sorted(points) == [63, 64, 66]
-    loc = C.points_localizer(points)
+    loc = checking.points_localizer(points)
     res = relabel(phantom.image, first_run.kept, SegmentOptions(), device="cpu", loc=loc)
     fixed = np.asarray(res.native["final"].dataobj)
     for level in (63, 64, 65, 66, 12, 13, 14):
