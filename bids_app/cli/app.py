@@ -17,7 +17,7 @@ from pathlib import Path
 from bids_app.bids import discovery as disc
 from bids_app.cli.parser import LEVELS
 from bids_app.cli.slurm_args import slurm_config
-from bids_app.corrections import files as corrections
+from bids_app.corrections import finding as corrections
 from bids_app.engine.options import SegmentOptions
 from bids_app.plumbing.errors import ExitCode, UserError
 from bids_app.run import slurm

@@ -35,7 +35,7 @@ class EngineResult:
     errors: list[str] = field(default_factory=list)  # non-fatal failures (e.g. step 2 labeling)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     device: str = "cpu"
-    # What the networks gave, on the 1 mm grid (see `bids_app.engine.replay`): enough to
+    # What the networks gave, on the 1 mm grid (see `bids_app.corrections.replay`): enough to
     # relabel the image later without running them again.
     kept: dict[str, np.ndarray] = field(default_factory=dict)
 

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_app.corrections import files as C
+from bids_app.corrections import checking, finding
 
 SOURCES = ["sub-01/ses-01/anat/sub-01_ses-01_acq-sag_T2w.nii.gz", "sub-02/anat/sub-02_T1w.nii.gz"]
 
@@ -33,9 +33,9 @@ def test_both_naming_styles_match_by_entities(bids, tmp_path) -> None:
     touch(labels, "sub-01/ses-01/anat/sub-01_ses-01_acq-sag_seg-spine_desc-T2w_dseg.nii.gz")
     touch(labels, "sub-02/anat/sub-02_T1w_label-SC_seg.nii.gz")  # a cord mask: not ours
     touch(labels, "sub-03/anat/sub-03_T2w_label-disc_dlabel.nii.gz")  # exists, not selected
-    found = C.find_corrections(labels)
+    found = finding.find_corrections(labels)
     assert [c.kind for c in found] == ["discs", "seg", "discs"]
-    matched = C.match(found, labels, bids, SOURCES)
+    matched = finding.match(found, labels, bids, SOURCES)
     mine = matched.by_source["sub-01/ses-01/anat/sub-01_ses-01_acq-sag_T2w"]
     assert set(mine) == {"discs", "seg"}
     assert matched.problems == []
@@ -46,7 +46,7 @@ def test_unmatched_and_doubled_corrections_are_one_line_each(bids, tmp_path) -> 
     touch(labels, "sub-02/anat/sub-02_T1w_label-disc_dlabel.nii.gz")
     touch(labels, "sub-02/anat/sub-02_T1w_labels-disc.nii.gz")
     touch(labels, "sub-09/anat/sub-09_T2w_label-discs_dlabel.nii.gz")
-    matched = C.match(C.find_corrections(labels), labels, bids, SOURCES)
+    matched = finding.match(finding.find_corrections(labels), labels, bids, SOURCES)
     assert matched.by_source == {}
     doubled, missing = sorted(matched.problems, key=lambda line: "sub-09" in line)
     assert len(matched.problems) == 2
@@ -56,13 +56,13 @@ def test_unmatched_and_doubled_corrections_are_one_line_each(bids, tmp_path) -> 
 
 def test_default_folder_and_refusals(bids, tmp_path) -> None:
     out = bids / "derivatives" / "spineseg"
-    assert C.resolve_dir(None, bids, out) is None
+    assert finding.resolve_dir(None, bids, out) is None
     (bids / "derivatives" / "labels").mkdir(parents=True)
-    assert C.resolve_dir(None, bids, out) == (bids / "derivatives" / "labels").resolve()
-    assert C.resolve_dir("none", bids, out) is None
+    assert finding.resolve_dir(None, bids, out) == (bids / "derivatives" / "labels").resolve()
+    assert finding.resolve_dir("none", bids, out) is None
     out.mkdir()
     with pytest.raises(ValueError, match="not corrections"):
-        C.resolve_dir(str(out), bids, out)
+        finding.resolve_dir(str(out), bids, out)
 
 
 def test_disc_numbers_of_both_styles_give_the_same_discs(tmp_path) -> None:
@@ -74,10 +74,10 @@ def test_disc_numbers_of_both_styles_give_the_same_discs(tmp_path) -> None:
     for name, data in (("a", sct), ("b", tss)):
         path = tmp_path / f"sub-01_T2w_{name}_label-discs_dlabel.nii.gz"
         nib.save(nib.Nifti1Image(data, np.eye(4)), path)
-        got.append(C.disc_points(C.Correction("discs", path, "x"), img))
+        got.append(checking.disc_points(finding.Correction("discs", path, "x"), img))
     assert sorted(got[0]) == sorted(got[1]) == [63, 71]
     assert np.allclose(got[0][63], [2, 2, 25])
-    loc = C.points_localizer(got[0])
+    loc = checking.points_localizer(got[0])
     data = np.asarray(loc.dataobj)
     assert {int(v) for v in np.unique(data)} == {0, 63, 71}
     assert (data == 63).sum() == (data == 71).sum() > 200  # a 4 mm ball: 257 voxels

@@ -32,5 +32,7 @@ def no_qc(request, monkeypatch):
     """
     if "with_qc" not in request.keywords:
         from bids_app.run import participant
+        from bids_app.run.stages import image_qc
 
         monkeypatch.setattr(participant, "qc", NO_QC)
+        monkeypatch.setattr(image_qc, "qc", NO_QC)

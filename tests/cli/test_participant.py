@@ -15,7 +15,8 @@ from bids_app.bids.derivatives import image_output_paths
 from bids_app.bids.stamps import read_stamp, stamp_path
 from bids_app.bids.validation import ValidationReport, find_validator, validate
 from bids_app.cli.main import main
-from bids_app.run import participant, selection
+from bids_app.run import selection
+from bids_app.run.stages import write as write_stage
 
 IMAGES = {
     "sub-01_ses-01_acq-sag_T2w.nii.gz": (
@@ -283,7 +284,7 @@ def test_write_failure_stops_with_74_and_no_ok_stamp(run, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "/out/sub-01/x.nii.gz")
 
-    monkeypatch.setattr(participant, "write_image_outputs", disk_full)
+    monkeypatch.setattr(write_stage, "write_image_outputs", disk_full)
     rc, _, stderr, _ = run()
     assert rc == 74
     assert stderr.strip().splitlines()[-1] == (

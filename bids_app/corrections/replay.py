@@ -7,14 +7,13 @@ grid) are replayed through the same `SpineSegEngine.segment` by a predictor that
 instead of running a model. If the relabelled step 1 asks step 2 for another input (another
 crop or alternate-disc channel), the kept step-2 output does not answer it: `KeptMismatch`,
 and the caller runs the networks. A corrected final segmentation needs no network at all
-(`from_manual`). Knows nothing of BIDS: arrays and images in, an `EngineResult` out.
+(`from_manual`). Where the kept outputs are stored is `corrections.kept`. Knows nothing of
+BIDS: arrays and images in, an `EngineResult` out; the engine does not know this module.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -27,7 +26,6 @@ from bids_app.engine.options import SegmentOptions
 from bids_app.engine.pipeline import CANAL_HEAD, CORD_HEAD, SpineSegEngine
 from bids_app.engine.result import EngineError, EngineResult
 from bids_app.nnunet import REFERENCE_TILE_STEP
-from bids_app.plumbing.atomic import atomic_path
 from bids_app.plumbing.labels import CANAL, CORD, SACRUM, STEP1_REGIONS, VERTEBRAE
 
 C1, C2 = sorted(VERTEBRAE)[:2]
@@ -36,29 +34,6 @@ STEP1_OTHER_BONE = 50  # step-1 label of every vertebra but C1, sacrum included
 
 class KeptMismatch(EngineError):
     """The kept network outputs do not answer what this relabeling asks: run the networks."""
-
-
-def save_kept(path: Path, kept: Mapping[str, np.ndarray], meta: Mapping[str, object]) -> int:
-    """Write the kept outputs (compressed) with `meta` (what they were made from); returns
-    the file's size in bytes."""
-    arrays = {k: np.asarray(v) for k, v in kept.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, ".npz") as tmp, open(tmp, "wb") as f:
-        meta_text = np.array(json.dumps(dict(meta), sort_keys=True))
-        np.savez_compressed(f, meta=meta_text, **arrays)  # type: ignore[arg-type]
-    return path.stat().st_size
-
-
-def load_kept(path: Path, meta: Mapping[str, object]) -> dict[str, np.ndarray] | None:
-    """The kept outputs, or None when missing, unreadable or made from something else."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if json.loads(str(data["meta"])) != json.loads(json.dumps(dict(meta))):
-                return None
-            kept = {k: data[k] for k in data.files if k != "meta"}
-    except (OSError, ValueError, KeyError):
-        return None
-    return kept if {"step1", "canal_soft", "cord_soft"} <= set(kept) else None
 
 
 class ReplayPredictor:
