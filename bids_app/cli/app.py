@@ -152,6 +152,7 @@ def build_config(args: argparse.Namespace, paths: Paths) -> RunConfig:
             iso=args.iso,
             assume_top_disc=args.assume_top_disc,
             tile_step=args.tile_step,
+            precision=args.precision,
         ),
         resources=Resources(
             devices=args.device,

@@ -33,7 +33,7 @@ class TruthPredictor:
         self.truth = truth_iso
         self.calls: list[str] = []
 
-    def predict(self, step, channels, return_probabilities=False, tile_step=0.5):
+    def predict(self, step, channels, return_probabilities=False, tile_step=0.5, precision="auto"):
         self.calls.append(step)
         if step == "step1":
             labels = step1_target(self.truth)
