@@ -25,7 +25,7 @@ from bids_app.engine.networks import Prediction
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.pipeline import CANAL_HEAD, CORD_HEAD, SpineSegEngine
 from bids_app.engine.result import EngineError, EngineResult
-from bids_app.nnunet import REFERENCE_TILE_STEP
+from bids_app.nnunet import REFERENCE_PRECISION, REFERENCE_TILE_STEP
 from bids_app.plumbing.labels import CANAL, CORD, SACRUM, STEP1_REGIONS, VERTEBRAE
 
 C1, C2 = sorted(VERTEBRAE)[:2]
@@ -48,9 +48,10 @@ class ReplayPredictor:
         channels: np.ndarray,
         return_probabilities: bool = False,
         tile_step: float = REFERENCE_TILE_STEP,
+        precision: str = REFERENCE_PRECISION,
     ) -> Prediction:
-        """The kept output of the first run (made with the tile step the options hash holds,
-        so `tile_step` is the same here)."""
+        """The kept output of the first run (made with the tile step and precision the
+        options hash holds, so `tile_step` and `precision` are the same here)."""
         labels = self.kept.get(step)
         if labels is None or labels.shape != channels.shape[1:]:
             raise KeptMismatch(f"no kept {step} output for this input")
