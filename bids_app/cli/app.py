@@ -33,36 +33,51 @@ log = logging.getLogger(__name__)
 # Checks
 
 
-def expand_labels(values: Sequence[str] | None, prefix: str, option: str) -> list[str] | None:
-    """Labels from the command line: strip `sub-`/`ses-`, read files, check, deduplicate.
+LABEL_FILE_SUFFIXES = (".txt", ".tsv")
 
-    A value naming an existing file is read as one label per line (first column; a
-    `participant_id`/`session_id` header and `#` comments are skipped), so participants.tsv
-    can be passed as is.
-    """
+
+def label_file(value: str) -> Path | None:
+    """The file a label value names, when the user says it is one: `@FILE`, or a name ending
+    in .txt or .tsv (no label has a dot). Never because a file of that name happens to
+    exist: a label is a label even where a file is called like it."""
+    if value.startswith("@"):
+        return Path(value[1:])
+    if value.lower().endswith(LABEL_FILE_SUFFIXES):
+        return Path(value)
+    return None
+
+
+def read_label_file(path: Path, option: str) -> list[str]:
+    """One label per line (first column; a `participant_id`/`session_id` header and `#`
+    comments are skipped), so participants.tsv can be passed as is."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise UserError(ExitCode.USAGE, f"{option} {path}: cannot read ({e.strerror or e})") from e
+    tokens = [ln.split()[0] for ln in lines if ln.strip() and not ln.startswith("#")]
+    tokens = [t for t in tokens if t not in ("participant_id", "session_id")]
+    if not tokens:
+        raise UserError(ExitCode.USAGE, f"{path}: {option} file holds no label")
+    return tokens
+
+
+def expand_labels(values: Sequence[str] | None, prefix: str, option: str) -> list[str] | None:
+    """Labels from the command line: strip `sub-`/`ses-`, read label files (see
+    `label_file`), check, deduplicate."""
     if not values:
         return None
     labels: list[str] = []
     for value in values:
-        path = Path(value)
-        if path.is_file():
-            try:
-                lines = path.read_text().splitlines()
-            except OSError as e:
-                raise UserError(ExitCode.USAGE, f"{path}: cannot read ({e.strerror or e})") from e
-            tokens = [ln.split()[0] for ln in lines if ln.strip() and not ln.startswith("#")]
-            tokens = [t for t in tokens if t not in ("participant_id", "session_id")]
-            if not tokens:
-                raise UserError(ExitCode.USAGE, f"{path}: {option} file holds no label")
-        else:
-            tokens = [value]
+        path = label_file(value)
+        tokens = read_label_file(path, option) if path is not None else [value]
         for token in tokens:
             label = token.removeprefix(prefix)
             if not disc.LABEL_RE.match(label):
                 raise UserError(
                     ExitCode.USAGE,
                     f"{option} {token!r}: a label is letters and digits only "
-                    f"(with or without '{prefix}')",
+                    f"(with or without '{prefix}'); a file of labels is given as @FILE or "
+                    "a name ending in .txt or .tsv",
                 )
             if label not in labels:
                 labels.append(label)
@@ -127,7 +142,7 @@ def build_config(args: argparse.Namespace, paths: Paths) -> RunConfig:
     # Labels typed one by one must exist; those read from a file (participants.tsv) may list
     # subjects without an anatomical image (MEG's sub-emptyroom), which are then skipped.
     values = args.participant_label or []
-    inline = [v for v in values if not Path(v).is_file()]
+    inline = [v for v in values if label_file(v) is None]
     participants = expand_labels(inline, "sub-", "--participant-label")
     listed = expand_labels([v for v in values if v not in inline], "sub-", "--participant-label")
     sessions = expand_labels(args.session_label, "ses-", "--session-label")

@@ -238,8 +238,8 @@ def bids_app_parser() -> BidsAppParser:
         dest="participant_label",
         nargs="+",
         metavar="LABEL|FILE",
-        help="participants to process, with or without 'sub-', or a file with one per line "
-        "(participants.tsv works); default: all",
+        help="participants to process, with or without 'sub-'; @FILE, or a FILE whose name "
+        "ends in .txt or .tsv, lists one per line (participants.tsv works); default: all",
     )
     sel.add_argument(
         "--session-label",
@@ -248,7 +248,8 @@ def bids_app_parser() -> BidsAppParser:
         dest="session_label",
         nargs="+",
         metavar="LABEL|FILE",
-        help="sessions to process, with or without 'ses-', or a file; default: all",
+        help="sessions to process, with or without 'ses-'; @FILE or a .txt/.tsv FILE lists "
+        "one per line; default: all",
     )
     sel.add_argument(
         "--suffix",

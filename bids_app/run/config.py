@@ -30,8 +30,8 @@ class SelectionConfig:
     frozen: Path | None = None  # a selection file written with the SLURM script: no pybids
 
     @property
-    def all_participants(self) -> tuple[str, ...] | None:
-        """Every participant label given, inline or in a file (None = all)."""
+    def participant_labels(self) -> tuple[str, ...] | None:
+        """The participant labels given, inline or in a file; None when none were (all)."""
         labels = (*(self.participants or ()), *(self.listed_participants or ()))
         return tuple(dict.fromkeys(labels)) or None
 

@@ -54,8 +54,8 @@ def run_group(config: RunConfig) -> int:
         )
     listed = selection.listed_participants or ()
     without = [p for p in listed if p not in recorded]
-    chosen = [p for p in selection.all_participants or () if p in recorded]
-    if selection.all_participants and not chosen:
+    chosen = [p for p in selection.participant_labels or () if p in recorded]
+    if selection.participant_labels and not chosen:
         raise UserError(
             ExitCode.EMPTY_SELECTION,
             f"{out}: no participant-level records for any listed participant "

@@ -324,12 +324,12 @@ def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
         # validator then sees only the subjects that will be segmented.
         selection = select(config)
         if not config.selection.skip_validation:
-            subset = selection.subjects if config.selection.all_participants else None
+            subset = selection.subjects if config.selection.participant_labels else None
             validate_input(config.bids_dir, subset, scratch, logfile)
         say(*selection.describe())
         if config.reports_only:
             written = qc.rebuild_reports(
-                out, config.bids_dir, config.selection.all_participants, config.selection.sessions
+                out, config.bids_dir, config.selection.participant_labels, config.selection.sessions
             )
             say(*(f"wrote {w}" for w in written))
             return ExitCode.OK

@@ -93,7 +93,7 @@ def select(config: RunConfig) -> disc.Selection:
     try:
         if cfg.frozen is not None:
             frozen = disc.load_selection(cfg.frozen, config.bids_dir)
-            return disc.restrict_selection(frozen, cfg.frozen, cfg.all_participants, cfg.sessions)
+            return disc.restrict_selection(frozen, cfg.frozen, cfg.participant_labels, cfg.sessions)
         queries, loc_query = build_queries(cfg)
         return disc.discover(
             config.bids_dir,

@@ -160,6 +160,42 @@ def test_participant_labels_select_subjects(capsys, dataset, weights, tmp_path):
         assert "Selection: 1 subject(s), 2 image(s)" in out
 
 
+def test_labels_come_from_a_file_only_when_the_user_says_so(
+    capsys, dataset, weights, tmp_path, monkeypatch
+):
+    """A file in the current folder named like a label is not read; @FILE is."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "01").write_text("sub-02\n")  # named like the label the user typed
+    (tmp_path / "sub-02").write_text("sub-01\n")
+    (tmp_path / "mine").write_text("# who\nsub-02\n")  # no .txt: only @mine makes it a file
+    for label, subject in (("01", "sub-01"), ("sub-02", "sub-02"), ("@mine", "sub-02")):
+        factory = FakeEngineFactory()
+        rc, _, err = participant(
+            dataset,
+            tmp_path / "out",
+            "--participant-label",
+            label,
+            "--overwrite",
+            weights=weights,
+            capsys=capsys,
+            factory=factory,
+        )
+        assert rc == 0, err
+        assert factory.calls and {c[0].split("_")[0] for c in factory.calls} == {subject}, label
+
+
+@pytest.mark.parametrize("value", ["@absent", "@absent.txt", "absent.tsv", "@"])
+def test_a_missing_label_file_is_one_line_and_exit_64(capsys, dataset, weights, tmp_path, value):
+    rc, _, err = participant(
+        dataset, tmp_path / "out", "--participant-label", value, weights=weights, capsys=capsys
+    )
+    lines = err.strip().splitlines()
+    assert rc == 64 and len(lines) == 1, err
+    assert lines[0].startswith("spineseg: error: --participant-label ")
+    assert "cannot read" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_selection_errors(capsys, dataset, weights, tmp_path):
     out = tmp_path / "out"
     rc, _, err = participant(
