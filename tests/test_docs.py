@@ -126,3 +126,12 @@ def test_make_demo_installs_only_the_runtime_package():
 def test_weight_urls_are_not_project_urls():
     pyproject = (REPO / "pyproject.toml").read_text()
     assert ".zip" not in pyproject
+
+
+def test_group_qc_sidecar_describes_every_column():
+    # docs/outputs.md renders this sidecar as the column reference of group_qc.tsv.
+    from bids_app.qc import group
+    from bids_app.qc.thresholds import Thresholds
+
+    described = set(group.qc_sidecar(Thresholds()))
+    assert set(group.QC_COLUMNS) <= described, set(group.QC_COLUMNS) - described

@@ -338,12 +338,24 @@ def qc_sidecar(th: Thresholds) -> dict[str, object]:
                     "disc points": "levels numbered from manual disc points",
                 },
             },
+            "app_version": {"Description": "SpineSeg version that made the outputs."},
+            "model_release": {"Description": "Weights release of the spine networks."},
+            "device": {"Description": "Device the networks ran on (cpu, cuda:N)."},
             "runtime_s": {
                 "Description": "Wall time of the image at participant level.",
                 "Units": "s",
             },
             "voxel_size_mm": {"Description": "Voxel size of the source image.", "Units": "mm"},
+            "shape": {"Description": "Voxel grid of the source image (i x j x k)."},
+            "orientation": {"Description": "Axis codes of the source image (e.g. RAS, PSR)."},
             "levels_present": {"Description": "Range of vertebrae and discs found."},
+            "top_level": {"Description": "Most superior structure found (level name)."},
+            "bottom_level": {"Description": "Most inferior structure found (level name)."},
+            "n_labels": {"Description": "Number of distinct final labels present."},
+            "flag_reasons": {"Description": "Raised flags with their one-line reasons, '; '."},
+            "outlier_measures": {
+                "Description": "Measures outside the group's Tukey fences, as measure=value."
+            },
             "qc_rating": {
                 "Description": "Manual rating saved from the subject report (read from the "
                 "ratings folder); n/a when not rated.",

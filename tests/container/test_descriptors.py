@@ -123,12 +123,24 @@ def test_inputs_shared_by_both_levels_are_identical():
         assert part[key] == group[key], key
 
 
+# name:tag, optionally pinned to the published build by its digest (docs/scale.md,
+# "Publishing the CUDA image").
+IMAGE_REF = re.compile(r"(?P<name>[a-z0-9./_-]+):(?P<tag>[\w.-]+)(@sha256:[0-9a-f]{64})?")
+
+
 @pytest.mark.parametrize("level", sorted(DESCRIPTORS))
 def test_version_and_image_tag_match_the_version_file(level):
     version = (REPO / "version").read_text().strip()
     desc = _load(DESCRIPTORS[level])
     assert desc["tool-version"] == version
-    assert desc["container-image"]["image"].rsplit(":", 1)[1] == version
+    ref = IMAGE_REF.fullmatch(desc["container-image"]["image"])
+    assert ref, desc["container-image"]["image"]
+    assert ref["tag"] == version
+
+
+def test_both_levels_run_the_same_image():
+    images = {_load(path)["container-image"]["image"] for path in DESCRIPTORS.values()}
+    assert len(images) == 1, images
 
 
 def test_value_keys_are_bracketed_and_unique():
