@@ -368,9 +368,7 @@ def _layout(bids_dir: Path, index_metadata: bool, subjects: Sequence[str] | None
         ignore = None
         if subjects is not None:
             ignore = [*DEFAULT_LOCATIONS_TO_IGNORE, _only_these_subjects(subjects)]
-        indexer = BIDSLayoutIndexer(
-            validate=False, index_metadata=index_metadata, ignore=ignore
-        )
+        indexer = BIDSLayoutIndexer(validate=False, index_metadata=index_metadata, ignore=ignore)
         config = _anchored_config(bids_dir)
         return BIDSLayout(str(bids_dir), validate=False, indexer=indexer, config=[config])
     except Exception as e:  # pybids raises many types for a broken dataset
