@@ -135,3 +135,20 @@ def test_group_qc_sidecar_describes_every_column():
 
     described = set(group.qc_sidecar(Thresholds()))
     assert set(group.QC_COLUMNS) <= described, set(group.QC_COLUMNS) - described
+
+
+def test_code_map_matches_the_package_layout():
+    """docs/development.md names every package and run/ module, and only paths that exist."""
+    text = (DOCS / "development.md").read_text()
+    section = text.split("## Where things are", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"^\| `([^`]+)`", section, re.M))
+    gone = [path for path in named if not (REPO / path.rstrip("/")).exists()]
+    assert not gone, f"code map names paths that do not exist: {gone}"
+    pkg = REPO / "bids_app"
+    wanted = {f"bids_app/{d.name}/" for d in pkg.iterdir() if (d / "__init__.py").is_file()}
+    wanted -= {"bids_app/run/"}  # listed module by module below
+    wanted |= {f"bids_app/run/{m.name}" for m in (pkg / "run").glob("*.py")}
+    wanted |= {f"bids_app/run/{d.name}/" for d in (pkg / "run").iterdir() if d.is_dir()}
+    wanted -= {"bids_app/run/__init__.py", "bids_app/run/__pycache__/"}
+    missing = sorted(wanted - named)
+    assert not missing, f"docs/development.md code map lacks {missing}"
