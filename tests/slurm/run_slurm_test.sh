@@ -12,7 +12,11 @@
 #      shared files intact, bids-validator-deno 0 errors, the input tree unchanged;
 #   3. resubmits the array: finished tasks end within seconds and rewrite nothing;
 #   4. kills a task with scancel while it segments, checks that nothing half written is
-#      visible, resubmits that task alone and checks that it completes.
+#      visible, resubmits that task alone and checks that it completes;
+#   5. a GPU request (the node has a gres `gpu:2` backed by empty files, no GPU needed): the
+#      script SpineSeg writes for --slurm-gpus 1 is accepted, its tasks get a GPU and run;
+#   6. more tasks than --slurm-max-array: the split arrays are accepted, while one array over
+#      the cluster's MaxArraySize (4 here) is refused by sbatch.
 # Prints how long each part took.
 #
 # Usage: tests/slurm/run_slurm_test.sh [--keep]    (--keep: keep the temporary folder)
@@ -138,12 +142,18 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 SchedulerType=sched/backfill
 MpiDefault=none
+GresTypes=gpu
+MaxArraySize=4
 ReturnToService=2
 MinJobAge=3600
 KillWait=10
-$NODE_LINE NodeAddr=127.0.0.1 State=UNKNOWN
+$NODE_LINE Gres=gpu:2 NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=test Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
+# Two GPUs without hardware: Slurm books them like real ones. A count-only GPU is dropped by
+# slurmd ("Removing file-less GPU"), so each stands for an empty file (no device cgroups here).
+mkdir -p "$WORK/fake-gpu" && touch "$WORK/fake-gpu/gpu0" "$WORK/fake-gpu/gpu1"
+echo "NodeName=$NODE Name=gpu File=$WORK/fake-gpu/gpu[0-1]" >"$WORK/slurm/gres.conf"
 slurmctld -D -f "$SLURM_CONF" >"$WORK/slurm/log/slurmctld.out" 2>&1 &
 PIDS+=($!)
 slurmd -D -f "$SLURM_CONF" >"$WORK/slurm/log/slurmd.out" 2>&1 &
@@ -355,5 +365,49 @@ print("ok: sub-02 completed by the resubmission; bids-validator-deno: 0 errors")
 EOF
 [ "$(digest bids)" = "$INPUT_DIGEST" ] || fail "the input tree changed"
 lap "resubmitted killed task"
+
+# ---------------------------------------------------------------------------------------------
+step "a GPU request: the script for --slurm-gpus 1 is accepted and its tasks get a GPU"
+"$VENV_BIN/spineseg" bids out participant --slurm-script jobs/gpu.sh --slurm-gpus 1 \
+    --slurm-mem 2G --slurm-time 00:20:00 --nprocs 1 --omp-nthreads 1 --weights demo \
+    --device cpu >/dev/null 2>"$WORK/gpu.err"
+grep -q -- '^#SBATCH --gres=gpu:1$' jobs/gpu.sh || fail "no --gres=gpu:1 line in jobs/gpu.sh"
+if grep -q -- '--gpus-per-task\|--tres-per-task' jobs/gpu.sh && ! grep -q -- '--ntasks' jobs/gpu.sh; then
+    fail "--gpus-per-task without --ntasks (refused by Slurm 23.11 and later)"
+fi
+grep -q "books 1 GPU(s) it leaves idle" "$WORK/gpu.err" || fail "no warning for --device cpu with a GPU"
+GPU=$(sbatch --parsable jobs/gpu.sh) || fail "sbatch refused the GPU request"
+wait_gone "$GPU"
+task_states "$GPU" | tee "$WORK/states-gpu"
+[ "$(cut -d' ' -f1-3 "$WORK/states-gpu")" = "$expected_states" ] || fail "GPU task states"
+[ "$(scontrol -o show job "$GPU" | grep -c 'TresPerNode=gres:gpu:1')" -eq 4 ] ||
+    fail "the tasks did not ask for one GPU each"
+sed 's/^#SBATCH --gres=gpu:1$/#SBATCH --gres=gpu:3/' jobs/gpu.sh >"$WORK/gpu3.sh"
+if sbatch --test-only "$WORK/gpu3.sh" >/dev/null 2>&1; then
+    fail "the node has 2 GPUs, yet a request for 3 was accepted: the GPUs are not counted"
+fi
+ok "sbatch accepted --gres=gpu:1 (and refused 3 of the node's 2 GPUs); 4 GPU tasks ran"
+lap "GPU request (count-only gres)"
+
+# ---------------------------------------------------------------------------------------------
+step "more tasks than MaxArraySize: split arrays are accepted"
+if sbatch --test-only --array=0-4 jobs/spineseg.sh >/dev/null 2>&1; then
+    fail "sbatch accepted --array=0-4 although MaxArraySize=4"
+fi
+"$VENV_BIN/spineseg" bids out participant --slurm-script jobs/split.sh --slurm-max-array 3 \
+    --slurm-mem 2G --nprocs 1 --omp-nthreads 1 --weights demo --device cpu >"$WORK/split.out"
+grep -qx -- '#SBATCH --array=0-2' jobs/split.sh || fail "jobs/split.sh is not the array 0-2"
+grep -qx -- '#SBATCH --array=0-0' jobs/split_part2.sh || fail "jobs/split_part2.sh is not 0-0"
+S1=$(sbatch --parsable jobs/split.sh) || fail "sbatch refused jobs/split.sh"
+S2=$(sbatch --parsable jobs/split_part2.sh) || fail "sbatch refused jobs/split_part2.sh"
+SG=$(sbatch --parsable --dependency=afterany:"$S1":"$S2" jobs/split_group.sh)
+wait_gone "$S1" "$S2" "$SG"
+{ task_states "$S1"; task_states "$S2" | sed 's/^0 /3 /'; } | tee "$WORK/states-split"
+[ "$(cut -d' ' -f1-3 "$WORK/states-split")" = "$expected_states" ] || fail "split task states"
+grep -qF 'array2=$(sbatch --parsable' "$WORK/split.out" || fail "the submit lines miss array 2"
+[ "$(scontrol -o show job "$SG" | grep -o 'JobState=[A-Z]*')" = JobState=COMPLETED ] ||
+    fail "the group job after the split arrays did not complete"
+ok "4 tasks as arrays 0-2 and 0-0 (MaxArraySize 4, --slurm-max-array 3), group level after both"
+lap "split arrays"
 echo
-echo "PASS: SLURM array, group level, resubmission and scancel recovery"
+echo "PASS: SLURM array, group level, resubmission, scancel recovery, GPU request, split arrays"
