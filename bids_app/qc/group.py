@@ -111,7 +111,7 @@ ANGLES: tuple[Column, ...] = (
             name,
             title,
             "Sagittal angle between two endplates (vertebra-disc interfaces) in scanner mm; "
-            "see the README's alignment section.",
+            "see the documentation, QC and ratings (Alignment).",
             "deg",
         )
         for name, title in TITLES.items()
