@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bids_app.bids.derivatives import DERIVATIVE_ENTITY_ORDER
 from bids_app.bids.stamps import source_stem
+from bids_app.bids.validation import subject_view
 from bids_app.plumbing.errors import one_line
 
 DEFAULT_SUFFIXES = ("T2w", "T1w")
@@ -346,35 +349,47 @@ def subject_folders(bids_dir: Path) -> list[str]:
         )
 
 
-def _only_these_subjects(subjects: Sequence[str]) -> re.Pattern:
-    """pybids ignore pattern for every top-level `sub-*` path except these subjects'.
-
-    pybids matches it against '/'-prefixed paths relative to the root, so the other subjects'
-    folders are never walked: a one-subject call of a 10,000-subject dataset indexes one
-    folder (what fMRIPrep and MRIQC do with their participant filter).
-    """
-    wanted = "|".join(re.escape(s) for s in subjects)
-    return re.compile(rf"^/sub-(?!(?:{wanted})(?:/|$))")
-
-
-def _layout(bids_dir: Path, index_metadata: bool, subjects: Sequence[str] | None = None):
-    """pybids' index of the dataset; of only these subjects' folders when `subjects` is given."""
+def _layout(bids_dir: Path, index_metadata: bool):
     from bids import BIDSLayout, BIDSLayoutIndexer
-    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
 
     if not bids_dir.is_dir():
         raise DiscoveryError(f"{bids_dir}: not a folder")
     try:
-        ignore = None
-        if subjects is not None:
-            ignore = [*DEFAULT_LOCATIONS_TO_IGNORE, _only_these_subjects(subjects)]
-        indexer = BIDSLayoutIndexer(validate=False, index_metadata=index_metadata, ignore=ignore)
+        indexer = BIDSLayoutIndexer(validate=False, index_metadata=index_metadata)
         config = _anchored_config(bids_dir)
         return BIDSLayout(str(bids_dir), validate=False, indexer=indexer, config=[config])
     except Exception as e:  # pybids raises many types for a broken dataset
         raise DiscoveryError(
             f"{bids_dir}: pybids cannot index the dataset ({_reason(e, bids_dir)})"
         ) from e
+
+
+@contextmanager
+def _index(bids_dir: Path, index_metadata: bool, subjects: Sequence[str] | None) -> Iterator:
+    """pybids' index, and the root its paths lie under: of the whole dataset (`subjects` None),
+    or of a view holding only the top-level files and these subjects' folders (None when
+    there is none). pybids never walks the other subjects: a one-subject call of a 10,000-
+    subject dataset indexes one folder, as fMRIPrep's and MRIQC's participant filter does."""
+    if subjects is None:
+        yield _layout(bids_dir, index_metadata), bids_dir
+    elif not subjects:
+        yield None, bids_dir
+    else:
+        with tempfile.TemporaryDirectory(prefix="spineseg-selection-") as tmp:
+            view = subject_view(bids_dir, subjects, Path(tmp) / bids_dir.name)
+            yield _layout(view, index_metadata), view
+
+
+def _rebased(job: ImageJob, view: Path, bids_dir: Path) -> ImageJob:
+    """The job with its paths in the dataset instead of the view it was indexed through."""
+    if view == bids_dir:
+        return job
+    loc = job.localizer
+    return replace(
+        job,
+        path=bids_dir / job.relpath,
+        localizer=None if loc is None else bids_dir / loc.relative_to(view),
+    )
 
 
 def _get(layout, query: Mapping, source: str, **fixed) -> list:
@@ -413,33 +428,34 @@ def discover(
     index_metadata = bool(keys - _known_entities())
     asked = list(dict.fromkeys(participants or []))
     listed = [label for label in dict.fromkeys(listed_participants or []) if label not in asked]
-    if asked or listed:  # index only the selected subjects' folders
-        found = subject_folders(bids_dir)
-        subjects = sorted(set(asked + listed) & set(found))
-        layout = _layout(bids_dir, index_metadata, subjects) if subjects else None
-        candidates = asked + listed
-    else:
-        layout = _layout(bids_dir, index_metadata)
-        found = sorted(layout.get_subjects())
-        candidates = found
-        subjects = found
-    if not found:
-        raise EmptySelectionError(f"{bids_dir}: no sub-* folder found")
-    fixed: dict[str, object] = {"subject": subjects}
-    if sessions and layout is not None:
-        found_sessions = sorted(layout.get_sessions(subject=subjects))
-        unknown = sorted(set(sessions) - set(found_sessions))
-        if unknown:
-            raise UnknownLabelError(
-                f"{bids_dir}: session label(s) not found for the selected participants: "
-                f"{', '.join(unknown)} (found: {', '.join(found_sessions) or 'none'})"
-            )
-        fixed["session"] = sorted(set(sessions))
+    chosen = asked + listed
+    found = subject_folders(bids_dir) if chosen else None
+    wanted = sorted(set(chosen) & set(found)) if found is not None else None
+    with _index(bids_dir, index_metadata, wanted) as (layout, root):
+        if found is None:
+            found = sorted(layout.get_subjects())
+        if not found:
+            raise EmptySelectionError(f"{bids_dir}: no sub-* folder found")
+        candidates = chosen or found
+        subjects = found if wanted is None else wanted
+        fixed: dict[str, object] = {"subject": subjects}
+        if sessions and layout is not None:
+            found_sessions = sorted(layout.get_sessions(subject=subjects))
+            unknown = sorted(set(sessions) - set(found_sessions))
+            if unknown:
+                raise UnknownLabelError(
+                    f"{bids_dir}: session label(s) not found for the selected participants: "
+                    f"{', '.join(unknown)} (found: {', '.join(found_sessions) or 'none'})"
+                )
+            fixed["session"] = sorted(set(sessions))
 
-    notes: list[str] = []
-    printable = {k: dict(q, **_fixed_json(fixed)) for k, q in queries.items()}
-    loc_printable = dict(localizer_query, **_fixed_json(fixed)) if localizer_query else None
-    jobs = _jobs(layout, bids_dir, queries, localizer_query, fixed, notes) if layout else []
+        notes: list[str] = []
+        printable = {k: dict(q, **_fixed_json(fixed)) for k, q in queries.items()}
+        loc_printable = dict(localizer_query, **_fixed_json(fixed)) if localizer_query else None
+        jobs = []
+        if layout is not None:
+            found_jobs = _jobs(layout, root, queries, localizer_query, fixed, notes)
+            jobs = [_rebased(job, root, bids_dir) for job in found_jobs]
     selection = Selection(jobs, printable, loc_printable, notes=notes)
     with_images = set(selection.subjects)
     missing = [s for s in asked if s not in with_images]

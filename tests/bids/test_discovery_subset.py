@@ -52,6 +52,21 @@ def test_only_selected_subjects_are_indexed_and_the_selection_is_unchanged(
     )
     assert seen == [want]  # label 1 does not pull in sub-10 or sub-11
     assert relpaths(sel) == [j.relpath for j in full.jobs if j.subject in want]
+    # The paths are the dataset's own, not those of the view it was indexed through.
+    assert [j.path for j in sel.jobs] == [j.path for j in full.jobs if j.subject in want]
+    assert all(j.path.is_file() for j in sel.jobs)
+
+
+def test_localizers_of_a_selected_subject_point_into_the_dataset(dataset):
+    loc = disc.localizer_base_query("T1w")
+    queries = disc.default_queries(["T2w"])
+    full = disc.discover(dataset, queries=queries, localizer_query=loc)
+    sel = disc.discover(dataset, queries=queries, localizer_query=loc, participants=["11"])
+    want = [j for j in full.jobs if j.subject == "11"]
+    assert [(j.path, j.localizer, j.is_localizer) for j in sel.jobs] == [
+        (j.path, j.localizer, j.is_localizer) for j in want
+    ]
+    assert any(j.localizer is not None and j.localizer.is_file() for j in sel.jobs)
 
 
 def test_sessions_of_a_selected_subject_are_checked_against_its_own_folder(dataset):
