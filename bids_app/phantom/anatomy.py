@@ -18,6 +18,15 @@ from bids_app.plumbing import labels as L
 # Segment kinds (integers so per-sample look-ups stay vectorised).
 NONE, C1, BODY, DISC, SACRUM = 0, 1, 2, 3, 4
 NARROWING_RAMP_MM = 3.0  # a narrowing fades out linearly over this length beyond its disc
+SHAPES = ("wedge", "biconcave", "crush")
+# Height loss drawn for a requested Genant grade: the middle of the grade's band (grade 3:
+# 47 %, well past its 40 % edge), so that the drawn shape grades as asked.
+GRADE_LOSS = {1: 0.225, 2: 0.325, 3: 0.47}
+# Biconcave dish: the endplates sink within this share of the body's half-depth and half-width.
+DISH_RADIUS = 0.65
+# Wedge: the superior endplate tilts down from this AP share (from the posterior wall), so the
+# height at that share is the intact one.
+WEDGE_HINGE = 0.15
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,35 @@ class Lesion:
         return self.lr_width if self.lr_width is not None else 1.3 * self.width
 
 
+@dataclass(frozen=True)
+class Deformity:
+    """A vertebral body deformity of Genant's semi-quantitative grade 1-3 at one vertebra.
+
+    `wedge`: the superior endplate tilts down anteriorly (anterior height lost against the
+    posterior); `biconcave`: both endplates sink in a central dish (middle height lost);
+    `crush`: the whole body is lower (posterior height lost against its neighbours). The height
+    lost is `loss` (a fraction), by default the middle of the grade's band (`GRADE_LOSS`).
+    """
+
+    level: str
+    shape: str
+    grade: int
+    loss: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.loss if self.loss is not None else GRADE_LOSS[self.grade]
+
+
+@dataclass(frozen=True)
+class Slip:
+    """An anterior slip (listhesis) of the vertebra above `disc` over the one below it, as a
+    percentage of the lower body's superior endplate depth; the whole column above moves."""
+
+    disc: str
+    percent: float
+
+
 @dataclass
 class Anatomy:
     """A whole spine from above C1 to the sacrum, with its world placement."""
@@ -82,6 +120,8 @@ class Anatomy:
     # Disc label -> factor on the canal and cord antero-posterior radii over that disc.
     narrowing: dict[int, float] = field(default_factory=dict)
     lesions: tuple[Lesion, ...] = ()
+    deformities: tuple[Deformity, ...] = ()
+    slips: tuple[Slip, ...] = ()
 
     @property
     def s_total(self) -> float:
@@ -155,6 +195,52 @@ class Anatomy:
         segs = [seg for seg in self.segments if seg.label in labels]
         return min(seg.s_top for seg in segs), max(seg.s_bot for seg in segs)
 
+    def deformity_at(self, label: int) -> Deformity | None:
+        name = L.VERTEBRAE.get(label)
+        return next((d for d in self.deformities if d.level == name), None)
+
+    def endplate_sink(
+        self, label: int, x: np.ndarray, lrn: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """How far (mm, along s) the superior and inferior endplates of a body sink at AP
+        share `x` (0 posterior wall, 1 anterior wall) and left-right share `lrn` (-1..1).
+
+        Zero for an intact or crushed body (a crush is a lower segment, see
+        `random_anatomy`); the space left is the adjacent disc's.
+        """
+        zero = np.zeros(np.broadcast(x, lrn).shape)
+        dfm = self.deformity_at(label)
+        if dfm is None or dfm.shape == "crush":
+            return zero, zero
+        h = self.segment(label).height
+        r = dfm.fraction
+        if dfm.shape == "wedge":
+            # Height at share x: h (1 - r (x - hinge) / (1 - 2 hinge)); anterior share 1-hinge
+            # keeps h (1 - r).
+            return zero + r * h * np.clip((x - WEDGE_HINGE) / (1 - 2 * WEDGE_HINGE), 0, None), zero
+        rho2 = ((x - 0.5) / 0.5) ** 2 + lrn**2
+        dish = 0.5 * r * h * np.clip(1 - rho2 / DISH_RADIUS**2, 0, None)
+        return zero + dish, zero + dish
+
+    def slip_mm(self, disc: int) -> float:
+        """Anterior offset (mm) drawn at a disc: its percentage of the lower body's depth."""
+        name = L.DISCS.get(disc)
+        slip = next((x for x in self.slips if x.disc == name), None)
+        if slip is None:
+            return 0.0
+        i = next(k for k, seg in enumerate(self.segments) if seg.label == disc)
+        return slip.percent / 100 * self.segments[i + 1].depth
+
+    def slip_offset(self, s: np.ndarray) -> np.ndarray:
+        """Anterior offset (mm) of the column at arc lengths s: each slip's full offset above
+        its disc, none below, linearly across the disc (a shear, endplates kept parallel)."""
+        out = np.zeros_like(np.asarray(s, float))
+        for slip in self.slips:
+            label = next(k for k, v in L.DISCS.items() if v == slip.disc)
+            seg = self.segment(label)
+            out = out + self.slip_mm(label) * np.clip((seg.s_bot - s) / seg.height, 0, 1)
+        return out
+
 
 def _vertebra_labels(n_lumbar: int) -> list[int]:
     return [*range(11, 18), *range(21, 33), *range(41, 41 + n_lumbar)]
@@ -190,6 +276,52 @@ def _narrowing_labels(narrowing: Mapping[str, float], segments: list[Segment]) -
     return out
 
 
+def _deformed_segments(
+    segments: list[Segment], deformities: tuple[Deformity, ...]
+) -> list[Segment]:
+    """The segments with each crushed body lowered to (1 - loss) times the mean height of
+    its neighbouring bodies, the column below moving up; ValueError for a bad deformity."""
+    index = {seg.label: i for i, seg in enumerate(segments)}
+    crushed: dict[int, float] = {}
+    for dfm in deformities:
+        label = next((k for k, v in L.VERTEBRAE.items() if v == dfm.level), None)
+        if label is None or label not in index or label in (11, 12):
+            raise ValueError(f"deformity: no vertebral body {dfm.level!r} (C3 to L6) here")
+        if dfm.shape not in SHAPES:
+            raise ValueError(f"deformity at {dfm.level}: shape must be one of {', '.join(SHAPES)}")
+        if dfm.grade not in GRADE_LOSS or not 0.0 < dfm.fraction < 0.8:
+            raise ValueError(f"deformity at {dfm.level}: grade must be 1, 2 or 3")
+        if sum(d.level == dfm.level for d in deformities) > 1:
+            raise ValueError(f"deformity: {dfm.level} given twice")
+        if dfm.shape == "crush":
+            i = index[label]
+            near = [
+                segments[j].height
+                for j in (i - 2, i + 2)
+                if 0 <= j < len(segments) and segments[j].kind == BODY
+            ]
+            crushed[label] = (1 - dfm.fraction) * float(np.mean(near or [segments[i].height]))
+    if not crushed:
+        return segments
+    out, shift = [], 0.0
+    for seg in segments:
+        top = seg.s_top - shift
+        if seg.label in crushed:
+            shift += seg.height - crushed[seg.label]
+        out.append(Segment(seg.kind, seg.label, top, seg.s_bot - shift, seg.depth, seg.width))
+    return out
+
+
+def _check_slips(anat: Anatomy) -> None:
+    """Refuse slips at absent discs, under C2 or with a percentage outside (0, 100]."""
+    for slip in anat.slips:
+        label = next((k for k, v in L.DISCS.items() if v == slip.disc), None)
+        if label is None or label not in {seg.label for seg in anat.segments} or label == 63:
+            raise ValueError(f"slip: no disc {slip.disc!r} below C3 in this anatomy")
+        if not 0.0 < slip.percent <= 100.0:
+            raise ValueError(f"slip at {slip.disc}: percent must be in (0, 100]")
+
+
 def _check_lesions(anat: Anatomy) -> None:
     """Refuse lesions that would not be intramedullary (sizes, level, below the conus)."""
     for les in anat.lesions:
@@ -205,6 +337,8 @@ def random_anatomy(
     n_lumbar: int | None = None,
     narrowing: Mapping[str, float] | None = None,
     lesions: tuple[Lesion, ...] = (),
+    deformities: tuple[Deformity, ...] = (),
+    slips: tuple[Slip, ...] = (),
 ) -> Anatomy:
     """Draw a plausible adult spine; sizes follow published vertebral morphometry roughly.
 
@@ -212,7 +346,10 @@ def random_anatomy(
     that disc ({"C5-C6": 0.5} halves it), the ground truth of the canal narrowing measures.
     The vertebrae and discs keep their place: only the canal shrinks. `lesions` are drawn
     inside the cord by the renderer (hyperintense on T2w); their truth is
-    `bids_app.phantom.lesions.lesion_truth`.
+    `bids_app.phantom.lesions.lesion_truth`. `deformities` (wedge, biconcave, crush of a
+    Genant grade) and `slips` (anterior listhesis) change the column after it is drawn, so
+    the random draws, hence the rest of the spine, stay those of the seed; their truth is
+    `bids_app.phantom.vertebrae`.
     """
     rng = np.random.default_rng(seed)
     if n_lumbar is None:
@@ -248,7 +385,8 @@ def random_anatomy(
         s += hd
     sac_len = 95.0 * scale
     segments.append(Segment(SACRUM, L.SACRUM, s, s + sac_len, 34 * scale, 48 * scale))
-    s_total = s + sac_len
+    segments = _deformed_segments(segments, tuple(deformities))
+    s_total = segments[-1].s_bot
 
     def s_of(label: int) -> float:
         seg = next(x for x in segments if x.label == label)
@@ -344,6 +482,9 @@ def random_anatomy(
         curves=curves,
         narrowing=_narrowing_labels(narrowing or {}, segments),
         lesions=tuple(lesions),
+        deformities=tuple(deformities),
+        slips=tuple(slips),
     )
     _check_lesions(anat)
+    _check_slips(anat)
     return anat

@@ -18,7 +18,17 @@ import numpy as np
 from nibabel.orientations import axcodes2ornt
 from scipy import ndimage
 
-from bids_app.phantom.anatomy import BODY, C1, DISC, SACRUM, Anatomy, Lesion, random_anatomy
+from bids_app.phantom.anatomy import (
+    BODY,
+    C1,
+    DISC,
+    SACRUM,
+    Anatomy,
+    Deformity,
+    Lesion,
+    Slip,
+    random_anatomy,
+)
 from bids_app.plumbing import labels as L
 
 # Tissue classes and their (T2w, T1w) intensities relative to CSF/fat. Cord lesions are
@@ -134,6 +144,12 @@ class _Tables:
             (anat.lesion_centre_s(les), les.offset, les.length / 2, les.width / 2, les.lr / 2)
             for les in anat.lesions
         ]
+        # Wedged or dished bodies: label -> (top s, height, disc above, disc below).
+        self.sinks = {
+            seg.label: (seg.s_top, seg.height, segs[i - 1].label, segs[i + 1].label)
+            for i, seg in enumerate(segs)
+            if (dfm := anat.deformity_at(seg.label)) is not None and dfm.shape != "crush"
+        }
         c2 = anat.segment(12)
         self.c2_top = c2.s_top
         self.c2_ac = float(np.interp(c2.s_top, sq, lut[:, 8]))
@@ -158,6 +174,8 @@ def _classify(tab: _Tables, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     """Tissue class, final label and lesion index (all uint8) of world points (n, 3)."""
     anat = tab.anat
     s, a, lr = tab.frame(pts.astype(np.float32))
+    if anat.slips:  # the column above a slipped disc, shifted anteriorly
+        a = a - anat.slip_offset(s).astype(np.float32)
     si = tab.sindex(s)
     cra, crl, kra, krl, kind, seglab, depth, width, ac, tseg = (c[si] for c in tab.slut[:10])
     alr = np.abs(lr)
@@ -230,12 +248,20 @@ def _classify(tab: _Tables, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     e = ((a - ac) / np.maximum(depth / 2, 1e-3)) ** 2 + (lr / np.maximum(width / 2, 1e-3)) ** 2
     body = (kind == BODY) & (e < 1)
     rim = (e > (1 - 3.0 / np.maximum(depth, 1)) ** 2) | (tseg < 0.06) | (tseg > 0.94)
+    gap = np.zeros(n, bool)
+    if tab.sinks:
+        gap, gap_label, edge = _sunk(tab, s, a, lr, seglab, ac, depth, width, body)
+        body &= ~gap
+        rim |= edge < 0.06
     tissue[body] = np.where(rim[body], CORTEX, MARROW)
     label[body] = seglab[body].astype(np.uint8)
     disc = (kind == DISC) & (e < 1)
     nucleus = (e < 0.4) & (tseg > 0.15) & (tseg < 0.85)
     tissue[disc] = np.where(nucleus[disc], NUCLEUS, ANNULUS)
     label[disc] = seglab[disc].astype(np.uint8)
+    if gap.any():  # the adjacent disc fills the space a sunk endplate left
+        tissue[gap] = np.where(e[gap] < 0.4, NUCLEUS, ANNULUS)
+        label[gap] = gap_label[gap]
     # Sacrum: the wedge plus a posterior plate enclosing the sacral canal.
     sac = (kind == SACRUM) & (
         (e < 1) | ((a < ac) & (a > -(cra + th + 8 * sc)) & (alr < crl + th + 12 * sc) & ~in_canal)
@@ -283,6 +309,40 @@ def _classify(tab: _Tables, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
         tissue[inside] = LESION
         lesion[inside] = i
     return tissue, label, lesion
+
+
+def _sunk(
+    tab: _Tables,
+    s: np.ndarray,
+    a: np.ndarray,
+    lr: np.ndarray,
+    seglab: np.ndarray,
+    ac: np.ndarray,
+    depth: np.ndarray,
+    width: np.ndarray,
+    body: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Body samples of wedged or dished vertebrae left above or below their sunk endplates.
+
+    Returns (gap mask, label of the disc that fills the gap, distance of every body sample
+    to its nearest sunk endplate as a share of the body height, inf elsewhere), all (n,).
+    """
+    gap = np.zeros(s.shape, bool)
+    gap_label = np.zeros(s.shape, np.uint8)
+    edge = np.full(s.shape, np.inf, np.float32)
+    for label, (top, height, above, below) in tab.sinks.items():
+        idx = np.flatnonzero(body & (seglab == label))
+        if idx.size == 0:
+            continue
+        x = (a[idx] - (ac[idx] - depth[idx] / 2)) / depth[idx]
+        d_top, d_bot = tab.anat.endplate_sink(label, x, lr[idx] / (width[idx] / 2))
+        t = s[idx] - top
+        up, down = t < d_top, height - t < d_bot
+        gap[idx[up | down]] = True
+        gap_label[idx[up]] = above
+        gap_label[idx[down]] = below
+        edge[idx] = np.minimum(t - d_top, height - t - d_bot) / height
+    return gap, gap_label, edge
 
 
 # --------------------------------------------------------------------------- acquisition grid
@@ -429,6 +489,9 @@ def render(anat: Anatomy, acq: Acquisition, noise_seed: int = 0) -> Phantom:
         "narrowing": {L.level_name(k): v for k, v in anat.narrowing.items()},
         "lesions": [asdict(les) for les in anat.lesions],
     }
+    if anat.deformities or anat.slips:
+        meta["deformities"] = [asdict(d) for d in anat.deformities]
+        meta["slips"] = [asdict(x) for x in anat.slips]
     return Phantom(image=image, labels=seg, lesions=les, anatomy=anat, acquisition=acq, meta=meta)
 
 
@@ -440,11 +503,22 @@ def render_phantom(
     noise_seed: int | None = None,
     narrowing: Mapping[str, float] | None = None,
     lesions: tuple[Lesion, ...] = (),
+    deformities: tuple[Deformity, ...] = (),
+    slips: tuple[Slip, ...] = (),
 ) -> Phantom:
     """One call for the common case: random anatomy from `seed`, rendered through `acq`.
 
     `narrowing` ({"C5-C6": 0.5}) shrinks the canal and cord AP size at those discs;
-    `lesions` are drawn in the cord (the anatomy, hence the spine labels, does not change).
+    `lesions` are drawn in the cord (the anatomy, hence the spine labels, does not change);
+    `deformities` and `slips` deform vertebral bodies and shift the column (truth:
+    `bids_app.phantom.vertebrae`).
     """
-    anat = random_anatomy(seed, n_lumbar=n_lumbar, narrowing=narrowing, lesions=lesions)
+    anat = random_anatomy(
+        seed,
+        n_lumbar=n_lumbar,
+        narrowing=narrowing,
+        lesions=lesions,
+        deformities=deformities,
+        slips=slips,
+    )
     return render(anat, acq or Acquisition(), noise_seed=seed if noise_seed is None else noise_seed)
