@@ -18,11 +18,15 @@ ready to paste into the descriptor (then add its value-key to "command-line").
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
+from boutiques.bosh import bosh
 
 from bids_app.cli.parser import bids_app_parser
 
@@ -291,3 +295,38 @@ def test_literal_values_of_an_option_can_be_given(level):
                 f"{inp['id']} is a {inp['type']}, so '{action.option_strings[0]} {word}' "
                 "cannot be given: add a Flag input with that command-line-flag"
             )
+
+
+@pytest.mark.parametrize("level", sorted(DESCRIPTORS))
+def test_the_command_bosh_builds_from_every_input_parses(level, tmp_path):
+    """One invocation setting every input (those another input disables left out): the
+    command `bosh exec simulate` prints is accepted by the real parser."""
+    inputs = _inputs(level)
+    disabled = {d for i in inputs for d in i.get("disables-inputs", [])}
+    invocation: dict[str, object] = {
+        "bids_dir": "ds",
+        "output_dir_name": "out",
+        "analysis_level": level,
+    }
+    for inp in inputs:
+        if inp["id"] in disabled:
+            continue
+        values = _sample(inp, tmp_path)
+        if inp["type"] == "Flag":
+            invocation[inp["id"]] = True
+        elif inp.get("list"):
+            invocation[inp["id"]] = values
+        else:
+            value: object = values[0]
+            if inp["type"] == "Number":
+                value = int(values[0]) if inp.get("integer") else float(values[0])
+            invocation[inp["id"]] = value
+    path = tmp_path / "invocation.json"
+    path.write_text(json.dumps(invocation))
+    with contextlib.redirect_stdout(io.StringIO()):
+        out = bosh(["exec", "simulate", str(DESCRIPTORS[level]), "-i", str(path)])
+    command = out.shell_command.split("; ", 1)[1]
+    argv = shlex.split(command)
+    assert argv[0] == "spineseg"
+    parsed = _parser().parse_args(argv[1:])
+    assert parsed.analysis_level == level
