@@ -55,9 +55,14 @@ def test_spineseg_version_matches_the_docs():
     assert str(citation["version"]) == VERSION
 
 
-def _faq_codes() -> list[int]:
+def _faq_text() -> str:
+    """The exit-code section of the FAQ."""
     text = (DOCS / "faq.md").read_text()
-    section = text.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    return text.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+
+
+def _faq_codes() -> list[int]:
+    section = _faq_text()
     return [int(c) for c in re.findall(r"^\| (\d+) \|", section, re.M)]
 
 
@@ -152,3 +157,24 @@ def test_code_map_matches_the_package_layout():
     wanted -= {"bids_app/run/__init__.py", "bids_app/run/__pycache__/"}
     missing = sorted(wanted - named)
     assert not missing, f"docs/development.md code map lacks {missing}"
+
+
+def test_unusable_device_exit_code_is_the_one_help_and_faq_give(tmp_path):
+    """The issue users met: `--help` put an unusable --device under exit 1, the docs under 64."""
+    ds = tmp_path / "ds"
+    (ds / "sub-01" / "anat").mkdir(parents=True)
+    (ds / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.1"}')
+    argv = [str(ds), str(tmp_path / "out"), "participant", "--device", "cuda:99"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *argv, "--skip-bids-validation"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    help_lines = re.split(r"\n  (?=\d)", EXIT_CODE_HELP)
+    device_lines = [line for line in help_lines if "--device" in line]
+    assert [line.split()[0] for line in device_lines] == [str(int(ExitCode.USAGE))]
+    faq = {code: row for code, row in re.findall(r"^\| (\d+) \|(.*)$", _faq_text(), re.M)}
+    assert "--device" in faq[str(int(ExitCode.USAGE))]
+    assert "--device" not in faq[str(int(ExitCode.FAILED))]
