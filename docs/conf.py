@@ -28,6 +28,8 @@ root_doc = "index"
 myst_heading_anchors = 3
 myst_enable_extensions = ["colon_fence"]
 exclude_patterns = ["_build", "_ext"]
+# Options keep their two hyphens and straight quotes ("--loc", not an en dash).
+smartquotes = False
 html_theme = "alabaster"
 html_theme_options = {"description": "Whole-spine MRI segmentation as a BIDS App"}
 html_static_path: list[str] = []
