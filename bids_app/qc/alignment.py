@@ -1,25 +1,42 @@
 """Spinal alignment angles from the endplates of the final labels, in world coordinates.
 
-An endplate is the interface between a vertebra and its disc: the vertebra's voxels that touch
-the disc. Its normal (smallest principal axis) is read in scanner RAS mm, so the angles do not
-depend on voxel order, size or obliquity. Sagittal angles are measured in the patient's
-sagittal (y-z) plane, coronal ones in the coronal (x-z) plane.
+An endplate is the interface between a vertebra and its disc. It is estimated as a plane
+fitted (least squares) to the centres of the voxels on both sides of that interface: vertebra
+voxels within a short distance of the disc and disc voxels as close to the vertebra. A fit to
+voxel centres follows the staircase of a tilted surface whether or not the network left its
+risers as gaps, which a sum of voxel-face normals does not (it sees only the treads). The
+plane is read in scanner RAS mm, so the angles do not depend on voxel order, size or
+obliquity. Sagittal angles are measured in the patient's sagittal (y-z) plane, coronal ones
+in the coronal (x-z) plane.
 
-An angle is given only when the levels it needs are in the image, not cut by its border, and
-named from a found landmark or a localizer: with levels relative to an assumed top disc, "T4"
-may be any vertebra and an angle named after it would mislead.
+Each endplate has its own plausibility check (`fit_endplate`): both labels present and not
+cut by the border along the spine, the disc touching the vertebra over most of its core,
+voxels fine enough along the normal to resolve a tilt, a plane that fits, and a normal near
+the canal's direction. An angle is given only when both its endplates pass and the level
+names come from a found landmark or a localizer: with levels relative to an assumed top disc,
+"T4" may be any vertebra and an angle named after it would mislead. Otherwise it is None with
+its reason in the result's `reasons`.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from bids_app.plumbing import labels as L
-from bids_app.qc.geometry import SPINE_ORDER, SUPERIOR, LabelGeometry, to_world
+from bids_app.qc.geometry import (
+    SPINE_ORDER,
+    SUPERIOR,
+    LabelGeometry,
+    anterior_frame,
+    to_world,
+    unit,
+    voxel_extent,
+)
 
 # name -> (upper endplate (vertebra, disc), lower endplate (vertebra, disc), sign).
 # The angle is sign * (sagittal tilt of the lower endplate - tilt of the upper one), so that
@@ -36,61 +53,126 @@ TITLES: dict[str, str] = {
 }
 COBB_VERTEBRAE: tuple[int, ...] = (*range(21, 33), *range(41, 47))
 COBB_MIN_VERTEBRAE = 5
-CORE = 1.5  # endplate points kept within this many standard deviations of the disc's centre
+CORE = 2.0  # endplate points kept within this many standard deviations of the disc's centre
+# Plausibility of one endplate (see fit_endplate and the README's alignment section).
+MIN_COVERAGE = 0.5  # share of the disc's core the vertebra must face
+MAX_STEP_MM = 2.0  # one voxel along the normal; coarser slices cannot resolve a tilt
+MAX_RESIDUAL_MM = 2.0  # RMS distance of the interface voxels from the fitted plane
+MAX_TILT_STEP_DEG = 3.0  # one voxel across the endplate's AP depth, as a tilt
+MAX_OFF_CANAL_DEG = 35.0  # between the endplate normal and the canal's direction
+CELL_MM = 1.0  # in-plane cell size of the coverage count (at least one voxel)
 
 
-def endplate_normal(geom: LabelGeometry, vertebra: int, disc: int) -> np.ndarray | None:
-    """Unit normal (pointing superior) of the interface between a vertebra and a disc."""
-    plate = endplate(geom, vertebra, disc)
-    return plate[1] if plate is not None else None
+@dataclass(frozen=True)
+class Endplate:
+    """A fitted endplate, in world RAS mm."""
+
+    centre: np.ndarray  # mean of the interface voxel centres in the disc's core
+    normal: np.ndarray  # unit, pointing superior
+    half_width_mm: float  # half its antero-posterior depth (the drawn line's half length)
 
 
-def endplate(geom: LabelGeometry, vertebra: int, disc: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(centre, unit normal pointing superior) of the interface between a vertebra and a disc.
+def _bridge_mm(geom: LabelGeometry, axis: np.ndarray) -> float:
+    """How far from the other label an interface voxel may lie: two voxels along the spine,
+    so that a one-voxel gap the network leaves on a riser still counts as interface."""
+    return 2.0 * voxel_extent(geom.affine, axis) + 0.01
 
-    The interface is the set of voxel faces with the vertebra on one side and the disc on the
-    other. Their oriented areas summed in world mm give the area vector of the surface they
-    approximate, exactly for a plane however the voxel grid cuts it (a point fit to the
-    staircase is off by up to the step angle). Only faces under the disc's core count
-    (within `CORE` standard deviations of its centre): pedicles touching the disc's back
-    would tilt the sum.
+
+def grid_step(affine: np.ndarray, direction: np.ndarray) -> float:
+    """Voxel size (mm) along the grid axis closest to a world direction: how finely the
+    labels can place a surface facing that way (a tilted surface steps by this much)."""
+    cols = affine[:3, :3]
+    sizes = np.linalg.norm(cols, axis=0)
+    return float(sizes[int(np.argmax(np.abs(direction @ cols) / sizes))])
+
+
+def _cut(geom: LabelGeometry, label: int) -> bool:
+    axis = geom.spine_axis_near(geom.centroid(label))
+    return geom.touches_edge(label, SUPERIOR if axis is None else axis)
+
+
+def fit_endplate(geom: LabelGeometry, vertebra: int, disc: int) -> Endplate | str:
+    """The plane of the interface between a vertebra and a disc, or why it is not resolved.
+
+    Returns an `Endplate`, or a one-line reason (str) naming the check that failed.
     """
-    if vertebra not in geom.boxes or disc not in geom.boxes:
-        return None
+    names = f"{L.level_name(vertebra)}/{L.level_name(disc)}"
+    for x in (vertebra, disc):
+        if x not in geom.boxes:
+            return f"{L.level_name(x)} not in the labels"
+        if _cut(geom, x):
+            return f"{L.level_name(x)} cut by the image border"
+    disc_pts = geom.coords(disc)
+    centre = disc_pts.mean(0)
+    canal = geom.spine_axis_near(centre)
+    axis0, _ = geom.disc_frame(disc)
+    axis = axis0 if axis0 is not None else (canal if canal is not None else SUPERIOR)
+    step = grid_step(geom.affine, axis)
+    if step > MAX_STEP_MM:
+        return (
+            f"{names}: thick slices, voxels {step:.1f} mm along the spine (at most "
+            f"{MAX_STEP_MM:g} mm resolve an endplate's tilt)"
+        )
+    reach = _bridge_mm(geom, axis)
     box = tuple(
-        slice(max(min(a.start, b.start) - 1, 0), min(max(a.stop, b.stop) + 1, n))
+        slice(max(min(a.start, b.start) - 2, 0), min(max(a.stop, b.stop) + 2, n))
         for a, b, n in zip(geom.boxes[vertebra], geom.boxes[disc], geom.data.shape, strict=True)
     )
     sub = geom.data[box]
     origin = np.array([s.start for s in box], float)
-    disc_pts = geom.coords(disc)
-    centre = disc_pts.mean(0)
-    evals, evecs = np.linalg.eigh(np.cov(disc_pts.T))
-    scale = np.sqrt(np.maximum(evals[1:], 1e-9))
-    m = geom.affine[:3, :3]
-    cofactor = np.linalg.det(m) * np.linalg.inv(m).T  # column k: world area vector of face k
-    area = np.zeros(3)
-    centres = []
-    for k in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[k], hi[k] = slice(None, -1), slice(1, None)
-        a, b = sub[tuple(lo)], sub[tuple(hi)]
-        for sign, first, second in ((1, vertebra, disc), (-1, disc, vertebra)):
-            ijk = np.argwhere((a == first) & (b == second)).astype(float) + origin
-            ijk[:, k] += 0.5  # face centre
-            world = to_world(geom.affine, ijk)
-            inplane = (world - centre) @ evecs[:, 1:] / scale
-            core = (inplane**2).sum(1) <= CORE**2
-            area += sign * int(core.sum()) * cofactor[:, k]
-            centres.append(world[core])
-    norm = float(np.linalg.norm(area))
-    if norm == 0:
-        return None
-    normal = area / norm
-    axis = geom.spine_axis_near(centre)
-    normal = normal if normal @ (SUPERIOR if axis is None else axis) >= 0 else -normal
-    return np.concatenate(centres).mean(0), normal
+    near = []
+    for here, there in ((vertebra, disc), (disc, vertebra)):
+        dist = ndimage.distance_transform_edt(sub != there, sampling=geom.zooms)
+        ijk = np.argwhere((sub == here) & (dist <= reach)).astype(float) + origin
+        near.append(to_world(geom.affine, ijk))
+    # The disc's core in its own plane: pedicles and facets touching its back stay out.
+    evecs = np.linalg.eigh(np.cov(disc_pts.T))[1]
+    inplane_axes = np.stack([unit(v - (v @ axis) * axis) for v in evecs[:, 1:].T], 1)
+    spread = np.sqrt(np.maximum(np.var((disc_pts - centre) @ inplane_axes, 0), 1e-9))
+
+    def core(p: np.ndarray) -> np.ndarray:
+        return p[((((p - centre) @ inplane_axes) / spread) ** 2).sum(1) <= CORE**2]
+
+    bone, soft = core(near[0]), core(near[1])
+    cell = max(CELL_MM, *(voxel_extent(geom.affine, inplane_axes[:, k]) for k in (0, 1)))
+
+    def cells(p: np.ndarray) -> set[tuple[int, int]]:
+        return {tuple(c) for c in np.floor(((p - centre) @ inplane_axes) / cell).astype(int)}
+
+    disc_cells = cells(core(disc_pts))
+    coverage = len(cells(bone) & disc_cells) / max(len(disc_cells), 1)
+    if coverage < MIN_COVERAGE:
+        return (
+            f"{L.level_name(disc)} touches {L.level_name(vertebra)} over {coverage:.0%} of its "
+            f"core (at least {MIN_COVERAGE:.0%} needed)"
+        )
+    pts = np.concatenate([bone, soft])
+    mid = pts.mean(0)
+    # Height along the axis as a linear function of the in-plane position.
+    uv = (pts - mid) @ inplane_axes
+    h = (pts - mid) @ axis
+    design = np.column_stack([uv, np.ones(len(pts))])
+    coef, *_ = np.linalg.lstsq(design, h, rcond=None)
+    normal = unit(axis - inplane_axes @ coef[:2])
+    ref = canal if canal is not None else SUPERIOR
+    normal = normal if normal @ ref >= 0 else -normal
+    residual = float(np.sqrt(np.mean((h - design @ coef) ** 2)))
+    if residual > MAX_RESIDUAL_MM:
+        return f"{names}: the interface is not a plane ({residual:.1f} mm RMS from the fit)"
+    off = math.degrees(math.acos(min(1.0, abs(float(normal @ ref)))))
+    if canal is not None and off > MAX_OFF_CANAL_DEG:
+        return f"{names}: fitted plane tilted {off:.0f} deg from the canal"
+    ant = anterior_frame(normal)[0]
+    lo, hi = np.percentile((pts - mid) @ ant, [2, 98])
+    depth = float(hi - lo)
+    step = grid_step(geom.affine, normal)
+    tilt_step = math.degrees(math.atan(step / depth))
+    if tilt_step > MAX_TILT_STEP_DEG:
+        return (
+            f"{names}: one {step:.1f} mm voxel across its {depth:.0f} mm depth is a "
+            f"{tilt_step:.1f} deg tilt (at most {MAX_TILT_STEP_DEG:g} deg)"
+        )
+    return Endplate(centre=mid, normal=normal, half_width_mm=depth / 2)
 
 
 def sagittal_tilt(normal: np.ndarray) -> float:
@@ -103,34 +185,26 @@ def coronal_tilt(normal: np.ndarray) -> float:
     return math.degrees(math.atan2(normal[0], normal[2]))
 
 
-def _usable(geom: LabelGeometry, labels: Sequence[int]) -> bool:
-    """All labels present and not cut by the image border along the spine (a lateral cut
-    trims transverse processes and leaves the endplates whole)."""
-    for x in labels:
-        if x not in geom.boxes:
-            return False
-        axis = geom.spine_axis_near(geom.centroid(x))
-        if geom.touches_edge(x, SUPERIOR if axis is None else axis):
-            return False
-    return True
+def cobb(geom: LabelGeometry) -> dict[str, object] | str:
+    """Largest coronal tilt difference between two thoracic/lumbar vertebrae, with the pair,
+    or why it is not given.
 
-
-def cobb(geom: LabelGeometry) -> dict[str, object] | None:
-    """Largest coronal tilt difference between two thoracic/lumbar vertebrae, with the pair.
-
-    A vertebra's tilt is the mean of its available endplate tilts. Needs at least
-    `COBB_MIN_VERTEBRAE` vertebrae with an endplate, uncut by the image border.
+    A vertebra's tilt is the mean of the coronal tilts of its resolved endplates. Needs at
+    least `COBB_MIN_VERTEBRAE` such vertebrae.
     """
     tilts: dict[int, float] = {}
     for v in COBB_VERTEBRAE:
-        if not _usable(geom, [v]):
+        if v not in geom.boxes:
             continue
         discs = [d for d in geom.neighbours(v) if d in L.DISCS]
-        normals = [n for n in (endplate_normal(geom, v, d) for d in discs) if n is not None]
-        if normals:
-            tilts[v] = float(np.mean([coronal_tilt(n) for n in normals]))
+        plates = [p for p in (fit_endplate(geom, v, d) for d in discs) if isinstance(p, Endplate)]
+        if plates:
+            tilts[v] = float(np.mean([coronal_tilt(p.normal) for p in plates]))
     if len(tilts) < COBB_MIN_VERTEBRAE:
-        return None
+        return (
+            f"{len(tilts)} thoracic or lumbar vertebrae with a resolved endplate "
+            f"(at least {COBB_MIN_VERTEBRAE} needed)"
+        )
     upper, lower = max(
         itertools.combinations(tilts, 2), key=lambda p: abs(tilts[p[0]] - tilts[p[1]])
     )
@@ -141,8 +215,22 @@ def cobb(geom: LabelGeometry) -> dict[str, object] | None:
     }
 
 
+def sagittal_angle(
+    geom: LabelGeometry, name: str
+) -> tuple[float | None, str | None, list[Endplate]]:
+    """(degrees, None, both endplates) of one sagittal angle, or (None, reason, [])."""
+    (v1, d1), (v2, d2), sign = SAGITTAL[name]
+    plates = [fit_endplate(geom, v1, d1), fit_endplate(geom, v2, d2)]
+    reasons = [p for p in plates if isinstance(p, str)]
+    if reasons:
+        return None, "; ".join(reasons), []
+    upper, lower = (p for p in plates if isinstance(p, Endplate))
+    return sign * (sagittal_tilt(lower.normal) - sagittal_tilt(upper.normal)), None, [upper, lower]
+
+
 def alignment(geom: LabelGeometry, levels_trusted: bool) -> dict[str, object]:
-    """Sagittal angles and the coronal Cobb estimate; None for what cannot be measured.
+    """Sagittal angles and the coronal Cobb estimate; None, with its reason in `reasons`,
+    for what cannot be measured.
 
     `levels_trusted` is False when level names are relative only (no landmark, no localizer);
     every angle is then None, with a note saying why.
@@ -152,27 +240,36 @@ def alignment(geom: LabelGeometry, levels_trusted: bool) -> dict[str, object]:
     if not levels_trusted:
         out["note"] = "levels are relative only (no landmark or localizer): no angle given"
         return out
-    for name, ((v1, d1), (v2, d2), sign) in SAGITTAL.items():
-        if not _usable(geom, [v1, d1, v2, d2]):
-            continue
-        n1, n2 = endplate_normal(geom, v1, d1), endplate_normal(geom, v2, d2)
-        if n1 is not None and n2 is not None:
-            out[name] = sign * (sagittal_tilt(n2) - sagittal_tilt(n1))
-    out["coronal_cobb"] = cobb(geom)
+    reasons: dict[str, str] = {}
+    for name in SAGITTAL:
+        value, reason, _ = sagittal_angle(geom, name)
+        out[name] = value
+        if reason is not None:
+            reasons[name] = reason
+    found = cobb(geom)
+    if isinstance(found, str):
+        reasons["coronal_cobb"] = found
+    else:
+        out["coronal_cobb"] = found
+    out["reasons"] = reasons
     return out
 
 
 def drawn_angles(
     geom: LabelGeometry, data: dict[str, object]
-) -> list[tuple[str, float, list[tuple[np.ndarray, np.ndarray]]]]:
-    """(title, degrees, both endplates as (centre, normal)) of each sagittal angle in `data`
-    (an `alignment` result), for the curvature figure."""
+) -> list[tuple[str, float, list[tuple[np.ndarray, np.ndarray, float]]]]:
+    """(title, degrees, both fitted endplates as (centre, normal, half depth mm)) of each
+    sagittal angle in `data` (an `alignment` result), for the curvature figure: the lines
+    the angle came from."""
     out = []
-    for name, ((v1, d1), (v2, d2), _) in SAGITTAL.items():
+    for name in SAGITTAL:
         value = data.get(name)
-        plates = [endplate(geom, v1, d1), endplate(geom, v2, d2)]
-        if isinstance(value, float) and all(p is not None for p in plates):
-            out.append((TITLES[name], value, [p for p in plates if p is not None]))
+        if not isinstance(value, float):
+            continue
+        _, _, plates = sagittal_angle(geom, name)
+        if plates:
+            drawn = [(p.centre, p.normal, p.half_width_mm) for p in plates]
+            out.append((TITLES[name], value, drawn))
     return out
 
 

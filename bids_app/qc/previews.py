@@ -320,18 +320,18 @@ def axial_strip(image: np.ndarray, image_affine: np.ndarray, geom: LabelGeometry
 
 
 CURVE_COLOURS = ((255, 210, 0), (0, 220, 255), (255, 110, 200))  # one per sagittal angle
-ENDPLATE_HALF_MM = 25.0  # half length of a drawn endplate line
 
 
 def curvature(
     view: Picture,
     line: Sequence[np.ndarray],
-    angles: Sequence[tuple[str, float, Sequence[tuple[np.ndarray, np.ndarray]]]],
+    angles: Sequence[tuple[str, float, Sequence[tuple[np.ndarray, np.ndarray, float]]]],
 ) -> Picture:
-    """The sagittal view with the centroid line and each angle's endplates drawn on it.
+    """The sagittal view with the centroid line and each angle's fitted endplates drawn on it.
 
     `line` holds world points (disc centroids, top to bottom); `angles` holds (title, degrees,
-    [(centre, normal) of both endplates]). World points map to the view through its `world`
+    [(centre, normal, half depth in mm) of both fitted endplates]): each line spans the
+    endplate the angle was measured on. World points map to the view through its `world`
     record, so the drawing lands where the labels are, whatever the scan's grid.
     """
     x0, y0 = view.image_box[:2]
@@ -349,10 +349,10 @@ def curvature(
     for i, (title, degrees, plates) in enumerate(angles):
         colour = CURVE_COLOURS[i % len(CURVE_COLOURS)]
         segments = []
-        for centre, normal in plates:
+        for centre, normal, half in plates:
             along = np.array([0.0, -normal[2], normal[1]])  # in the sagittal plane, across n
             along /= max(float(np.linalg.norm(along)), 1e-9)
-            ends = [px(centre - ENDPLATE_HALF_MM * along), px(centre + ENDPLATE_HALF_MM * along)]
+            ends = [px(centre - half * along), px(centre + half * along)]
             draw.line(ends, fill=colour, width=2)
             segments.append([round(v, 1) for xy in ends for v in xy])
         text = f"{title}: {degrees:.1f} deg"

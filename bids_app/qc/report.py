@@ -114,7 +114,16 @@ def alignment_rows(data: Mapping[str, object] | None) -> list[tuple[str, str]]:
     """(angle, value) rows of the report's alignment table; 'n/a' where not measurable."""
     if not data:
         return []
-    rows = [(title, format_angle(data.get(key))) for key, title in TITLES.items()]
+    reasons = data.get("reasons")
+    why = reasons if isinstance(reasons, Mapping) else {}
+
+    def na(key: str) -> str:
+        return f"n/a ({why[key]})" if why.get(key) else "n/a"
+
+    rows = [
+        (title, format_angle(data[key]) if _is_angle(data.get(key)) else na(key))
+        for key, title in TITLES.items()
+    ]
     cobb = data.get("coronal_cobb")
     if isinstance(cobb, Mapping):
         rows.append(
@@ -125,14 +134,18 @@ def alignment_rows(data: Mapping[str, object] | None) -> list[tuple[str, str]]:
             )
         )
     else:
-        rows.append(("Coronal Cobb estimate", "n/a"))
+        rows.append(("Coronal Cobb estimate", na("coronal_cobb")))
     if data.get("note"):
         rows.append(("Note", str(data["note"])))
     return rows
 
 
+def _is_angle(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def format_angle(value: object) -> str:
-    return f"{value:.1f} deg" if isinstance(value, (int, float)) else "n/a"
+    return f"{value:.1f} deg" if _is_angle(value) else "n/a"
 
 
 def image_context(rec: ImageRecord, root: Path) -> dict:

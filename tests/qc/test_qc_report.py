@@ -71,8 +71,11 @@ def test_subject_report_content(derivatives):
     assert "Disc height (mm)" in html and "T12-L1" in html  # measurements of the lumbar image
     assert "not validated" in html
     imgs = [u for t, u in found.urls if t == "img"]
-    assert len(imgs) == 6  # sagittal, axial and curvature for each of the two segmented images
-    assert sum(u.endswith("_curvature.png") for u in imgs) == 2
+    # sagittal and axial for each of the two segmented images, and the curvature figure of
+    # the one with a measured angle (the lumbar image; the cervical endplates of this small
+    # phantom are too small for its 1 mm voxels)
+    assert len(imgs) == 5
+    assert sum(u.endswith("_curvature.png") for u in imgs) == 1
     assert_self_contained(page)
     assert "sub-02" not in html  # only this subject's images
 
