@@ -19,6 +19,7 @@ from bids_app.engine.options import (
     TILE_STEP_RANGE,
 )
 from bids_app.nnunet import PRECISIONS, REFERENCE_PRECISION
+from bids_app.phantom.anatomy import SHAPES, Deformity, Slip
 from bids_app.plumbing.errors import EXIT_CODE_HELP, ExitCode
 from bids_app.plumbing.labels import DISCS
 from bids_app.run import slurm
@@ -338,7 +339,10 @@ def bids_app_parser() -> BidsAppParser:
         "--work-dir",
         type=Path,
         metavar="DIR",
-        help="scratch folder (default: a temporary folder, removed at the end)",
+        help="folder for the run's temporary files (the validator's view of the selected "
+        "participants, temporary files of the libraries: TMPDIR points there during the run), "
+        "in a per-run subfolder removed at the end; e.g. a node's local disk when /tmp is "
+        "small (default: the system's temporary folder)",
     )
     run.add_argument(
         "--nprocs",
@@ -590,8 +594,48 @@ def phantoms_parser() -> UsageParser:
         action="store_true",
         help="draw 0-3 spinal cord lesions per subject (truth in derivatives/truth)",
     )
+    p.add_argument(
+        "--deformity",
+        action="append",
+        type=deformity,
+        default=[],
+        metavar="LEVEL:SHAPE:GRADE",
+        help="a vertebral body deformity in every subject, e.g. C5:wedge:2 (shape wedge, "
+        "biconcave or crush; Genant grade 1-3); repeatable; truth in derivatives/truth",
+    )
+    p.add_argument(
+        "--slip",
+        action="append",
+        type=slip,
+        default=[],
+        metavar="DISC:PERCENT",
+        help="an anterior slip of the vertebra above DISC by PERCENT of the lower body's "
+        "depth in every subject, e.g. C4-C5:25; repeatable",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
+
+
+def deformity(text: str) -> Deformity:
+    """LEVEL:SHAPE:GRADE (C5:wedge:2) as a phantom deformity."""
+    parts = text.split(":")
+    if len(parts) != 3 or parts[1] not in SHAPES or parts[2] not in ("1", "2", "3"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not LEVEL:SHAPE:GRADE (shape {', '.join(SHAPES)}; grade 1, 2 or 3)"
+        )
+    return Deformity(parts[0].upper(), parts[1], int(parts[2]))
+
+
+def slip(text: str) -> Slip:
+    """DISC:PERCENT (L4-L5:25) as a phantom slip."""
+    disc, _, percent = text.rpartition(":")
+    try:
+        value = float(percent)
+    except ValueError:
+        value = float("nan")
+    if not disc or not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not DISC:PERCENT with 0 < PERCENT <= 100")
+    return Slip(disc.upper().replace("L5-S1", "L5-S"), value)
 
 
 def review_parser() -> UsageParser:

@@ -162,8 +162,19 @@ def run_phantoms(args) -> int:
             name = None
         if name != PHANTOM_NAME:
             raise UserError(ExitCode.USAGE, f"{out}: exists, is not empty and is not a phantom set")
+    bodies = None
+    if args.deformity or args.slip:
+        from bids_app.phantom.bids_dataset import BodyTruth
+        from bids_app.vertebrae.grades import HEIGHT_SHARES
+        from bids_app.vertebrae.parts import ENDPLATE_MM, PARTS
+
+        bodies = BodyTruth(
+            tuple(args.deformity), tuple(args.slip), PARTS, ENDPLATE_MM, HEIGHT_SHARES
+        )
     try:
-        written = write_phantom_dataset(out, args.subjects, args.seed, args.lesions)
+        written = write_phantom_dataset(out, args.subjects, args.seed, args.lesions, bodies)
+    except ValueError as e:  # a deformity or slip this anatomy cannot take
+        raise UserError(ExitCode.USAGE, str(e)) from e
     except OSError as e:
         raise UserError(
             ExitCode.CANT_CREATE, f"{e.filename or out}: cannot write ({e.strerror})"

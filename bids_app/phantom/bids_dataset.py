@@ -8,16 +8,19 @@ Used by `make demo`, the tests and the container test.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from bids_app import __version__
-from bids_app.phantom.anatomy import random_anatomy
+from bids_app.phantom.anatomy import Anatomy, Deformity, Slip, random_anatomy
 from bids_app.phantom.lesions import lesion_truth, random_lesions
-from bids_app.phantom.render import Acquisition, render
+from bids_app.phantom.render import Acquisition, Phantom, fov_s_range, render
+from bids_app.phantom.vertebrae import calibrated, column_truth, part_truth
 
 
 @dataclass(frozen=True)
@@ -136,14 +139,64 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+@dataclass(frozen=True)
+class BodyTruth:
+    """What the vertebral-body truth is written with: the deformities and slips every subject
+    gets, SpineSeg's part ids, endplate thickness and height positions (passed in from
+    `bids_app.vertebrae`, which this layer does not import)."""
+
+    deformities: tuple[Deformity, ...]
+    slips: tuple[Slip, ...]
+    part_ids: Mapping[str, int]
+    endplate_mm: float
+    height_shares: Mapping[str, float]
+
+
+def _deformed(seed: int, slips: tuple[Slip, ...], deformities: tuple[Deformity, ...]) -> Anatomy:
+    return random_anatomy(seed, deformities=deformities, slips=slips)
+
+
+def _write_body_truth(folder: Path, stem: str, ph: Phantom, bodies: BodyTruth) -> None:
+    """Subregion labels of one image and the column's body and slip truth beside them."""
+    nib.save(part_truth(ph, bodies.part_ids, bodies.endplate_mm), folder / f"{stem}_dseg.nii.gz")
+    anat = ph.anatomy
+    s0, s1 = fov_s_range(anat, ph.acquisition.fov)
+    truth = column_truth(anat, bodies.height_shares)
+    for item in truth["bodies"]:
+        seg = anat.segment(item["label"])
+        item["in_field_of_view"] = bool(s0 < seg.s_top and seg.s_bot < s1)
+    _write_json(
+        folder / f"{stem}_dseg.json",
+        {
+            "Description": "Phantom vertebral subregions (SpineSeg's seg-vertparts ids) and "
+            "the truth of every body (heights in mm along the column at the AP shares of "
+            "HeightShares from the posterior wall, read on the renderer's own labels; the "
+            "graders' ratios; the deformity drawn: shape, Genant grade asked, height loss "
+            "drawn) and every disc (slip of the upper body's posterior-inferior corner over "
+            "the lower body's posterior-superior corner, mm and % of the lower body's depth)",
+            "HeightShares": dict(bodies.height_shares),
+            "Deformities": [vars(d) | {"loss": d.fraction} for d in anat.deformities],
+            "Slips": [vars(x) for x in anat.slips],
+            "Bodies": truth["bodies"],
+            "Discs": truth["discs"],
+        },
+    )
+
+
 def write_phantom_dataset(
-    out: Path, n_subjects: int = 3, seed: int = 7000, lesions: bool = False
+    out: Path,
+    n_subjects: int = 3,
+    seed: int = 7000,
+    lesions: bool = False,
+    bodies: BodyTruth | None = None,
 ) -> list[Path]:
     """Write the dataset; returns the raw image paths. Seeds are outside the training range.
 
     With `lesions`, each subject's cord gets 0-3 lesions (drawn from its seed, the same in
     all its images); their truth goes to derivatives/truth: a lesion mask per image and a
-    JSON of every lesion's measures.
+    JSON of every lesion's measures. With `bodies`, every subject gets its deformities
+    (calibrated to their grades) and slips; derivatives/truth gets the subregion labels per
+    image and a JSON of every body's heights, ratios and deformity and every disc's slip.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +232,11 @@ def write_phantom_dataset(
     for k, plan in enumerate(default_plan(n_subjects)):
         subject_seed = seed + int(plan.subject)
         participants[plan.subject] = subject_seed
-        anat = random_anatomy(subject_seed)
+        if bodies is not None and (bodies.deformities or bodies.slips):
+            draw = partial(_deformed, subject_seed, bodies.slips)
+            anat = calibrated(draw, bodies.deformities, bodies.height_shares)
+        else:
+            anat = random_anatomy(subject_seed)
         if lesions:
             # Levels every demo field of view holds (they all start at C1).
             rng = np.random.default_rng(subject_seed)
@@ -216,6 +273,8 @@ def write_phantom_dataset(
                     ],
                 },
             )
+        if bodies is not None and (anat.deformities or anat.slips):
+            _write_body_truth(truth / rel, f"{stem}_seg-truthvertparts_desc-{contrast}", ph, bodies)
         written.append(path)
     rows = [f"sub-{sub}\t{sd}" for sub, sd in sorted(participants.items())]
     (out / "participants.tsv").write_text("participant_id\tphantom_seed\n" + "\n".join(rows) + "\n")

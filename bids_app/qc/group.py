@@ -35,6 +35,7 @@ from bids_app.qc.ratings import PROBLEMS, RATINGS, RATINGS_DIR, Rating, read_rat
 from bids_app.qc.records import NA, ImageRecord, collect, tsv_text
 from bids_app.qc.report import CORD_CSA_WARNING, environment, figure, now
 from bids_app.qc.worklist import write_worklist
+from bids_app.vertebrae import qc as vertebra_qc
 
 ID_COLUMNS = ("participant_id", "session_id", "image", "source_suffix")
 LONG_COLUMNS = (
@@ -516,14 +517,19 @@ def run_group(
     qc_rows = [qc_row(r, outliers.get(r.key, []), ratings.get(r.key)) for r in records]
     flags = [raised_flags(r, outliers.get(r.key, [])) for r in records] + [{} for _ in missing]
     lesions = [lesion_qc.lesion_columns(root, r.stamp) for r in records]
-    for rec, row, raised, (cols, reasons) in zip(records, qc_rows, flags, lesions, strict=False):
-        raised.update(reasons)  # lesion flags count like the image's own
-        row.update(cols, qc_status=rec.qc_status(list(raised)))
+    bodies = [vertebra_qc.vertebra_columns(root, r.stamp) for r in records]
+    for rec, row, raised, (cols, reasons), (body_cols, body_reasons) in zip(
+        records, qc_rows, flags, lesions, bodies, strict=False
+    ):
+        raised.update(reasons | body_reasons)  # lesion and body flags count like the image's own
+        row.update(cols | body_cols, qc_status=rec.qc_status(list(raised)))
         row["flag_reasons"] = "; ".join(f"{k}: {v}" for k, v in raised.items()) or None
         if reason := outputs_gone(root, rec.stamp):
             row.update(status=MISSING, reason=reason, qc_status="fail")
     with_lesions = any(cols for cols, _ in lesions)
     qc_columns = (*QC_COLUMNS, *lesion_qc.COLUMNS) if with_lesions else QC_COLUMNS
+    with_bodies = any(cols for cols, _ in bodies)
+    qc_columns = (*qc_columns, *vertebra_qc.COLUMNS) if with_bodies else qc_columns
     qc_rows += [
         {
             "participant_id": f"sub-{s}",
@@ -535,7 +541,10 @@ def run_group(
     ]
     write_text_atomic(root / "group_qc.tsv", tsv_text(qc_columns, qc_rows))
     write_json_atomic(
-        root / "group_qc.json", qc_sidecar(th) | (lesion_qc.sidecar() if with_lesions else {})
+        root / "group_qc.json",
+        qc_sidecar(th)
+        | (lesion_qc.sidecar() if with_lesions else {})
+        | (vertebra_qc.sidecar() if with_bodies else {}),
     )
     write_worklist(root, qc_rows)
 

@@ -24,6 +24,7 @@ from bids_app.qc.alignment import TITLES
 from bids_app.qc.measures import COLUMN_BY_NAME
 from bids_app.qc.ratings import PROBLEMS, RATINGS, SCHEMA
 from bids_app.qc.records import ImageRecord, collect, format_value, landmark_list
+from bids_app.vertebrae.preview import report_section as vertebra_section
 
 CORD_CSA_WARNING = (
     "Cord cross-sectional areas and AP / left-right ratios come from a segmentation that was "
@@ -195,6 +196,7 @@ def image_context(rec: ImageRecord, root: Path) -> dict:
         "manual": rec.stamp.get("manual"),
         "automatic_flags": rec.stamp.get("automatic_flags") or [],
         "lesions": lesion_section(root, rec.stamp),
+        "vertebrae": vertebra_section(root, rec.stamp),
     }
 
 

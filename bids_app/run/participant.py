@@ -61,6 +61,7 @@ from bids_app.run.stages.outcome import (
 )
 from bids_app.run.stages.segment import SegmentStage, segmentation_problems
 from bids_app.run.stages.stamp import failure_reason, stamp
+from bids_app.run.stages.vertebrae import VertebraStage
 from bids_app.run.stages.write import WriteStage
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class ParticipantRun:
         self.after: list[AfterSegmentation] = [WriteStage(out, model, self.corrections.sources)]
         if lesions is not None:
             self.after.append(LesionStage(lesions, out, self.memory, lambda: self._engine))
+        self.after.append(VertebraStage(out))
         self.after.append(QCStage(out))
 
     def engine(self) -> Engine:

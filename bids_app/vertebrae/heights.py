@@ -282,7 +282,7 @@ LEVEL_COLUMNS: tuple[Column, ...] = (
         "to 50 %, III to 75 %, IV to 100 %, V beyond (Meyerding 1932); none under 5 % and "
         "for retrolisthesis. An image measure, not a diagnosis.",
     ),
-    Column("na_reason", "Why the row's measures are n/a (empty when measured)."),
+    Column("na_reason", "Why the row's measures are n/a (n/a when measured)."),
 )
 COLUMN_NAMES = tuple(c.name for c in LEVEL_COLUMNS)
 
@@ -293,7 +293,8 @@ class BodyMeasures:
 
     rows: list[dict[str, object]]
     sections: dict[int, Section]
-    corners: dict[int, tuple[np.ndarray, np.ndarray]]  # disc -> world corners (upper, lower)
+    # disc -> (upper vertebra, lower vertebra or sacrum, their slip corners in world mm)
+    corners: dict[int, tuple[int, int, np.ndarray, np.ndarray]]
 
 
 def _nan_row(level: int, structure: str, reason: str) -> dict[str, object]:
@@ -305,7 +306,7 @@ def _nan_row(level: int, structure: str, reason: str) -> dict[str, object]:
         genant_grade=math.nan,
         deformity_shape="n/a",
         meyerding_grade="n/a",
-        na_reason=reason,
+        na_reason=reason or None,
     )
     return row
 
@@ -357,7 +358,7 @@ def measure_bodies(
         row["deformity_shape"] = shape
     # Listhesis at each disc between two bodies.
     disc_rows: list[dict[str, object]] = []
-    corners: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    corners: dict[int, tuple[int, int, np.ndarray, np.ndarray]] = {}
     if L.SACRUM in frames:
         s1 = section_of(geom, bodies, L.SACRUM, frames[L.SACRUM])
         if s1 is not None and not thick(geom, frames[L.SACRUM], MAX_VOXEL_MM):
@@ -378,7 +379,7 @@ def measure_bodies(
             else:
                 row["slip_mm"], row["slip_percent"], cu, cl = slip
                 row["meyerding_grade"] = meyerding(float(row["slip_percent"]))  # type: ignore[arg-type]
-                corners[disc] = (cu, cl)
+                corners[disc] = (upper, lower, cu, cl)
         disc_rows.append(row)
     return BodyMeasures([rows[v] for v in vertebrae] + disc_rows, sections, corners)
 
