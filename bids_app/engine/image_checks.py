@@ -175,7 +175,8 @@ def _size(img: SpatialImage, name: str) -> None:
         if held is not None and held < declared:
             raise EngineError(
                 f"{name}: header declares {'x'.join(map(str, proxy.shape))} voxels "
-                f"({declared / 1e9:.2f} GB) but the file holds only {held} bytes"
+                f"({_amount(declared)}) but the file holds only {held} bytes: truncated or "
+                "inconsistent file"
             )
     fov = np.array(img.shape[:3]) * np.sqrt((img.affine[:3, :3] ** 2).sum(0))
     grid = np.floor(fov).astype(int)
@@ -226,6 +227,13 @@ def _voxels(data: np.ndarray, name: str) -> tuple[np.ndarray, list[str]]:
     if low == high:
         raise EngineError(f"{name}: image is empty (every voxel is {low:g})")
     return data, warnings
+
+
+def _amount(size: int) -> str:
+    """Bytes in a unit a reader takes in at once (1920 bytes, 2.3 MB, 2000.00 GB)."""
+    if size < 10**6:
+        return f"{size} bytes"
+    return f"{size / 1e6:.1f} MB" if size < 10**9 else f"{size / 1e9:.2f} GB"
 
 
 def _mm(values: np.ndarray) -> str:

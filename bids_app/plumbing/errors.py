@@ -19,7 +19,7 @@ class ExitCode(IntEnum):
     SOFTWARE = 70  # an unexpected error (a bug): traceback in a crash file
     CANT_CREATE = 73  # output or work folder cannot be created
     IO_ERROR = 74  # writing outputs failed
-    TEMP_FAIL = 75  # nothing done: every image is held by another run (its lock); rerun later
+    TEMP_FAIL = 75  # another run holds some image's lock: not done here; rerun after it
     CONFIG = 78  # model weights missing or corrupt
 
 
@@ -40,8 +40,8 @@ exit codes:
   70  unexpected error (a bug): one line here, the traceback in a logs/crash-*.txt file
   73  the output or work folder cannot be created
   74  input/output error while writing outputs
-  75  nothing was done: every selected image is being segmented by another run (locks);
-      run again once it has finished
+  75  no image failed, but another run is segmenting some selected image (its lock is
+      held), so this run did not do it: run again once that run has finished
   78  model weights missing or corrupt (see `spineseg weights`)
 """
 

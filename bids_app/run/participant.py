@@ -15,10 +15,12 @@ command line.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import threading
-from collections.abc import Sequence
-from contextlib import ExitStack
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -26,7 +28,8 @@ from filelock import FileLock, Timeout
 from bids_app import __version__, qc
 from bids_app.bids import discovery as disc
 from bids_app.bids.derivatives import LOGS_DIR, ModelInfo, run_log_path, write_dataset_files
-from bids_app.bids.stamps import Status, stamp_path
+from bids_app.bids.sources import source_record
+from bids_app.bids.stamps import Decision, Status, stamp_path
 from bids_app.corrections.catalog import CorrectionCatalog
 from bids_app.corrections.checking import CorrectionError
 from bids_app.corrections.kept import KeptOutputs
@@ -42,7 +45,13 @@ from bids_app.run.config import RunConfig
 from bids_app.run.progress import RunProgress
 from bids_app.run.resources import Budget, MemoryBudget, plan_budget, plan_memory, process_rss
 from bids_app.run.scheduling import ImageScheduler, MemoryGate
-from bids_app.run.segmentation import EngineFactory, ImageFailure, create_engine, resolve_model
+from bids_app.run.segmentation import (
+    EngineFactory,
+    ImageCrash,
+    ImageFailure,
+    create_engine,
+    resolve_model,
+)
 from bids_app.run.selection import select, validate_input
 from bids_app.run.stages.base import AfterSegmentation, Segmented, writing
 from bids_app.run.stages.correct import CorrectionStage
@@ -94,6 +103,8 @@ class ParticipantRun:
         self._progress = RunProgress(0, quiet=True)
         self.memory = MemoryGate(memory.for_images if memory else 2**62)
         self.by_path = {job.path: job for job in selection.jobs}
+        self.entered: dict[str, str] = {}  # image name -> the stage it is in (for crashes)
+        self.locked: list[str] = []  # images another run holds: this run did not do them
         self.corrections = CorrectionCatalog(
             config.corrections_dir, config.bids_dir, selection.jobs
         )
@@ -163,6 +174,7 @@ class ParticipantRun:
         """An image enters a stage: stop here if the run is cancelled, show it otherwise."""
         if self._scheduler is not None:
             self._scheduler.check()
+        self.entered[job.name] = stage
         self._progress.stage(job.name, stage)
         log.debug("%s: %s", job.name, stage)
 
@@ -178,16 +190,49 @@ class ParticipantRun:
         except Timeout:
             busy = f"being segmented by another run (lock {lock_file.name}); rerun after it"
             log.warning("%s: skipped, %s", job.name, busy)
+            self.locked.append(job.name)
             return StatusRow.of(job, *status_of(Skipped(busy)), started=None)
+        plan: ImagePlan | None = None
         try:
             self.enter(job, "resume check")
             plan = self.decide(job)
             ending = self.stages(plan)
             status, reason = status_of(ending)
+            self.entered[job.name] = "stamp"
             self.record(plan, ending, status, reason)
             return StatusRow.of(job, status, reason, plan.started)
+        except UserError:  # the disk, the weights: every image would meet it
+            raise
+        except Exception as e:  # a bug in any stage costs this image only
+            return self.crashed(job, plan, e)
         finally:
             lock.release()
+
+    def crashed(self, job: disc.ImageJob, plan: ImagePlan | None, error: Exception) -> StatusRow:
+        """An unexpected error in any stage of one image, from `decide` (a stamp or a
+        correction that breaks it) to the stamp: that image fails with one line naming the
+        stage, the traceback goes to a crash file, and the run goes on.
+
+        Before `decide` made a plan, the failure is stamped without options: the next run
+        then tries the image again.
+        """
+        stage = self.entered.get(job.name, "start")
+        if plan is None:
+            options = self.config.options
+            record = {"source": job.relpath, "subject": job.subject, "session": job.session}
+            record |= {"app_version": __version__, "options": options.record()}
+            started = time.monotonic()
+            plan = ImagePlan(job, options, Decision(True, ""), None, record, None, started)
+        crash = ImageCrash(f"unexpected {one_line(error, with_type=True)} (stage: {stage})")
+        crash.__cause__ = error
+        reason = failure_reason(self.out, plan, crash)
+        try:
+            self.record(plan, Failed(reason), Status.FAILED, reason)
+        except UserError:
+            raise
+        except Exception:  # the stamp itself is what breaks: the crash file says why
+            log.error("%s: failed: %s; no status stamp written", job.name, reason)
+        return StatusRow.of(job, Status.FAILED, reason, plan.started)
 
     def decide(self, job: disc.ImageJob) -> ImagePlan:
         """The image's options (with its localizer) and whether its stamp lets us skip it."""
@@ -212,6 +257,8 @@ class ParticipantRun:
             "%s: %s; segmenting", job.name, plan.decision.reason
         )
         progress = lambda stage: self.enter(job, stage)  # noqa: E731
+        progress("source fingerprint")
+        plan.record["source_file"] = source_record(job.path)  # what the result is made from
         try:  # before anything is touched: a bad correction leaves the image as it was
             fixes = self.correct.read(plan)
         except CorrectionError as e:
@@ -319,9 +366,7 @@ def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
         say(f"spineseg {__version__}: participant level", f"log: {logfile}")
         if config.work_dir is not None:
             make_dir(config.work_dir, "work folder")
-            scratch = config.work_dir
-        else:
-            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="spineseg-")))
+        scratch = stack.enter_context(temporary_files_in(config.work_dir))
         # Select first: a wrong label or a derivative dataset is named as such, and the
         # validator then sees only the subjects that will be segmented.
         selection = select(config)
@@ -352,15 +397,44 @@ def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
             config, selection, weights, model, engine_factory, budget, devices, memory, lesions
         )
         rows = run.run()
-    return exit_code(rows)
+    if run.locked:
+        say(
+            "",
+            f"{len(run.locked)} image(s) are being segmented by another run (their locks are "
+            "held): run again once it has finished, before the group level"
+        )
+    return exit_code(rows, locked=bool(run.locked))
 
 
-def exit_code(rows: Sequence[StatusRow]) -> ExitCode:
-    """1 when an image failed (now, or unchanged since an earlier run), else 3 when one is
-    partial, else 0: a script can tell "rerun with a fix" from "review the partial ones"."""
+@contextmanager
+def temporary_files_in(work_dir: Path | None) -> Iterator[Path]:
+    """A scratch folder for the run, inside `work_dir` (-w) or the system's temporary folder,
+    removed at the end; while the run lasts every temporary file goes there (Python's
+    `tempfile`, and TMPDIR for the validator and libraries), so -w can put them on a node's
+    local disk instead of a small /tmp."""
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    with tempfile.TemporaryDirectory(prefix="spineseg-", dir=work_dir) as folder:
+        tempfile.tempdir = os.environ["TMPDIR"] = folder
+        try:
+            yield Path(folder)
+        finally:
+            tempfile.tempdir = saved[0]
+            if saved[1] is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = saved[1]
+
+
+def exit_code(rows: Sequence[StatusRow], locked: bool = False) -> ExitCode:
+    """1 when an image failed (now, or unchanged since an earlier run), else 75 when another
+    run held some image (`locked`: not done yet, so `participant && group` must not go on),
+    else 3 when one is partial, else 0: a script can tell "rerun with a fix" from "rerun
+    later" from "review the partial ones"."""
     statuses = {row.status for row in rows}
     if Status.FAILED in statuses:
         return ExitCode.FAILED
+    if locked:
+        return ExitCode.TEMP_FAIL
     return ExitCode.PARTIAL if Status.PARTIAL in statuses else ExitCode.OK
 
 

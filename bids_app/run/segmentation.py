@@ -17,6 +17,7 @@ import nibabel as nib
 
 from bids_app.bids.derivatives import ModelInfo
 from bids_app.bids.sources import content_problem
+from bids_app.engine.image_checks import check_header
 from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import Engine, EngineError, EngineResult
 from bids_app.nnunet.weights import WeightsError, resolve_weights
@@ -115,6 +116,16 @@ def load_image(path: Path) -> nib.Nifti1Image:
     if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
         raise ImageFailure(f"{path.name}: not a NIfTI image ({type(img).__name__})")
     return img
+
+
+def check_input_header(img: nib.Nifti1Image, name: str) -> None:
+    """The engine's header checks (kind, grid, declared size against the file), before the
+    memory estimate: it reads the header too, and a 2-D image or a header declaring terabytes
+    over a small file must be named for what it is, not for the memory it would need."""
+    try:
+        check_header(img, name)
+    except EngineError as e:
+        raise ImageFailure(without_name(one_line(e), name)) from e
 
 
 def segment_image(

@@ -208,8 +208,9 @@ def test_failure_reasons_name_the_file_once(run, dataset):
     "damage, expected",
     [
         ("garbage", "cannot read the image (not a gzip file"),
-        ("truncated", "cannot read the image data (truncated: 100 of 1920 bytes of voxels)"),
-        ("header-only", "cannot read the image data (truncated: 0 of 1920 bytes of voxels)"),
+        # the size the header declares is checked against the file before anything is read
+        ("truncated", "header declares 8x10x12 voxels (1920 bytes) but the file holds only 100"),
+        ("header-only", "header declares 8x10x12 voxels (1920 bytes) but the file holds only 0"),
     ],
 )
 def test_corrupt_file_fails_alone_with_a_reason(run, dataset, damage, expected):

@@ -83,6 +83,7 @@ def decide(
         model=model,
         overwrite=overwrite,
         retry_failed=retry_failed,
+        source=job.path,
     )
     record: dict[str, object] = {
         "source": job.relpath,

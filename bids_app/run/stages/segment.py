@@ -14,7 +14,12 @@ from bids_app.engine.options import SegmentOptions
 from bids_app.engine.result import Engine, EngineResult
 from bids_app.plumbing.labels import STEP1_REGIONS, STEP2_REGIONS
 from bids_app.run.scheduling import MemoryGate
-from bids_app.run.segmentation import ImageOutOfMemory, load_image, segment_image
+from bids_app.run.segmentation import (
+    ImageOutOfMemory,
+    check_input_header,
+    load_image,
+    segment_image,
+)
 from bids_app.run.stages.base import Progress
 from bids_app.run.stages.decide import ImagePlan
 
@@ -29,14 +34,16 @@ class SegmentStage:
     def __call__(
         self, plan: ImagePlan, progress: Progress, loc: nib.Nifti1Image | None = None
     ) -> tuple[nib.Nifti1Image, EngineResult]:
-        """Load the source (and localizer labels, unless `loc` is given) once, wait until its
-        arrays fit in the memory budget, then run the engine: an unreadable or oversized file
-        fails (ImageFailure) before any model is loaded or any array allocated."""
+        """Load the source (and localizer labels, unless `loc` is given) once, check its
+        header, wait until its arrays fit in the memory budget, then run the engine: an
+        unreadable, malformed or oversized file fails (ImageFailure) before any model is
+        loaded or any array allocated."""
         job = plan.job
         progress("read")
         img = load_image(job.path)
         if loc is None and plan.options.localizer:
             loc = load_image(self.output_dir / plan.options.localizer)
+        check_input_header(img, job.name)  # a 2-D or truncated file is named as such
         need = image_memory(img, plan.options)
         if not self.memory.fits(need):
             raise ImageOutOfMemory(
