@@ -219,8 +219,9 @@ class ParticipantRun:
         stage = self.entered.get(job.name, "start")
         if plan is None:
             options = self.config.options
-            record = {"source": job.relpath, "subject": job.subject, "session": job.session}
-            record |= {"app_version": __version__, "options": options.record()}
+            record: dict[str, object] = {"source": job.relpath, "subject": job.subject}
+            record |= {"session": job.session, "app_version": __version__}
+            record["options"] = options.record()
             started = time.monotonic()
             plan = ImagePlan(job, options, Decision(True, ""), None, record, None, started)
         crash = ImageCrash(f"unexpected {one_line(error, with_type=True)} (stage: {stage})")
@@ -401,7 +402,7 @@ def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
         say(
             "",
             f"{len(run.locked)} image(s) are being segmented by another run (their locks are "
-            "held): run again once it has finished, before the group level"
+            "held): run again once it has finished, before the group level",
         )
     return exit_code(rows, locked=bool(run.locked))
 
