@@ -29,6 +29,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache  # the layer contracts in pyproject.toml
 
 test: venv lint
 	$(BIN)/python -m pytest -q -ra

@@ -69,8 +69,6 @@ def write_preview(
 
 def report_section(root: Path, stamp: dict) -> dict | None:
     """The subject report's lesion section of one image (None without lesion outputs)."""
-    from bids_app.qc.report import figure  # the report imports this module
-
     outputs = stamp.get("outputs") or []
     table = next((r for r in outputs if "_seg-lesion_desc-" in r and r.endswith(".tsv")), None)
     if table is None:
@@ -78,7 +76,7 @@ def report_section(root: Path, stamp: dict) -> dict | None:
     fig_rel = next((r for r in outputs if "_seg-lesion_desc-" in r and r.endswith(".png")), None)
     rows = read_tsv(Path(root) / table)
     return {
-        "figure": figure(
+        "figure": previews.figure(
             root,
             fig_rel,
             "Lesions (red, see the legend) over the sagittal view of the spine labels",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -19,6 +18,7 @@ from bids_app.plumbing import labels as L
 from bids_app.qc import plausibility
 from bids_app.qc.geometry import SPINE_ORDER, LabelGeometry
 from bids_app.qc.measures import number
+from bids_app.qc.thresholds import Thresholds
 
 # Flag ids, in the order they are listed (group_qc.tsv has one column per id).
 IMAGE_FLAGS: tuple[str, ...] = (
@@ -79,25 +79,6 @@ QC_STATUSES: dict[str, str] = {
     "check": "at least one flag to look at before using the result",
     "fail": "no usable segmentation (failed, missing or interrupted run, or no labels)",
 }
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Flag thresholds; recorded in every qc.json and in group_qc.json."""
-
-    split_min_fraction: float = 0.1  # a second component counts from this share of the largest
-    split_min_mm3: float = 20.0  # ... and from this volume
-    cord_outside_fraction: float = 0.25  # share of the cord surface not bordered by canal
-    thick_slice_ratio: float = 2.0  # slice thickness / in-plane voxel size
-    tukey_k: float = 1.5
-    tukey_min_n: int = 10
-    fragment_mm3: float = 50.0  # a level label smaller than this is a fragment, not a level
-    disc_offset_mm: float = 30.0  # disc centroid to the line joining its vertebrae' centroids
-    size_jump: float = 1.5  # vertebral volume or height / mean of its neighbours', or inverse
-    canal_narrowing_ratio: float = 0.7  # canal AP or area at a disc / mean of its vertebrae'
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def _flag(flag_id: str, reason: str) -> dict[str, str]:

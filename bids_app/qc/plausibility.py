@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import cc3d
 import numpy as np
@@ -20,9 +19,7 @@ import numpy as np
 from bids_app.plumbing import labels as L
 from bids_app.qc.geometry import SPINE_ORDER, SUPERIOR, LabelGeometry
 from bids_app.qc.measures import number
-
-if TYPE_CHECKING:
-    from bids_app.qc.flags import Thresholds
+from bids_app.qc.thresholds import Thresholds
 
 LEVEL_IDS = frozenset(SPINE_ORDER)
 # Vertebrae of each region and the labels that show the region is whole in the field of

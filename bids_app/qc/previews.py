@@ -363,3 +363,16 @@ def curvature(
         draw.text((x0 + 4, ty + 1), text, fill=colour, font=font)
         tags.append({"name": title, "degrees": round(degrees, 2), "lines": segments})
     return Picture(canvas, tags, view.image_box, view.world)
+
+
+def figure(root: Path, rel: str | None, caption: str) -> dict | None:
+    """Template data of one preview for a report (the subject report's and a capability's
+    section), or None when the file is missing or unreadable."""
+    if not rel:
+        return None
+    try:
+        with Image.open(root / rel) as im:
+            width, height = im.size
+    except OSError:
+        return None
+    return {"src": rel, "alt": caption, "caption": caption, "width": width, "height": height}

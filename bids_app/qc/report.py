@@ -13,7 +13,6 @@ from functools import cache
 from pathlib import Path
 
 import jinja2
-from PIL import Image
 
 from bids_app import __version__
 from bids_app.bids.stamps import INCOMPLETE, Status
@@ -22,6 +21,7 @@ from bids_app.plumbing import labels as L
 from bids_app.plumbing.atomic import write_text_atomic
 from bids_app.qc.alignment import TITLES
 from bids_app.qc.measures import COLUMN_BY_NAME
+from bids_app.qc.previews import figure
 from bids_app.qc.ratings import PROBLEMS, RATINGS, SCHEMA
 from bids_app.qc.records import ImageRecord, collect, format_value, landmark_list
 from bids_app.vertebrae.preview import report_section as vertebra_section
@@ -60,18 +60,6 @@ def environment() -> jinja2.Environment:
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def figure(root: Path, rel: str | None, caption: str) -> dict | None:
-    """Template data of one preview, or None when the file is missing or unreadable."""
-    if not rel:
-        return None
-    try:
-        with Image.open(root / rel) as im:
-            width, height = im.size
-    except OSError:
-        return None
-    return {"src": rel, "alt": caption, "caption": caption, "width": width, "height": height}
 
 
 def _seconds(timings: Mapping[str, object]) -> str:

@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from bids_app.plumbing import labels as L
 from bids_app.qc.geometry import image_data, sample
+from bids_app.qc.previews import figure
 from bids_app.qc.records import read_tsv
 from bids_app.vertebrae.grades import HEIGHT_SHARES
 from bids_app.vertebrae.heights import SECTION_OFFSETS, BodyMeasures, Section
@@ -161,8 +162,6 @@ def write_figure(path: Path, image: nib.Nifti1Image, measures: BodyMeasures) -> 
 
 def report_section(root: Path, stamp: dict) -> dict | None:
     """The subject report's vertebral-body section of one image (None without its table)."""
-    from bids_app.qc.report import figure  # the report imports this module
-
     outputs = stamp.get("outputs") or []
     table = next(
         (r for r in outputs if "_seg-vertparts_desc-" in r and r.endswith("_morphometry.tsv")), None
