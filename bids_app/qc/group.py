@@ -125,6 +125,13 @@ ANGLES: tuple[Column, ...] = (
     ),
 )
 ANGLE_BY_NAME: dict[str, Column] = {c.name: c for c in ANGLES}
+OUTLIER_DESCRIPTION = (
+    "Cohort-relative: 1 when a measurement of the image lies outside the Tukey fences "
+    "(Q1 - k IQR, Q3 + k IQR) of the images in this group run, for measures with at least "
+    "tukey_min_n values. It depends on which images are in the run (the same image may be "
+    "flagged in one run and not in another), so it is kept apart: it never changes "
+    "qc_status, flag_reasons or the work list, which read the image alone."
+)
 SPINE = "spine"  # abbreviation and structure of the angle rows of the long table
 DISPLAY_ORDER = (L.CORD, L.CANAL, *SPINE_ORDER)
 
@@ -210,25 +217,36 @@ def _label_rank(label: object) -> int:
     return DISPLAY_ORDER.index(label) if label in DISPLAY_ORDER else len(DISPLAY_ORDER)
 
 
+def wide_columns() -> list[str]:
+    """The wide table's columns, the same for every cohort: the ids, every alignment angle,
+    then, for each label of the label table (spine order), each measure that applies to its
+    kind (`Column.structures`). A level or angle no image has is a column of n/a, so a
+    script reading the table works on every study."""
+    labels = sorted(L.FINAL_LABELS, key=lambda lab: _label_rank(lab.index))
+    return [
+        *ID_COLUMNS,
+        *(c.name for c in ANGLES),
+        *(
+            measure_key(lab.abbreviation, m)
+            for lab in labels
+            for m in MEASURE_COLUMNS
+            if lab.kind in COLUMN_BY_NAME[m].structures
+        ),
+    ]
+
+
 def wide_table(records: Sequence[ImageRecord]) -> tuple[list[str], list[dict[str, object]]]:
-    """(columns, rows): one row per image with morphometry; the alignment angles measured in
-    any image, then one column per level x measure."""
-    cols: dict[str, tuple[int, int, str, str]] = {}
-    angles: set[str] = set()
+    """(columns, rows): `wide_columns()` and one row per image with morphometry."""
     rows = []
     for rec in records:
         if not rec.morphometry:
             continue
         row: dict[str, object] = {**_ids(rec), **angle_values(rec)}
-        angles |= set(row) - set(ID_COLUMNS)
         for r in rec.morphometry:
-            for mi, m, value in measured(r):
-                k = measure_key(str(r["abbreviation"]), m)
-                row[k] = value
-                cols[k] = (_label_rank(r.get("index")), mi, str(r["abbreviation"]), m)
+            for _, m, value in measured(r):
+                row[measure_key(str(r["abbreviation"]), m)] = value
         rows.append(row)
-    ordered = sorted(cols, key=lambda k: cols[k][:2])
-    return [*ID_COLUMNS, *(c.name for c in ANGLES if c.name in angles), *ordered], rows
+    return wide_columns(), rows
 
 
 def wide_sidecar(columns: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -264,14 +282,20 @@ def long_sidecar() -> dict[str, Mapping[str, object]]:
     }
 
 
-def raised_flags(
-    rec: ImageRecord, outliers: list[tuple[str, float, float, float]]
-) -> dict[str, str]:
-    """Flag id -> reason for the image's own flags plus the group outlier flag."""
-    raised = {f["id"]: f["reason"] for f in rec.flags}
-    if outliers:
-        raised["measure_outlier"] = "outside Tukey fences: " + ", ".join(m for m, *_ in outliers)
-    return raised
+def raised_flags(rec: ImageRecord) -> dict[str, str]:
+    """Flag id -> reason for the image's own flags: what its qc_status is made of."""
+    return {f["id"]: f["reason"] for f in rec.flags}
+
+
+def outlier_flag(outliers: list[tuple[str, float, float, float]]) -> dict[str, str]:
+    """The cohort-relative measure_outlier flag (id -> reason), empty when not raised. It
+    depends on which images are in this group run, so it never changes qc_status."""
+    if not outliers:
+        return {}
+    return {
+        "measure_outlier": "outside this group's Tukey fences (does not change qc_status): "
+        + ", ".join(m for m, *_ in outliers)
+    }
 
 
 def qc_row(
@@ -279,8 +303,9 @@ def qc_row(
 ) -> dict[str, object]:
     st, qc = rec.stamp, rec.qc
     geo = qc.get("geometry") or {}
+    # labels_present holds the labels that count (fragments left out, qc.plausibility.counted)
     present = [x for x in SPINE_ORDER if x in (qc.get("labels_present") or [])]
-    raised = raised_flags(rec, outliers)
+    raised = raised_flags(rec)
     total = (st.get("timings") or {}).get("total")
     row = {
         **_ids(rec),
@@ -304,8 +329,10 @@ def qc_row(
         "outlier_measures": "; ".join(f"{m}={v:.4g}" for m, v, *_ in outliers) or None,
         **(rating.columns() if rating else {}),
     }
-    for f in (*IMAGE_FLAGS, *GROUP_FLAGS):
+    for f in IMAGE_FLAGS:
         row[f"flag_{f}"] = int(f in raised) if qc else None
+    for f in GROUP_FLAGS:
+        row[f"flag_{f}"] = int(bool(outliers)) if qc else None
     return row
 
 
@@ -371,6 +398,11 @@ def qc_sidecar(th: Thresholds) -> dict[str, object]:
     )
     for f in (*IMAGE_FLAGS, *GROUP_FLAGS):
         out[f"flag_{f}"] = {"Description": FLAG_DESCRIPTIONS[f], "Levels": {"0": "no", "1": "yes"}}
+    out["flag_measure_outlier"]["Description"] = OUTLIER_DESCRIPTION
+    out["outlier_measures"] = {
+        "Description": "The measures of flag_measure_outlier with their values, "
+        "'measure=value; ...' (cohort-relative, as that flag)."
+    }
     out["Thresholds"] = th.as_dict()
     return out
 
@@ -515,7 +547,7 @@ def run_group(
 
     missing = _missing(root, records, participants)
     qc_rows = [qc_row(r, outliers.get(r.key, []), ratings.get(r.key)) for r in records]
-    flags = [raised_flags(r, outliers.get(r.key, [])) for r in records] + [{} for _ in missing]
+    flags = [raised_flags(r) for r in records] + [{} for _ in missing]
     lesions = [lesion_qc.lesion_columns(root, r.stamp) for r in records]
     bodies = [vertebra_qc.vertebra_columns(root, r.stamp) for r in records]
     for rec, row, raised, (cols, reasons), (body_cols, body_reasons) in zip(
@@ -527,9 +559,8 @@ def run_group(
         if reason := outputs_gone(root, rec.stamp):
             row.update(status=MISSING, reason=reason, qc_status="fail")
     with_lesions = any(cols for cols, _ in lesions)
-    qc_columns = (*QC_COLUMNS, *lesion_qc.COLUMNS) if with_lesions else QC_COLUMNS
-    with_bodies = any(cols for cols, _ in bodies)
-    qc_columns = (*qc_columns, *vertebra_qc.COLUMNS) if with_bodies else qc_columns
+    # Fixed columns, whatever the cohort holds (n/a where an image has no lesion or body run).
+    qc_columns = (*QC_COLUMNS, *lesion_qc.COLUMNS, *vertebra_qc.COLUMNS)
     qc_rows += [
         {
             "participant_id": f"sub-{s}",
@@ -542,9 +573,7 @@ def run_group(
     write_text_atomic(root / "group_qc.tsv", tsv_text(qc_columns, qc_rows))
     write_json_atomic(
         root / "group_qc.json",
-        qc_sidecar(th)
-        | (lesion_qc.sidecar() if with_lesions else {})
-        | (vertebra_qc.sidecar() if with_bodies else {}),
+        qc_sidecar(th) | lesion_qc.sidecar() | vertebra_qc.sidecar(),
     )
     write_worklist(root, qc_rows)
 
@@ -561,7 +590,10 @@ def run_group(
         .get_template("group.html.j2")
         .render(
             rows=[
-                _display_row(root, row, raised) for row, raised in zip(qc_rows, flags, strict=True)
+                _display_row(
+                    root, row, raised | outlier_flag(outliers.get(str(row.get("image")), []))
+                )
+                for row, raised in zip(qc_rows, flags, strict=True)
             ],
             counts=counts,
             with_lesions=with_lesions,

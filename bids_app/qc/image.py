@@ -115,7 +115,9 @@ def write_image_qc(
     paths = QCPaths.of(output_dir, source, suffix)
     stem = bids_prefix(PurePosixPath(source).name, suffix)
     ents = entities(stem)
-    geom = LabelGeometry.from_image(final) if final is not None else None
+    written_geom = LabelGeometry.from_image(final) if final is not None else None
+    # What counts as present (fragments erased): every table, angle and preview reads it.
+    geom = plausibility.counted(written_geom, th) if written_geom is not None else None
     written: list[Path] = []
     level_ids = plausibility.level_labels(geom, th) if geom is not None else []
     angles = (
@@ -154,9 +156,10 @@ def write_image_qc(
     ref = image if image is not None else final
     zooms = ref.header.get_zooms()[:3] if ref is not None else None
     image_flags = F.image_flags(
-        geom, zooms, landmarks, th, rows=rows, missing_reason=missing_reason
+        written_geom, zooms, landmarks, th, rows=rows, missing_reason=missing_reason
     )
     present = geom.present if geom is not None else []
+    ignored = sorted(set(written_geom.present) - set(present)) if written_geom is not None else []
     qc = {
         "subject": ents["sub"],
         "session": ents.get("ses"),
@@ -166,6 +169,7 @@ def write_image_qc(
         "app_version": __version__,
         "geometry": _geometry_summary(ref) if ref is not None else None,
         "labels_present": [int(x) for x in present],
+        "labels_ignored": [int(x) for x in ignored],
         "levels": F.level_range(level_ids),
         "n_labels": len(present),
         "landmarks": list(landmarks),

@@ -33,14 +33,23 @@ CSA_MAX_OFFSET = 5.0  # mm; the canal must be this close to the centreline point
 CORD_RATIO_MAX_VOXEL_MM = 1.5
 
 
+LEVEL_KINDS = frozenset({"vertebra", "disc"})
+
+
 @dataclass(frozen=True)
 class Column:
-    """One column of the morphometry TSV, with its BIDS sidecar description."""
+    """One column of the morphometry TSV, with its BIDS sidecar description.
+
+    `structures` names the label kinds (cord, canal, vertebra, sacrum, disc) the measure
+    applies to: the group's wide table has one column per label of those kinds, whatever
+    the images hold, so a measure added here gets its fixed columns there.
+    """
 
     name: str
     long_name: str
     description: str
     units: str | None = None
+    structures: frozenset[str] = frozenset()
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -49,7 +58,13 @@ COLUMNS: tuple[Column, ...] = (
     Column("abbreviation", "Level", "Short level name (C2, T12-L1, SC, CANAL...)."),
     Column("structure", "Structure", "cord, canal, vertebra, sacrum or disc."),
     Column("voxels", "Voxel count", "Number of voxels carrying this label."),
-    Column("volume_mm3", "Volume", "Voxel count times voxel volume.", "mm^3"),
+    Column(
+        "volume_mm3",
+        "Volume",
+        "Voxel count times voxel volume.",
+        "mm^3",
+        frozenset({"cord", "canal", "vertebra", "sacrum", "disc"}),
+    ),
     Column(
         "n_components",
         "Connected components",
@@ -72,6 +87,7 @@ COLUMNS: tuple[Column, ...] = (
         "less than three voxels thick along that normal), over lines within a core of radius "
         "one quarter of the AP depth (the AP standard deviation) around the centroid.",
         "mm",
+        structures=frozenset({"disc"}),
     ),
     Column(
         "disc_ap_depth_mm",
@@ -80,6 +96,7 @@ COLUMNS: tuple[Column, ...] = (
         "median of 9 nearby parallel chords; for a disc less than three voxels thick, the AP "
         "extent of its whole mid-sagittal section (median of three sections 1 mm apart).",
         "mm",
+        structures=frozenset({"disc"}),
     ),
     Column(
         "body_height_mm",
@@ -89,6 +106,7 @@ COLUMNS: tuple[Column, ...] = (
         "Only for vertebrae with both adjacent discs segmented and the core inside the field of "
         "view; posterior elements are outside the core.",
         "mm",
+        structures=frozenset({"vertebra"}),
     ),
     Column(
         "canal_csa_mm2",
@@ -98,6 +116,7 @@ COLUMNS: tuple[Column, ...] = (
         "mid-level (vertebra rows: midpoint of the adjacent disc centroids, else the vertebra "
         "centroid); sampled at 0.25 mm.",
         "mm^2",
+        structures=LEVEL_KINDS,
     ),
     Column(
         "cord_csa_mm2",
@@ -106,6 +125,7 @@ COLUMNS: tuple[Column, ...] = (
         "VALIDATED: the TotalSpineSeg cord segmentation was not validated for CSA; use a "
         "dedicated cord tool for cord morphometry.",
         "mm^2",
+        structures=LEVEL_KINDS,
     ),
     Column(
         "canal_ap_mm",
@@ -114,6 +134,7 @@ COLUMNS: tuple[Column, ...] = (
         "equivalent-ellipse diameter, four standard deviations of the section's area along "
         "the antero-posterior axis (the true diameter for an elliptic canal).",
         "mm",
+        structures=LEVEL_KINDS,
     ),
     Column(
         "canal_ap_ratio",
@@ -122,12 +143,14 @@ COLUMNS: tuple[Column, ...] = (
         "adjacent vertebrae (at their mid-levels); about 1 for an even canal, lower where the "
         "canal narrows at the disc. n/a without both adjacent vertebrae measured (L5-S: the "
         "sacrum is not a vertebra).",
+        structures=frozenset({"disc"}),
     ),
     Column(
         "canal_csa_ratio",
         "Canal area compression ratio",
         "Disc rows: canal_csa_mm2 at the disc divided by the mean canal_csa_mm2 of the two "
         "adjacent vertebrae (at their mid-levels), as canal_ap_ratio.",
+        structures=frozenset({"disc"}),
     ),
     Column(
         "cord_ap_lr_ratio",
@@ -136,6 +159,7 @@ COLUMNS: tuple[Column, ...] = (
         "plane of canal_csa_mm2 (equivalent-ellipse diameters, as canal_ap_mm; a flattened "
         "cord gives a low ratio). n/a without cord there, or with voxels over 1.5 mm across "
         "the cord (thick sagittal or axial slices). NOT VALIDATED, as cord_csa_mm2.",
+        structures=LEVEL_KINDS,
     ),
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)

@@ -57,6 +57,19 @@ def level_labels(geom: LabelGeometry, th: Thresholds) -> list[int]:
     return [x for x in SPINE_ORDER if x in geom.boxes and x not in tiny]
 
 
+def counted(geom: LabelGeometry, th: Thresholds) -> LabelGeometry:
+    """The labels that count as present, and only those: fragments erased.
+
+    The one decision of which labels an image has. Its morphometry rows, angles, previews,
+    qc.json `labels_present` and level range, and from them every group table, plot and
+    report, read this geometry; only the fragment flag looks at the labels as written.
+    """
+    tiny = fragments(geom, th)
+    if not tiny:
+        return geom
+    return LabelGeometry(np.where(np.isin(geom.data, tiny), 0, geom.data), geom.affine)
+
+
 def fragment_finding(geom: LabelGeometry, th: Thresholds) -> list[Finding]:
     """Fragments away from the image border (a sliver cut by the border is expected)."""
     inner = [x for x in fragments(geom, th) if not geom.touches_edge(x)]

@@ -9,6 +9,7 @@ sidecars. An image is keyed by its source file name without extension
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -105,10 +106,23 @@ def format_value(value: object) -> str:
     return str(value)
 
 
+_BREAKS = re.compile(r"[\t\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
+
+
+def tsv_cell(value: object) -> str:
+    """One TSV cell: `format_value`, with tabs and line breaks (a rating comment may hold
+    them) turned into single spaces, so every row stays one line of the same columns."""
+    return _BREAKS.sub(" ", format_value(value))
+
+
 def tsv_text(columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> str:
-    lines = ["\t".join(columns)]
-    lines += ["\t".join(format_value(row.get(c)) for c in columns) for row in rows]
-    return "\n".join(lines) + "\n"
+    """A TSV table written through the csv module: exactly `columns`, in that order, one line
+    per row; a cell holding a quote is quoted as the csv module (and pandas) reads it."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([tsv_cell(row.get(c)) for c in columns] for row in rows)
+    return buf.getvalue()
 
 
 def parse_cell(text: str) -> object:

@@ -42,6 +42,9 @@ def _clone(out, subject: str, factor: float) -> None:
     (anat / f"{prefix}_morphometry.tsv").write_text(tsv_text(columns, rows))
     figures = {}
     for kind, rel in src_qc["figures"].items():
+        if rel is None:  # no curvature figure without a measured angle
+            figures[kind] = None
+            continue
         target = figs / f"{prefix}_{kind}.png"
         shutil.copy(out / rel, target)
         figures[kind] = target.relative_to(out).as_posix()
@@ -96,11 +99,16 @@ def test_group_tables(group):
     long = _tsv(out / "group_morphometry_long.tsv")
     angles = [r for r in long if r["structure"] == "spine"]
     assert len(long) == finite + len(angles)
-    assert {r["measure"] for r in angles} == {
-        "cervical_lordosis_deg",  # cervical images
-        "lumbar_lordosis_deg",  # the lumbar one (T8 to S)
-        "coronal_cobb_deg",
+    # One row per angle an image's qc.json gives, and only those (n/a angles have no row).
+    given = {
+        name
+        for p in out.glob("sub-*/**/*_qc.json")
+        for name, value in (json.loads(p.read_text()).get("alignment") or {}).items()
+        if isinstance(value, float)
     }
+    assert "lumbar_lordosis_deg" in given  # the lumbar image (T8 to S)
+    assert {r["measure"] for r in angles} <= given | {"coronal_cobb_deg"}
+    assert "lumbar_lordosis_deg" in {r["measure"] for r in angles}
     assert {r["units"] for r in angles} == {"deg"}
     assert {r["units"] for r in long} == {"mm", "mm^2", "mm^3", "n/a", "deg"}  # n/a: ratios
     assert {r["measure"] for r in long if r["units"] == "n/a"} == {
@@ -115,7 +123,8 @@ def test_group_tables(group):
     assert sidecar["C3-C4_disc_height_mm"]["Units"] == "mm"
     assert sidecar["cervical_lordosis_deg"]["Units"] == "deg"
     assert sidecar["C5-C6_canal_ap_ratio"]["LongName"] == "C5-C6 canal ap compression ratio"
-    assert wide[0]["cervical_lordosis_deg"] != "n/a"
+    lumbar = next(r for r in wide if r["image"] == "sub-01_ses-02_acq-sag_T2w")
+    assert lumbar["lumbar_lordosis_deg"] != "n/a"
     thresholds = json.loads((out / "group_qc.json").read_text())["Thresholds"]
     assert thresholds["tukey_min_n"] == 10
 
@@ -129,6 +138,12 @@ def test_tukey_outlier_flagged(group):
     flagged = {k for k, r in qc.items() if r["flag_measure_outlier"] == "1"}
     assert flagged == {key}
     assert qc[key]["outlier_measures"].startswith(f"{level}_{measure}=")
+    # Cohort-relative: its own column only; the image's status is that of its unflagged twins.
+    twins = {r["qc_status"] for k, r in qc.items() if k.startswith("sub-1")}
+    assert twins == {qc[key]["qc_status"]}
+    assert "measure_outlier" not in qc[key]["flag_reasons"]
+    sidecar = json.loads((out / "group_qc.json").read_text())
+    assert "never changes qc_status" in sidecar["flag_measure_outlier"]["Description"]
     html = (out / "group.html").read_text()
     assert 'class="outlier"' in html and f"sub-{subject}.html#{key}" in html
 
@@ -209,4 +224,4 @@ def test_plot_tooltips_carry_units(group):
     assert ratios and all(
         t.endswith((" mm", " mm^2", " mm^3", " deg")) for t in tips if t not in ratios
     )
-    assert any("Cervical lordosis (C2-C7): " in t and t.endswith(" deg") for t in tips)
+    assert any("Lumbar lordosis (L1-S1): " in t and t.endswith(" deg") for t in tips)
