@@ -178,3 +178,15 @@ def test_unusable_device_exit_code_is_the_one_help_and_faq_give(tmp_path):
     faq = {code: row for code, row in re.findall(r"^\| (\d+) \|(.*)$", _faq_text(), re.M)}
     assert "--device" in faq[str(int(ExitCode.USAGE))]
     assert "--device" not in faq[str(int(ExitCode.FAILED))]
+
+
+def test_versions_quoted_in_the_docs_are_the_current_one():
+    # Image tags and SIF names in the examples (spineseg:0.1.0, spineseg-0.1.0.sif) and
+    # the version printed in example outputs follow the `version` file.
+    files = [REPO / "README.md", REPO / "descriptors" / "README.md", *DOCS.glob("*.md")]
+    quoted = re.compile(r"(?:spineseg[:-]|SpineSeg )(\d+\.\d+\.\d+)")
+    stale = sorted(
+        {f"{path.name}: {m}" for path in files for m in quoted.findall(path.read_text())}
+        - {f"{path.name}: {VERSION}" for path in files}
+    )
+    assert not stale, stale
