@@ -3,25 +3,22 @@ became of it.
 
 Selection lives in `bids_app.run.selection`; the stages of one image in `bids_app.run.stages`:
 
-    decide -> (corrections) -> segment -> write -> (lesions) -> QC -> stamp
+    decide -> (corrections) -> segment -> write -> (lesions) -> vertebral bodies -> QC -> stamp
 
 Each stage is told what it needs and hands back what it did; `stages.outcome.status_of`
 decides the image's status and reason from that, in one place. One engine serves every image
 of the process. One bad image fails alone: the others go on, the run ends with a status
 table and exit code 1 (3 when images are only partial). It reads a `RunConfig`, never the
-command line.
+command line. `--dry-run` is `bids_app.run.dry_run`; the checks before the first image are
+`bids_app.run.preflight`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from collections.abc import Sequence
+from contextlib import ExitStack
 
 from filelock import FileLock, Timeout
 
@@ -29,19 +26,22 @@ from bids_app import __version__, qc
 from bids_app.bids import discovery as disc
 from bids_app.bids.derivatives import LOGS_DIR, ModelInfo, run_log_path, write_dataset_files
 from bids_app.bids.sources import source_record
-from bids_app.bids.stamps import Decision, Status, stamp_path
+from bids_app.bids.stamps import Status, stamp_path
 from bids_app.corrections.catalog import CorrectionCatalog
 from bids_app.corrections.checking import CorrectionError
 from bids_app.corrections.kept import KeptOutputs
 from bids_app.engine.result import Engine
 from bids_app.lesions.participant import resolve_lesion_runner, with_lesion_model
 from bids_app.lesions.run import LesionRunner
-from bids_app.nnunet.weights import WeightsError, describe_release, find_checkpoint
+from bids_app.nnunet.weights import describe_release
 from bids_app.plumbing.atomic import make_dir
 from bids_app.plumbing.crash import crash_reports
 from bids_app.plumbing.errors import ExitCode, UserError, one_line
 from bids_app.plumbing.logs import run_log, say
+from bids_app.plumbing.scratch import temporary_files_in
 from bids_app.run.config import RunConfig
+from bids_app.run.dry_run import dry_run
+from bids_app.run.preflight import check_devices, networks_bytes
 from bids_app.run.progress import RunProgress
 from bids_app.run.resources import Budget, MemoryBudget, plan_budget, plan_memory, process_rss
 from bids_app.run.scheduling import ImageScheduler, MemoryGate
@@ -55,7 +55,7 @@ from bids_app.run.segmentation import (
 from bids_app.run.selection import select, validate_input
 from bids_app.run.stages.base import AfterSegmentation, Segmented, writing
 from bids_app.run.stages.correct import CorrectionStage
-from bids_app.run.stages.decide import ImagePlan, decide
+from bids_app.run.stages.decide import ImagePlan, decide, unplanned
 from bids_app.run.stages.image_qc import QCStage
 from bids_app.run.stages.lesions import LesionStage
 from bids_app.run.stages.outcome import (
@@ -217,23 +217,18 @@ class ParticipantRun:
         then tries the image again.
         """
         stage = self.entered.get(job.name, "start")
-        if plan is None:
-            options = self.config.options
-            record: dict[str, object] = {"source": job.relpath, "subject": job.subject}
-            record |= {"session": job.session, "app_version": __version__}
-            record["options"] = options.record()
-            started = time.monotonic()
-            plan = ImagePlan(job, options, Decision(True, ""), None, record, None, started)
+        plan = plan or unplanned(job, self.config.options)
         crash = ImageCrash(f"unexpected {one_line(error, with_type=True)} (stage: {stage})")
         crash.__cause__ = error
-        reason = failure_reason(self.out, plan, crash)
+        ending = Failed(failure_reason(self.out, plan, crash))
+        status, reason = status_of(ending)
         try:
-            self.record(plan, Failed(reason), Status.FAILED, reason)
+            self.record(plan, ending, status, reason)
         except UserError:
             raise
         except Exception:  # the stamp itself is what breaks: the crash file says why
             log.error("%s: failed: %s; no status stamp written", job.name, reason)
-        return StatusRow.of(job, Status.FAILED, reason, plan.started)
+        return StatusRow.of(job, status, reason, plan.started)
 
     def decide(self, job: disc.ImageJob) -> ImagePlan:
         """The image's options (with its localizer) and whether its stamp lets us skip it."""
@@ -321,37 +316,6 @@ class ParticipantRun:
                 log.exception("sub-%s: subject report failed", subject)
 
 
-def networks_bytes(weights, workers: int) -> int:
-    """Memory the networks will hold: each worker keeps both checkpoints' weights, and a
-    load briefly holds a second copy."""
-    sizes = 0
-    for folder in (weights.step1, weights.step2):
-        try:
-            sizes += find_checkpoint(Path(folder)).stat().st_size
-        except (OSError, TypeError, WeightsError):  # a fake or partial set: count nothing
-            continue
-    return 2 * sizes * workers
-
-
-def check_devices(specs: Sequence[str]) -> tuple[str, ...]:
-    """The devices the run will use, checked before any work (64 when one is unusable).
-
-    Only CUDA needs torch to be asked; a CPU-only run never imports it here.
-    """
-    if all(spec == "cpu" for spec in specs):
-        return tuple(specs)
-    from bids_app.nnunet.model import resolve_devices
-
-    try:
-        return tuple(resolve_devices(specs))
-    except ValueError as e:
-        raise UserError(
-            ExitCode.USAGE,
-            f"--device {','.join(specs)}: {one_line(e)} (containers need `--gpus all` "
-            "with Docker or `--nv` with Apptainer for CUDA)",
-        ) from e
-
-
 def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
     """The whole participant level; returns the exit code (see `exit_code`)."""
     out = config.output_dir
@@ -407,25 +371,6 @@ def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
     return exit_code(rows, locked=bool(run.locked))
 
 
-@contextmanager
-def temporary_files_in(work_dir: Path | None) -> Iterator[Path]:
-    """A scratch folder for the run, inside `work_dir` (-w) or the system's temporary folder,
-    removed at the end; while the run lasts every temporary file goes there (Python's
-    `tempfile`, and TMPDIR for the validator and libraries), so -w can put them on a node's
-    local disk instead of a small /tmp."""
-    saved = tempfile.tempdir, os.environ.get("TMPDIR")
-    with tempfile.TemporaryDirectory(prefix="spineseg-", dir=work_dir) as folder:
-        tempfile.tempdir = os.environ["TMPDIR"] = folder
-        try:
-            yield Path(folder)
-        finally:
-            tempfile.tempdir = saved[0]
-            if saved[1] is None:
-                os.environ.pop("TMPDIR", None)
-            else:
-                os.environ["TMPDIR"] = saved[1]
-
-
 def exit_code(rows: Sequence[StatusRow], locked: bool = False) -> ExitCode:
     """1 when an image failed (now, or unchanged since an earlier run), else 75 when another
     run held some image (`locked`: not done yet, so `participant && group` must not go on),
@@ -437,38 +382,3 @@ def exit_code(rows: Sequence[StatusRow], locked: bool = False) -> ExitCode:
     if locked:
         return ExitCode.TEMP_FAIL
     return ExitCode.PARTIAL if Status.PARTIAL in statuses else ExitCode.OK
-
-
-def dry_run(config: RunConfig, budget: Budget, devices: tuple[str, ...]) -> int:
-    """`--dry-run`: the selection and what a run would do with each image, and why.
-
-    It reads the stamps only: no output folder, log, weights or network, so it takes
-    seconds. Without the weights their hashes are unknown, so a skip says that a changed
-    model would still recompute the image (hashing the checkpoints would cost more than
-    the rest of the dry run). The input is not validated either.
-    """
-    selection = select(config)
-    say(*selection.describe())
-    say(
-        "",
-        "Dry run: nothing is written and the input is not validated; the weights are not "
-        "read, so an image shown as skipped is still recomputed if the model changed:",
-    )
-    say(f"It would run with a {budget.describe(devices)}.")
-    catalog = CorrectionCatalog(config.corrections_dir, config.bids_dir, selection.jobs)
-    by_path = {job.path: job for job in selection.jobs}
-    for job in selection.jobs:
-        decision = decide(  # the model is unknown: its hashes are not compared
-            job,
-            output_dir=config.output_dir,
-            options=config.options,
-            jobs=by_path,
-            corrections=catalog,
-            model=None,
-            overwrite=config.overwrite,
-            retry_failed=config.retry_failed,
-        ).decision
-        where = f"sub-{job.subject}" + (f" ses-{job.session}" if job.session else "")
-        action = "segment" if decision.run else "skip"
-        say(f"  {where}: {job.name}: would {action}: {decision.reason}")
-    return ExitCode.OK

@@ -5,6 +5,7 @@
     segment.py    segment: read, wait for memory, run the engine; what makes it partial
     write.py      write: label files and sidecars
     lesions.py    lesions: the lesion model on the images it applies to
+    vertebrae.py  vertebral bodies: subregions, heights, grades and slips, table and figure
     image_qc.py   QC: measures, flags, previews (never costs the segmentation)
     stamp.py      stamp (last): remove stale outputs, record the outcome; a failure's record
     outcome.py    how an image's way ended, and `status_of`, the one place that decides its
@@ -14,7 +15,7 @@
 A stage is told what it needs (its constructor takes the output folder, model, memory gate;
 each call takes the image) and hands back what it did; it never sees the run's state.
 
-Adding a stage after segmentation (vertebral bodies, say): a class with `name`, `applies(job)`
+Adding a stage after segmentation (as vertebrae.py was): a class with `name`, `applies(job)`
 and `run(image: Segmented, written) -> StageOutput` (outputs written, and a problem that makes
 the image partial), added to `ParticipantRun.after` in `bids_app/run/participant.py` at its
 place in the order. The run enters it, collects its outputs for the stamp and its problem

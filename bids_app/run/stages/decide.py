@@ -97,3 +97,12 @@ def decide(
     if records := corrections.records(job):
         record["corrections"] = records
     return ImagePlan(job, options, decision, old, record, loc_warning, started)
+
+
+def unplanned(job: ImageJob, options: SegmentOptions) -> ImagePlan:
+    """The plan of an image whose `decide` broke: stamped without an options hash, so the
+    next run tries the image again."""
+    record: dict[str, object] = {"source": job.relpath, "subject": job.subject}
+    record |= {"session": job.session, "app_version": __version__}
+    record["options"] = options.record()
+    return ImagePlan(job, options, Decision(True, ""), None, record, None, time.monotonic())
