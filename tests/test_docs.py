@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -190,3 +191,20 @@ def test_versions_quoted_in_the_docs_are_the_current_one():
         - {f"{path.name}: {VERSION}" for path in files}
     )
     assert not stale, stale
+
+
+def _names(specs: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~ ;\[]", s, maxsplit=1)[0].lower() for s in specs}
+
+
+def test_readme_says_why_each_dependency_is_there():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = _names(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        wanted |= _names(extra)
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## Dependencies and why", 1)[1].split("\n## ", 1)[0].lower()
+    named = {
+        n for row in re.findall(r"^\| ([^|]+)\|", table, re.M) for n in re.findall(r"[\w.-]+", row)
+    }
+    assert not wanted - named, f"README dependency table lacks {sorted(wanted - named)}"
