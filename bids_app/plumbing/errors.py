@@ -27,13 +27,14 @@ EXIT_CODE_HELP = """\
 exit codes:
   0   success: every selected image is segmented (now or by an earlier run)
   1   some image failed (now or, unchanged, in an earlier run); the others were written
-      (see the status table and logs/); also: the --device cannot be used
+      (see the status table and logs/)
   3   no image failed, but some are partial (cord and canal without final labels; the
       status table says why and what to do)
   16  the input dataset failed BIDS validation (see --skip-bids-validation)
   17  unknown analysis level (use participant or group)
   18  the selection is empty, or a session label does not exist
-  64  command used incorrectly (unknown option, bad value, bad paths)
+  64  command used incorrectly (unknown option, bad value, bad paths, a --device that
+      cannot be used here)
   65  two selected images would write the same outputs (e.g. x_T2w.nii and x_T2w.nii.gz)
   66  a participant given by label is missing or has no usable image (group: no records,
       or outputs a status stamp lists are gone; the group tables are still written)
