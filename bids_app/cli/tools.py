@@ -102,7 +102,7 @@ def run_segment(args, engine_factory: EngineFactory) -> int:
         ) from e
     if lesions is not None:
         written += _segment_lesions(lesions, out, src, img, result)
-    say(*(str(p) for p in written if p.name.endswith(".nii.gz")))
+    say(*(str(p) for p in written if p.name.endswith((".nii.gz", ".tsv"))))  # images, tables
     for warning in result.warnings:
         say(f"{src.name}: warning: {warning}")
     if not result.errors:

@@ -29,10 +29,10 @@ def resolve_lesion_runner(
     except WeightsError as e:
         raise UserError(ExitCode.CONFIG, str(e)) from e
     log.info(
-        "lesion model %s (%d fold(s)) on %s images",
+        "lesion model %s (%d fold(s)) on %s",
         weights.folder,
         len(weights.checkpoints),
-        ", ".join(suffixes),
+        f"{', '.join(suffixes)} images" if suffixes else "the input image",
     )
     return LesionRunner(weights, suffixes, threads=threads)
 

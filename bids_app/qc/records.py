@@ -96,12 +96,16 @@ def format_value(value: object) -> str:
     """TSV cell text: 'n/a' for missing or non-finite numbers, 2 decimals for fractional floats.
 
     A whole number prints without decimals (a 1 mm voxel volume is "19954", not "19954.00").
+    A value below 0.1 keeps three significant digits (a lesion load of 0.0021 is "0.00210",
+    not "0.00"): a small non-zero share never reads as zero.
     """
     if value is None:
         return NA
     if isinstance(value, float):
         if not math.isfinite(value):
             return NA
+        if value != 0 and abs(value) < 0.1:
+            return f"{value:.{2 - math.floor(math.log10(abs(value)))}f}"
         return f"{value:.0f}" if round(value, 2).is_integer() else f"{value:.2f}"
     return str(value)
 

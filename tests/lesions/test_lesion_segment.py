@@ -47,6 +47,10 @@ def test_segment_writes_the_lesion_mask_and_tables_named_after_the_input(tmp_pat
         assert next(csv.reader(f, delimiter="\t")) == list(COLUMNS)
     assert (out / "my_scan_seg-lesionlevels_morphometry.tsv").is_file()
     assert "lesion(s)" in said and str(out / "my_scan_label-lesion_mask.nii.gz") in said
+    # Issue 29: both lesion tables in the printed output list; no empty suffix list logged.
+    assert str(out / "my_scan_seg-lesion_morphometry.tsv") in said
+    assert str(out / "my_scan_seg-lesionlevels_morphometry.tsv") in said
+    assert "on  images" not in said and "(1 fold(s)) on the input image" in said
 
 
 def test_segment_refuses_a_bad_lesion_model_before_writing_anything(tmp_path, capsys):
