@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 from markupsafe import Markup, escape
 
-LEFT, RIGHT, TOP, BOTTOM = 64, 16, 28, 64  # px margins around the plotting area
+LEFT, RIGHT, TOP, BOTTOM = 64, 16, 28, 64  # px margins around the plotting area (least)
 COLUMN = 34  # px per level
-HEIGHT = 300
+HEIGHT = 300  # px, with the least bottom margin
+CHAR_PX = 7.0  # upper bound of the width of one 11 px character
+LABEL_ANGLE = 55  # degrees the category names are turned
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,18 @@ def strip_plot(
     median line.
     """
     cats = [c for c in categories if any(p.category == c[0] for p in points)]
-    width = max(360, LEFT + RIGHT + COLUMN * len(cats))
+    # Turned category names hang down and to the left of their column: the margins grow to
+    # hold the longest ("Coronal Cobb estimate"), so no name is cut at the border.
+    longest = max((len(name) for _, name in cats), default=0) * CHAR_PX
+    rad = math.radians(LABEL_ANGLE)
+    bottom = max(BOTTOM, math.ceil(14 + longest * math.sin(rad) + 8))
+    left = max(LEFT, math.ceil(longest * math.cos(rad) - COLUMN / 2 + 8))
+    height = HEIGHT - BOTTOM + bottom
+    width = max(360, left + RIGHT + COLUMN * len(cats))
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{HEIGHT}" '
-        f'viewBox="0 0 {width} {HEIGHT}" role="img" aria-label="{escape(title)}">',
-        f'<text x="{LEFT}" y="16" font-size="13" font-weight="600">{escape(title)}</text>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
+        f'<text x="{left}" y="16" font-size="13" font-weight="600">{escape(title)}</text>',
     ]
     if not cats:
         parts.append(f'<text x="{LEFT}" y="60" font-size="12">no values</text></svg>')
@@ -70,19 +79,19 @@ def strip_plot(
     lo, hi = min(vals), max(vals)
     pad = 0.06 * (hi - lo) if hi > lo else 0.1 * (abs(hi) or 1.0)
     lo, hi = lo - pad, hi + pad
-    y0, y1 = HEIGHT - BOTTOM, TOP
+    y0, y1 = height - bottom, TOP
 
     def ypix(v: float) -> float:
         return y0 - (v - lo) / (hi - lo) * (y0 - y1)
 
     def xpix(i: int) -> float:
-        return LEFT + COLUMN * (i + 0.5)
+        return left + COLUMN * (i + 0.5)
 
     for t in nice_ticks(lo, hi):
         y = ypix(t)
         parts.append(
-            f'<line x1="{LEFT}" x2="{width - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eaeef2"/>'
-            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">'
+            f'<line x1="{left}" x2="{width - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eaeef2"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">'
             f"{escape(_fmt(t))}</text>"
         )
     parts.append(
@@ -94,7 +103,7 @@ def strip_plot(
         x = xpix(index[cat])
         parts.append(
             f'<text x="{x:.1f}" y="{y0 + 14}" font-size="11" text-anchor="end" '
-            f'transform="rotate(-55 {x:.1f} {y0 + 14})">{escape(name)}</text>'
+            f'transform="rotate(-{LABEL_ANGLE} {x:.1f} {y0 + 14})">{escape(name)}</text>'
         )
         if cat in fences:
             v = np.array([p.value for p in points if p.category == cat])

@@ -295,6 +295,18 @@ def _tile(
     return overlay(grey, sample(geom.data, geom.affine, pts, order=0))
 
 
+def orientation_mark(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[int, int],
+    text: str,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+) -> None:
+    """An orientation letter on a black box, readable on bright tissue (T1w fat) too."""
+    x, y = xy
+    draw.rectangle([x - 3, y - 1, x + draw.textlength(text, font=font) + 2, y + 14], fill=(0, 0, 0))
+    draw.text((x, y), text, fill=TEXT, font=font)
+
+
 def axial_strip(image: np.ndarray, image_affine: np.ndarray, geom: LabelGeometry) -> Picture | None:
     """A grid of axial tiles, one per disc from top to bottom; None without discs."""
     discs = [x for x in SPINE_ORDER if x in L.DISCS and x in geom.boxes]
@@ -313,8 +325,8 @@ def axial_strip(image: np.ndarray, image_affine: np.ndarray, geom: LabelGeometry
         tw = draw.textlength(name, font=font)
         draw.rectangle([x0, y0, x0 + tw + 6, y0 + 15], fill=(0, 0, 0))
         draw.text((x0 + 3, y0 + 1), name, fill=tag_colour(disc), font=font)
-        draw.text((x0 + TILE // 2 - 3, y0 + 1), "A", fill=TEXT, font=font)
-        draw.text((x0 + 3, y0 + TILE // 2 - 6), "R", fill=TEXT, font=font)
+        orientation_mark(draw, (x0 + TILE // 2 - 3, y0 + 1), "A", font)
+        orientation_mark(draw, (x0 + 3, y0 + TILE // 2 - 6), "R", font)
         tags.append({"name": name, "x": x0, "y": y0})
     return Picture(canvas, tags, (0, 0, canvas.width, canvas.height))
 
