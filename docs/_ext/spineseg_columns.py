@@ -28,13 +28,15 @@ def _group_qc() -> Mapping[str, Mapping]:
     from bids_app.lesions import qc as lesion_qc
     from bids_app.qc import group
     from bids_app.qc.thresholds import Thresholds
+    from bids_app.vertebrae import qc as vertebra_qc
 
     columns = {k: v for k, v in group.qc_sidecar(Thresholds()).items() if k != "Thresholds"}
-    lesion = {
-        k: {"Description": d + " (only when lesion outputs exist)"}
-        for k, d in lesion_qc.COLUMNS.items()
-    }
-    return {**columns, **lesion}
+    extras = (("lesion", lesion_qc.COLUMNS), ("vertebral-body", vertebra_qc.COLUMNS))
+    for capability, extra in extras:
+        for name, description in extra.items():
+            note = f"{description} (when some image has {capability} outputs)"
+            columns.setdefault(name, {"Description": note})
+    return columns
 
 
 def _group_long() -> Mapping[str, Mapping]:
@@ -55,12 +57,19 @@ def _lesion_levels() -> Mapping[str, Mapping]:
     return _from_pairs(measures.LOAD_COLUMNS)
 
 
+def _vertebrae() -> Mapping[str, Mapping]:
+    from bids_app.vertebrae import outputs
+
+    return outputs.columns_sidecar()
+
+
 TABLES: dict[str, Callable[[], Mapping[str, Mapping]]] = {
     "morphometry": _morphometry,
     "group_qc": _group_qc,
     "group_long": _group_long,
     "lesions": _lesions,
     "lesion_levels": _lesion_levels,
+    "vertebrae": _vertebrae,
 }
 
 
