@@ -22,7 +22,17 @@ import numpy as np
 
 from bids_app.bids.stamps import source_stem
 from bids_app.corrections.finding import DISCS_KIND, SEG_KIND, Correction
-from bids_app.plumbing.labels import DISCS, FINAL_IDS, FIRST_DISC_LEVEL, LEVEL_DISCS
+from bids_app.plumbing.labels import (
+    CANAL,
+    CORD,
+    DISCS,
+    FINAL_IDS,
+    FIRST_DISC_LEVEL,
+    LEVEL_DISCS,
+    SACRUM,
+    VERTEBRAE,
+    level_name,
+)
 
 # SCT disc number -> final disc label id (docs/method.md §4.6: 3 = C2-C3 ... 25 = L5-S).
 SCT_DISCS: dict[int, int] = {FIRST_DISC_LEVEL + i: d for i, d in enumerate(LEVEL_DISCS)}
@@ -30,6 +40,9 @@ SCT_WITHOUT_DISC = (1, 2)  # C1 and C1-C2: TotalSpineSeg has no disc label for t
 # Each point becomes a ball of this radius in the localizer: it must overlap its disc as
 # the networks segmented it, while disc centres are 12 mm or more apart.
 POINT_RADIUS_MM = 4.0
+# A point inside a vertebra farther than this from every disc is a body centre, not a disc
+# (SCT's labels.nii.gz puts its values at vertebral body centres, half a body from a disc).
+ON_DISC_MM = 3.0
 GRID_TOLERANCE_MM = 1e-3
 
 
@@ -47,12 +60,55 @@ class Corrected:
     localizer: nib.Nifti1Image | None
 
 
-def check(found: Mapping[str, Correction], img: nib.Nifti1Image) -> Corrected:
+def check(
+    found: Mapping[str, Correction], img: nib.Nifti1Image, labels: np.ndarray | None = None
+) -> Corrected:
     """The image's corrections in use, checked against it (a corrected segmentation wins
-    over disc points); CorrectionError names the file and its problem."""
+    over disc points); CorrectionError names the file and its problem. `labels`, the
+    image's current final labels on its grid when it has any, lets disc points be checked
+    against the discs they must lie on."""
     if SEG_KIND in found:
         return Corrected(img, corrected_labels(found[SEG_KIND], img), None)
-    return Corrected(img, None, points_localizer(disc_points(found[DISCS_KIND], img)))
+    points = disc_points(found[DISCS_KIND], img)
+    if labels is not None:
+        points_on_discs(found[DISCS_KIND], points, labels, img.affine)
+    return Corrected(img, None, points_localizer(points))
+
+
+def points_on_discs(
+    corr: Correction, points: Mapping[int, np.ndarray], labels: np.ndarray, affine: np.ndarray
+) -> None:
+    """Refuse the first disc point that does not lie on a disc of `labels` (final labels on
+    the grid of `affine`): no disc within its localizer ball (the labeling would drop it), or
+    inside a vertebra farther than ON_DISC_MM from every disc (a body-centre label file).
+    One line names the point, where it lies and how far the nearest disc is."""
+    disc_ijk = np.argwhere(np.isin(labels, list(DISCS)))
+    discs = nib.affines.apply_affine(affine, disc_ijk) if disc_ijk.size else np.zeros((0, 3))
+    inv = np.linalg.inv(affine)
+    shape = np.array(labels.shape[:3])
+    for disc, p in sorted(points.items()):
+        gap = float(np.sqrt(((discs - p) ** 2).sum(1).min())) if len(discs) else np.inf
+        at = int(
+            labels[
+                tuple(np.clip(np.rint(nib.affines.apply_affine(inv, p)), 0, shape - 1).astype(int))
+            ]
+        )
+        in_bone = at in VERTEBRAE or at == SACRUM
+        if gap <= POINT_RADIUS_MM and not (in_bone and gap > ON_DISC_MM):
+            continue
+        where = f"({p[0]:.0f}, {p[1]:.0f}, {p[2]:.0f}) mm"
+        far = f"{gap:.0f} mm from the nearest disc" if np.isfinite(gap) else "no disc in the labels"
+        if in_bone:
+            raise CorrectionError(
+                f"{corr.path}: disc point {DISCS[disc]} at {where} lies in the vertebral body "
+                f"of {level_name(at)}, {far}: this looks like a body-centre label file (values "
+                "at vertebral body centres, as SCT's labels.nii.gz), not disc points"
+            )
+        what = {CORD: "the spinal cord", CANAL: "the spinal canal", 0: "no structure"}
+        raise CorrectionError(
+            f"{corr.path}: disc point {DISCS[disc]} at {where} lies in "
+            f"{what.get(at, level_name(at))}, {far}: not on a disc"
+        )
 
 
 def _load(corr: Correction, img: nib.Nifti1Image) -> np.ndarray:

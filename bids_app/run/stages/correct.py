@@ -8,7 +8,9 @@ import logging
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 
+from bids_app.bids.derivatives import image_output_paths
 from bids_app.corrections.catalog import CorrectionCatalog
 from bids_app.corrections.checking import Corrected, check
 from bids_app.corrections.finding import DISCS_KIND, KIND_NAMES, SEG_KIND
@@ -43,7 +45,20 @@ class CorrectionStage:
         found = self.catalog.of(plan.job)
         if not found:
             return None
-        return check(found, load_image(plan.job.path))
+        return check(found, load_image(plan.job.path), self.current_labels(plan))
+
+    def current_labels(self, plan: ImagePlan) -> np.ndarray | None:
+        """The image's final labels as its outputs hold them now (None without readable
+        ones), against which disc points are checked."""
+        job = plan.job
+        path = (
+            self.output_dir
+            / image_output_paths(job.relpath, job.suffix, iso=False)[("final", False)]
+        )
+        try:
+            return np.asanyarray(nib.load(path).dataobj) if path.is_file() else None
+        except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError):
+            return None
 
     def redo(
         self, plan: ImagePlan, fixes: Corrected, progress: Progress
@@ -81,7 +96,8 @@ class CorrectionStage:
                     log.info("%s: %s; running the networks", job.name, e)
         except EngineError as e:
             raise ImageFailure(without_name(one_line(e), job.name)) from e
-        log.info("%s: no kept network outputs; running the networks", job.name)
+        if kept is None:  # after a KeptMismatch the line above said why
+            log.info("%s: no kept network outputs; running the networks", job.name)
         return self.segment(plan, progress, loc=fixes.localizer)
 
     def automatic_flags(self, plan: ImagePlan) -> list | None:
