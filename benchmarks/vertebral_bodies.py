@@ -111,11 +111,16 @@ def _num(x: object) -> float:
     return float(x) if isinstance(x, (int, float)) else float("nan")
 
 
-def score(labels: nib.Nifti1Image, truth: dict, parts_truth: np.ndarray) -> dict:
-    """Measures of one label image against the phantom truth."""
+def score(
+    labels: nib.Nifti1Image, truth: dict, parts_truth: np.ndarray, bone_truth: np.ndarray
+) -> dict:
+    """Measures of one label image against the phantom truth (`bone_truth`: where the
+    phantom has a vertebra or the sacrum, whatever its part)."""
     res = analyse(labels)
     parts = np.asarray(res.parts.dataobj)
     out: dict = {
+        # What any split inherits from the labels: the bone they cover, against the truth's.
+        "bone_dice": dice(parts > 0, bone_truth),
         "body_dice": dice(np.isin(parts, BODY_PARTS), np.isin(parts_truth, BODY_PARTS)),
         "posterior_dice": dice(
             np.isin(parts, POSTERIOR_PARTS), np.isin(parts_truth, POSTERIOR_PARTS)
@@ -189,6 +194,7 @@ def summarise(cases: list[dict], key: str) -> dict:
 
     return {
         "images": len(scored),
+        "bone_dice": mean([s["bone_dice"] for s in scored]),
         "body_dice": mean([s["body_dice"] for s in scored]),
         "posterior_dice": mean([s["posterior_dice"] for s in scored]),
         "part_dice": {
@@ -258,6 +264,7 @@ def main() -> None:
                 ph = render(anat, Acquisition(fov, contrast=contrast), noise_seed=seed)
                 truth = column_truth(anat, HEIGHT_SHARES)
                 parts_truth = np.asarray(part_truth(ph, PARTS, ENDPLATE_MM).dataobj)
+                bone = parts_truth > 0
                 case: dict = {
                     "fov": fov,
                     "contrast": contrast,
@@ -266,7 +273,7 @@ def main() -> None:
                         [d.level, d.shape, d.grade, d.fraction] for d in anat.deformities
                     ],
                     "slips": [[s.disc, s.percent] for s in slips],
-                    "truth_labels": score(ph.labels, truth, parts_truth),
+                    "truth_labels": score(ph.labels, truth, parts_truth, bone),
                 }
                 if engine is not None:
                     t0 = time.perf_counter()
@@ -275,7 +282,7 @@ def main() -> None:
                     )
                     case["seconds"] = time.perf_counter() - t0
                     if "final" in res.native:
-                        case["network"] = score(res.native["final"], truth, parts_truth)
+                        case["network"] = score(res.native["final"], truth, parts_truth, bone)
                     else:
                         case["network_error"] = "no final labels: " + "; ".join(res.errors)
                 cases.append(case)

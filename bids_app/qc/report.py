@@ -24,7 +24,6 @@ from bids_app.qc.measures import COLUMN_BY_NAME
 from bids_app.qc.previews import figure
 from bids_app.qc.ratings import PROBLEMS, RATINGS, SCHEMA
 from bids_app.qc.records import ImageRecord, collect, format_value, landmark_list
-from bids_app.vertebrae.preview import report_section as vertebra_section
 
 CORD_CSA_WARNING = (
     "Cord cross-sectional areas and AP / left-right ratios come from a segmentation that was "
@@ -138,6 +137,10 @@ def format_angle(value: object) -> str:
 
 
 def image_context(rec: ImageRecord, root: Path) -> dict:
+    # Here, not at the top: bids_app.vertebrae imports bids_app.qc.geometry, whose package
+    # imports this module.
+    from bids_app.vertebrae.preview import report_section as vertebra_section
+
     figs = rec.qc.get("figures") or {}
     figures = [
         figure(

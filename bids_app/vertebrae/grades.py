@@ -18,9 +18,9 @@ GENANT_LOWER: tuple[float, ...] = (0.20, 0.25, 0.40)
 # Meyerding 1932: grade I below 25 % of the lower endplate's depth, II to 50, III to 75,
 # IV to 100, V beyond (spondyloptosis).
 MEYERDING = ("I", "II", "III", "IV", "V")
-# A slip under this share is not graded: below what the measure resolves (validated error
-# median <= 5 percentage points on phantoms, docs/vertebrae.md).
-LISTHESIS_MIN_PERCENT = 5.0
+# A slip under this share is not graded: within the measure's error (normal discs read up to
+# about 9 % on phantoms, benchmarks/out/vertebral_bodies.json).
+LISTHESIS_MIN_PERCENT = 10.0
 
 
 def genant(

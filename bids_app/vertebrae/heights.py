@@ -185,7 +185,9 @@ def section_of(geom: LabelGeometry, bodies: np.ndarray, label: int, frame: Frame
     return Section(label, frame, l0, a, h, np.stack(masks))
 
 
-def _reason(geom: LabelGeometry, label: int, frame: Frame, fifth_lumbar: int | None) -> str:
+def _reason(
+    geom: LabelGeometry, bodies: np.ndarray, label: int, frame: Frame, fifth_lumbar: int | None
+) -> str:
     """Why a vertebra's body is not measured ('' when it is)."""
     if label == 11:
         return "C1 has no vertebral body"
@@ -200,9 +202,16 @@ def _reason(geom: LabelGeometry, label: int, frame: Frame, fifth_lumbar: int | N
     if above is None or below is None:
         side = "above" if above is None else "below"
         return f"no disc {side} in the labels: the body is not seen whole"
-    if geom.touches_edge(label):
+    if _cut(bodies, label):
         return "cut by the field of view"
     return ""
+
+
+def _cut(bodies: np.ndarray, label: int) -> bool:
+    """Whether the body (not its arch: transverse processes often reach the side of a
+    sagittal slab) reaches the border of the image."""
+    edges = (bodies[0], bodies[-1], bodies[:, 0], bodies[:, -1], bodies[:, :, 0], bodies[:, :, -1])
+    return any((edge == label).any() for edge in edges)
 
 
 def _transitional(geom: LabelGeometry) -> int | None:
@@ -279,7 +288,7 @@ LEVEL_COLUMNS: tuple[Column, ...] = (
     Column(
         "meyerding_grade",
         "Disc rows: Meyerding grade of an anterior slip: I below 25 %, II "
-        "to 50 %, III to 75 %, IV to 100 %, V beyond (Meyerding 1932); none under 5 % and "
+        "to 50 %, III to 75 %, IV to 100 %, V beyond (Meyerding 1932); none under 10 % and "
         "for retrolisthesis. An image measure, not a diagnosis.",
     ),
     Column("na_reason", "Why the row's measures are n/a (n/a when measured)."),
@@ -324,7 +333,7 @@ def measure_bodies(
     for v in order:
         if v == L.SACRUM:
             continue
-        reason = _reason(geom, v, frames[v], fifth)
+        reason = _reason(geom, bodies, v, frames[v], fifth)
         section = section_of(geom, bodies, v, frames[v]) if v != 11 else None
         if section is not None and not thick(geom, frames[v], MAX_VOXEL_MM):
             sections[v] = section

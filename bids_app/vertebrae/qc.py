@@ -2,7 +2,7 @@
 
 Two flags make the QC status `check`: `possible_fracture` (a body graded Genant 1 or more:
 it lost 20 % or more of a height) and `listhesis` (a slip graded Meyerding I or more, i.e.
-5 % or more of the lower endplate's depth). Both are pointers for the reviewer, image
+10 % or more of the lower endplate's depth). Both are pointers for the reviewer, image
 measures for research, not diagnoses.
 """
 
@@ -21,7 +21,7 @@ COLUMNS: dict[str, str] = {
     "listhesis_levels": "Discs with a slip graded Meyerding I or more, with its grade",
     "flag_possible_fracture": "A vertebral body lost 20 % or more of a height (Genant grade "
     ">= 1): check it in the subject report's vertebral-body figure",
-    "flag_listhesis": "A vertebra slipped 5 % or more of the lower endplate's depth over the "
+    "flag_listhesis": "A vertebra slipped 10 % or more of the lower endplate's depth over the "
     "one below (Meyerding grade >= I)",
 }
 FLAGS = ("possible_fracture", "listhesis")
