@@ -23,20 +23,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bids_app.lesions.labels import read_labels
-from bids_app.nnunet.weights import (
-    DEMO_DIR,
-    MANIFEST,
-    WeightsError,
-    _cached_manifest_path,
-    _check_json_object,
-    _hash_all,
-    _install_lock,
-    _records,
-    default_weights_dir,
+from bids_app.nnunet.weights.folders import WeightsError, check_json_object
+from bids_app.nnunet.weights.install import install_lock
+from bids_app.nnunet.weights.manifest import (
+    cached_manifest_path,
     file_records_ok,
+    hash_all,
     read_manifest,
+    records,
     sha256_file,
 )
+from bids_app.nnunet.weights.releases import DEMO_DIR, MANIFEST, default_weights_dir
 from bids_app.plumbing.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -105,7 +102,7 @@ def model_files(folder: Path) -> list[Path]:
     trainer = find_trainer_dir(folder)
     files = [trainer / "plans.json", trainer / "dataset.json"]
     for path in files:
-        _check_json_object(path)
+        check_json_object(path)
     return [*files, *fold_checkpoints(trainer)]
 
 
@@ -115,7 +112,7 @@ def _manifest(folder: Path, source: str, zip_record: dict | None) -> dict:
         "source": source,
         "zip": zip_record,
         "installed": datetime.now(UTC).isoformat(timespec="seconds"),
-        "files": _records(model_files(folder), folder),
+        "files": records(model_files(folder), folder),
     }
 
 
@@ -136,7 +133,7 @@ def resolve_lesion_model(path: Path | str, env: Mapping[str, str] = os.environ) 
     folder = DEMO_LESION if str(path) == "demo" else Path(path)
     files = model_files(folder)
     read_labels(files[1])  # not a lesion model: refused before anything is recorded
-    own, cached = folder / MANIFEST, _cached_manifest_path(folder, env)
+    own, cached = folder / MANIFEST, cached_manifest_path(folder, env)
     where = own if own.is_file() else cached
     manifest = _read_manifest(where)
     if manifest is None:
@@ -165,7 +162,7 @@ def resolve_lesion_model(path: Path | str, env: Mapping[str, str] = os.environ) 
                 f"{p}: size {p.stat().st_size} differs from the installed "
                 f"{record['size']} bytes (changed or truncated); {fix}"
             )
-    digests = _hash_all(files)
+    digests = hash_all(files)
     for rel, p, digest in zip(rels, files, digests, strict=True):
         if digest != manifest["files"][rel]["sha256"]:
             raise WeightsError(f"{p}: SHA-256 differs from {where} (file changed); {fix}")
@@ -197,7 +194,7 @@ def install_lesion_model(
         raise WeightsError(f"{final}: already installed; pass --force to replace it")
     try:
         with (
-            _install_lock(dest_root),
+            install_lock(dest_root),
             tempfile.TemporaryDirectory(dir=dest_root, prefix=_TMP_PREFIX) as tmp,
         ):
             unpacked, staged = Path(tmp) / "unpacked", Path(tmp) / name

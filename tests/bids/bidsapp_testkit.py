@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import zipfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -94,8 +95,15 @@ def make_weights(root: Path) -> Path:
         (trainer / "fold_0").mkdir(parents=True, exist_ok=True)
         (trainer / "plans.json").write_text("{}")
         (trainer / "dataset.json").write_text("{}")
-        (trainer / "fold_0" / "checkpoint_final.pth").write_bytes(payload)
+        fake_checkpoint(trainer / "fold_0" / "checkpoint_final.pth", payload)
     return root
+
+
+def fake_checkpoint(path: Path, payload: bytes) -> None:
+    """A zip like torch.save's (the format weights are checked for), holding `payload`."""
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("checkpoint_final/data.pkl", payload)
+        zf.writestr("checkpoint_final/version", b"3\n")
 
 
 def fake_labels(shape: tuple[int, ...]) -> np.ndarray:

@@ -20,8 +20,10 @@ from bids_app.nnunet.weights import (
     RELEASES,
     WeightsError,
     WeightSet,
+    install,
     install_weights,
     pack_release,
+    releases,
     resolve_weights,
 )
 
@@ -235,7 +237,7 @@ def test_parallel_installs_do_not_race(zips, tmp_path, tiny_models, monkeypatch)
     root = tmp_path / "weights"
     spans: list[tuple[float, float]] = []
     errors: list[BaseException] = []
-    real_stage = w._stage
+    real_stage = install._stage
 
     def slow_stage(*args, **kwargs):
         start = time.monotonic()
@@ -244,7 +246,7 @@ def test_parallel_installs_do_not_race(zips, tmp_path, tiny_models, monkeypatch)
         spans.append((start, time.monotonic()))
         return staged
 
-    monkeypatch.setattr(w, "_stage", slow_stage)
+    monkeypatch.setattr(install, "_stage", slow_stage)
 
     def job():
         try:
@@ -377,7 +379,7 @@ def test_demo_models_only_when_asked(tiny_models, tmp_path, monkeypatch):
     for step in ("step1", "step2"):
         shutil.copytree(tiny_models[step], demo / tiny_models[step].name)
     write_demo_readme(demo)
-    monkeypatch.setattr(w, "DEMO_DIR", demo)
+    monkeypatch.setattr(releases, "DEMO_DIR", demo)
     for ws in (
         resolve_weights(demo=True, env={}),
         resolve_weights("demo", env={}),

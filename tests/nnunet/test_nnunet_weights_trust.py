@@ -17,7 +17,15 @@ import pytest
 from bids_app.bids.derivatives import ModelInfo, dataset_description
 from bids_app.cli.main import main
 from bids_app.nnunet import weights as w
-from bids_app.nnunet.weights import WeightsError, install_weights, pack_release, resolve_weights
+from bids_app.nnunet.weights import (
+    WeightsError,
+    install,
+    install_weights,
+    pack_release,
+    releases,
+    resolve_weights,
+)
+from bids_app.nnunet.weights import manifest as weights_manifest
 
 REL = "r20260730"
 STEP1 = "Dataset101_TotalSpineSeg_step1"
@@ -73,7 +81,7 @@ def no_network(monkeypatch):
         rel: {name: f"http://127.0.0.1:9/{rel}/{name}_{rel}.zip" for name in (STEP1, STEP2)}
         for rel in w.RELEASES
     }
-    monkeypatch.setattr(w, "RELEASES", urls)
+    monkeypatch.setattr(releases, "RELEASES", urls)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,14 +108,14 @@ def test_copied_demo_folder_is_recorded_then_a_flipped_byte_is_refused(demo_copy
 
 
 def test_read_only_folder_is_recorded_in_the_user_cache(demo_copy, tmp_path, monkeypatch, caplog):
-    real_write = w.write_json_atomic
+    real_write = weights_manifest.write_json_atomic
 
     def read_only_folder(path: Path, data: dict) -> None:
         if path.parent == demo_copy:
             raise PermissionError(13, "Permission denied", str(path))
         real_write(path, data)
 
-    monkeypatch.setattr(w, "write_json_atomic", read_only_folder)
+    monkeypatch.setattr(weights_manifest, "write_json_atomic", read_only_folder)
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
     assert resolve_weights(demo_copy, env=env).release == "demo"
     assert not (demo_copy / "manifest.json").exists()
@@ -127,7 +135,7 @@ def test_folder_is_refused_when_no_manifest_can_be_written(demo_copy, tmp_path, 
     def nothing_writable(path: Path, data: dict) -> None:
         raise OSError(30, "Read-only file system", str(path))
 
-    monkeypatch.setattr(w, "write_json_atomic", nothing_writable)
+    monkeypatch.setattr(weights_manifest, "write_json_atomic", nothing_writable)
     with pytest.raises(WeightsError) as info:
         resolve_weights(demo_copy, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     message = str(info.value)
@@ -149,7 +157,7 @@ def test_changed_file_exits_78_whichever_way_the_weights_are_chosen(
     elif way == "demo":
         folder = demo_copy
         shutil.copy(SHIPPED_DEMO / "README.md", folder / "README.md")  # the known hashes
-        monkeypatch.setattr(w, "DEMO_DIR", folder)
+        monkeypatch.setattr(releases, "DEMO_DIR", folder)
     else:
         folder = demo_copy
     scan = tmp_path / "scan.nii.gz"
@@ -331,7 +339,7 @@ def official_server(tiny_models, tmp_path, monkeypatch):
     thread.start()
     base = f"http://127.0.0.1:{httpd.server_address[1]}"
     urls = {REL: {name: f"{base}/{REL}/{name}_{REL}.zip" for name in (STEP1, STEP2)}}
-    monkeypatch.setattr(w, "RELEASES", urls)
+    monkeypatch.setattr(releases, "RELEASES", urls)
     yield requested
     httpd.shutdown()
     httpd.server_close()
@@ -415,13 +423,13 @@ def test_failed_install_does_not_disturb_one_waiting_for_the_lock(
     import threading
     import time
 
-    real_download = w._download
+    real_download = install._download
 
     def slow_download(*args, **kwargs):
         time.sleep(0.4)  # holds the lock while the other install starts waiting
         return real_download(*args, **kwargs)
 
-    monkeypatch.setattr(w, "_download", slow_download)
+    monkeypatch.setattr(install, "_download", slow_download)
     dest = tmp_path / "new" / "weights"
     outcome: dict[str, object] = {}
 
