@@ -238,6 +238,53 @@ def _deformed(seed: int, slips: tuple[Slip, ...], deformities: tuple[Deformity, 
     return random_anatomy(seed, deformities=deformities, slips=slips)
 
 
+ROWS = (
+    ("bone_dice", "bone Dice (the labels' vertebrae and sacrum, whatever the part)", ".3f"),
+    ("body_dice", "subregion Dice, body (with endplates)", ".3f"),
+    ("posterior_dice", "subregion Dice, posterior elements", ".3f"),
+    ("bodies_measured", "bodies measured", "d"),
+    ("ratio_error_pp_median", "height-ratio error, median (pp)", ".1f"),
+    ("ratio_error_pp_p90", "height-ratio error, 90th percentile (pp)", ".1f"),
+    ("fractured_bodies", "fractured bodies measured (truth grade >= 1)", "d"),
+    ("sensitivity", "fracture sensitivity (grade >= 1 found)", ".2f"),
+    ("normal_flagged", "normal bodies flagged", ".2f"),
+    ("grade_exact", "Genant grade exact, all measured bodies", ".2f"),
+    ("grade_exact_fractured", "Genant grade exact, fractured bodies", ".2f"),
+    ("slip_error_pp_median", "slip error, median over measured discs (pp)", ".1f"),
+    ("slip_error_pp_median_slipped", "slip error, median over slipped discs (pp)", ".1f"),
+)
+
+
+def update_docs(result: dict, doc: Path = ROOT / "docs" / "vertebrae.md") -> None:
+    """The accuracy table between the vertebral-bodies markers of the docs page."""
+    start, end = "<!-- vertebral-bodies:start -->", "<!-- vertebral-bodies:end -->"
+    text = doc.read_text() if doc.exists() else ""
+    if start not in text:
+        return
+    net, truth = result["summary"]["network"], result["summary"]["truth_labels"]
+    rows = [
+        "| | demo models' labels | phantom's own labels (the measure alone) |",
+        "|---|---|---|",
+    ]
+    for key, title, fmt in ROWS:
+        cells = [format(s[key], fmt) if s[key] == s[key] else "n/a" for s in (net, truth)]
+        rows.append(f"| {title} | {cells[0]} | {cells[1]} |")
+    opts = result["options"]
+    rows += [
+        "",
+        *(f"- demo models: {line}" for line in result["targets"]["network"]),
+        *(f"- own labels: {line}" for line in result["targets"]["truth_labels"]),
+        "",
+        f"_{result['when']}, {result['machine']}; {net['images']} images (every field of view "
+        f"and contrast, {opts['cases']} seed each from {SEED}); "
+        "`nice -n 10 python -m benchmarks.vertebral_bodies`; every number in "
+        "benchmarks/out/vertebral_bodies.json._",
+    ]
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    doc.write_text(head + start + "\n" + "\n".join(rows) + "\n" + end + tail)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=1, help="seeds per field of view and contrast")
@@ -247,7 +294,13 @@ def main() -> None:
     ap.add_argument("--weights", default="demo")
     ap.add_argument("--truth-only", action="store_true", help="skip the networks")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
+    ap.add_argument(
+        "--docs-from", type=Path, metavar="JSON", help="only rewrite the docs table from a result"
+    )
     args = ap.parse_args()
+    if args.docs_from:
+        update_docs(json.loads(args.docs_from.read_text()))
+        return
     engine = None
     if not args.truth_only:
         engine = SpineSegEngine(resolve_weights(args.weights), device="cpu", threads=args.threads)
@@ -308,6 +361,7 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "vertebral_bodies.json").write_text(json.dumps(result, indent=2, default=str))
+    update_docs(result)
     for key, lines in targets.items():
         print(key, *lines, sep="\n  ")
 
