@@ -19,6 +19,7 @@ from bids_app.cli.parser import LEVELS
 from bids_app.cli.slurm_args import slurm_config
 from bids_app.corrections import finding as corrections
 from bids_app.engine.options import SegmentOptions
+from bids_app.plumbing.atomic import remove_stale_temps
 from bids_app.plumbing.errors import ExitCode, UserError
 from bids_app.run import slurm
 from bids_app.run.config import Resources, RunConfig, SelectionConfig
@@ -212,6 +213,10 @@ def run_bids_app(
     config = build_config(args, paths)
     if config.slurm is not None:
         return slurm.write_for_cli(config)
+    if not config.dry_run and config.output_dir.is_dir():  # temp files of killed writers
+        removed = remove_stale_temps(config.output_dir, recursive=True)
+        if removed:
+            log.info("removed %d temporary file(s) left by an interrupted run", removed)
     if config.level == "group":
         return run_group(config)
     return run_participant(config, engine_factory)

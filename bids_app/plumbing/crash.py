@@ -3,11 +3,13 @@
 The console, the status table and the stamp get one line; the traceback a developer needs
 goes to `output_dir/logs/crash-<UTC time>-<what>.txt` (fMRIPrep's `crash-*.txt` practice),
 which that line names. An unexpected error is a bug or a library failure, not bad input, so
-it is worth a report: the file says what ran on what.
+it is worth a report: the file says what ran on what. A full disk (or a read-only, failing
+or over-quota one) is not a bug: it is exit 74 in one line naming the file, and no crash file.
 """
 
 from __future__ import annotations
 
+import errno
 import platform
 import sys
 import tempfile
@@ -60,8 +62,27 @@ def write_crash_file_somewhere(
     return None
 
 
+# The storage failed, not SpineSeg: no space, no quota left, read-only, I/O error, too large.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
+
+
+def disk_error(error: BaseException, where: Path | None = None) -> UserError | None:
+    """Exit 74 naming the file, when `error` (or what caused it) is the disk failing."""
+    seen: BaseException | None = error
+    while seen is not None and not (isinstance(seen, OSError) and seen.errno in DISK_ERRNOS):
+        seen = seen.__cause__ or seen.__context__
+    if not isinstance(seen, OSError):
+        return None
+    name = seen.filename or where or "output"
+    return UserError(ExitCode.IO_ERROR, f"{name}: cannot write ({seen.strerror or seen})")
+
+
 def crash_error(error: BaseException, output_dir: Path | None, what: str) -> UserError:
-    """The one-line error (exit 70) for an unexpected exception, its traceback saved."""
+    """The one-line error for an unexpected exception: exit 74 when the disk failed (see
+    `disk_error`), else exit 70 with its traceback saved."""
+    full = disk_error(error, output_dir)
+    if full is not None:
+        return full
     path = write_crash_file_somewhere(output_dir, what, error)
     where = f"traceback in {path}" if path else "no crash file could be written"
     return UserError(

@@ -111,17 +111,22 @@ class DevicePool(Generic[W]):
                 stats.busy_s += time.perf_counter() - t0
 
     def close(self, cancel: bool = False) -> None:
-        """Stop the device threads: after the queued calls, or at once failing them with
-        Cancelled (`cancel`: the run is stopping). Safe to call twice."""
+        """Stop the device threads: after the queued calls, or failing them with Cancelled
+        (`cancel`: the run is stopping). Safe to call twice.
+
+        Always waits for the threads, also when cancelling (the call a device is in, a model
+        load or a prediction, ends first): a thread still inside torch when Python exits is
+        killed in native code, and the process aborts ("terminate called without an active
+        exception", exit 134) instead of exiting with the run's code.
+        """
         if cancel:
             self._cancel.set()
-        if self._closed:
-            return
-        self._closed = True
-        for _ in self._threads:
-            self._queue.put(None)
-        if not cancel:
-            for thread in self._threads:
+        if not self._closed:
+            self._closed = True
+            for _ in self._threads:
+                self._queue.put(None)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
                 thread.join()
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import zipfile
 import time
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
