@@ -54,6 +54,7 @@ QC_COLUMNS = (
     "status",
     "reason",
     "correction",
+    "correction_refused",
     "app_version",
     "model_release",
     "device",
@@ -314,6 +315,7 @@ def qc_row(
         "status": rec.status,
         "reason": rec.reason,
         "correction": st.get("manual"),
+        "correction_refused": rec.refused.get("reason"),
         "app_version": st.get("app_version") or qc.get("app_version"),
         "model_release": (st.get("model") or {}).get("release"),
         "device": st.get("device"),
@@ -369,6 +371,12 @@ def qc_sidecar(th: Thresholds) -> dict[str, object]:
             "app_version": {"Description": "SpineSeg version that made the outputs."},
             "model_release": {"Description": "Weights release of the spine networks."},
             "device": {"Description": "Device the networks ran on (cpu, cuda:N)."},
+            "correction_refused": {
+                "Description": "Why the image's newest correction file was refused (one "
+                "line naming the file); its outputs and status are those of before. n/a "
+                "without a refused correction. A refusal makes qc_status 'check' and puts "
+                "the image on the work list."
+            },
             "runtime_s": {
                 "Description": "Wall time of the image at participant level.",
                 "Units": "s",
@@ -554,6 +562,8 @@ def run_group(
         records, qc_rows, flags, lesions, bodies, strict=False
     ):
         raised.update(reasons | body_reasons)  # lesion and body flags count like the image's own
+        if rec.refused:
+            raised["correction_refused"] = str(rec.refused.get("reason"))
         row.update(cols | body_cols, qc_status=rec.qc_status(list(raised)))
         row["flag_reasons"] = "; ".join(f"{k}: {v}" for k, v in raised.items()) or None
         if reason := outputs_gone(root, rec.stamp):

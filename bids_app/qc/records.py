@@ -22,6 +22,15 @@ from bids_app.bids.stamps import INCOMPLETE, STATUS_DIR, read_stamp, source_stem
 from bids_app.qc.flags import qc_status
 
 NA = "n/a"
+REFUSED_DIR = Path("logs") / "refused"  # one note per image whose correction was refused
+
+
+def refused_path(output_dir: Path, source_name: str) -> Path:
+    """Where the participant level notes that an image's correction was refused (the image's
+    outputs and stamp are then left as they were)."""
+    return Path(output_dir) / REFUSED_DIR / f"{source_stem(PurePosixPath(source_name).name)}.json"
+
+
 _ENTITY_RE = re.compile(r"([A-Za-z]+)-([A-Za-z0-9]+)")
 
 
@@ -172,6 +181,7 @@ class ImageRecord:
     stamp: dict = field(default_factory=dict)
     qc: dict = field(default_factory=dict)
     morphometry: list[dict[str, object]] = field(default_factory=list)
+    refused: dict = field(default_factory=dict)  # the note of a refused correction, if any
 
     @property
     def status(self) -> str:
@@ -193,8 +203,10 @@ class ImageRecord:
         return list(self.qc.get("flags") or [])
 
     def qc_status(self, extra_flags: Sequence[str] = ()) -> str:
-        """ok / check / fail from the run status and the flags (plus group-level ones)."""
-        return qc_status(self.status, [f["id"] for f in self.flags] + list(extra_flags))
+        """ok / check / fail from the run status and the flags (plus the image's other
+        findings: lesion flags, a refused correction)."""
+        refused = ["correction_refused"] if self.refused else []
+        return qc_status(self.status, [f["id"] for f in self.flags] + refused + list(extra_flags))
 
     def sidecar(self, root: Path) -> dict:
         """JSON sidecar of the final labels, when listed in the stamp."""
@@ -238,6 +250,7 @@ def collect(
             stamp=stamp,
         )
         _read_qc_files(rec, QCPaths.of(root, source, suffix))
+        rec.refused = read_json(refused_path(root, source))
     # QC files whose stamp is gone or broken: the image is listed (incomplete) from what its
     # qc.json says of itself, so no file name is parsed back.
     for path in sorted(root.glob("sub-*/**/*_qc.json")):

@@ -1,7 +1,8 @@
 """From QC to corrections: the work list of images to look at, and the viewer commands.
 
 The group level writes `group_worklist.tsv`: every image rated bad or doubtful in a subject
-report, or whose run status is not "ok", with what a reviewer needs to open it. `spineseg
+report, whose run status is not "ok", or whose correction was refused, with what a reviewer
+needs to open it. `spineseg
 review OUTPUT_DIR` turns each row into FSLeyes and ITK-SNAP command lines (run one after the
 other when the viewer is installed, printed otherwise).
 """
@@ -31,12 +32,15 @@ def _flags(row: Mapping[str, object]) -> str | None:
 
 
 def worklist_rows(qc_rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
-    """Rows of group_qc.tsv that need a look: rated bad/doubtful, or a run that is not ok."""
+    """Rows of group_qc.tsv that need a look: rated bad/doubtful, a run that is not ok, or a
+    correction that was refused."""
     out = []
     for row in qc_rows:
         source = row.get("source")
         if not row.get("image") or not (
-            row.get("qc_rating") in TO_REVIEW or row.get("status") != Status.OK
+            row.get("qc_rating") in TO_REVIEW
+            or row.get("status") != Status.OK
+            or row.get("correction_refused")
         ):
             continue
         labels = None

@@ -221,3 +221,32 @@ def test_the_loop_ratings_worklist_correction_reports(run, dataset, capsys) -> N
     assert row[header.index("correction")] == "corrected segmentation"
     if find_validator() is not None:
         assert validate(out).errors == []
+
+
+def test_a_refused_correction_shows_in_the_group_tables_and_work_list(run, dataset) -> None:
+    """Issue 29: the image keeps its outputs and stamp, but group_qc.tsv says the correction
+    was refused (and why), its QC status asks for a check, and the work list holds it; a
+    good correction later clears the note."""
+    assert run()[0] == 0
+    shape = nib.load(dataset / ANAT / T2).shape
+    points = np.zeros(shape, np.uint8)
+    points[2, 2, 3], points[2, 2, 8] = 3, 5  # C2-C3 below C4-C5: refused
+    put(dataset, DISC_POINTS, points)
+    assert run()[0] == 1
+    assert main([str(dataset), str(run.out), "group"]) == 0
+    row = _qc_row(run.out, "sub-01_ses-01_acq-sag_T2w")
+    assert "disc points out of order" in row["correction_refused"]
+    assert "label-discs_dlabel.nii.gz" in row["correction_refused"]
+    assert row["status"] == "ok" and row["qc_status"] == "check"
+    work = (run.out / "group_worklist.tsv").read_text().splitlines()
+    assert len(work) == 2 and work[1].startswith("sub-01_ses-01_acq-sag_T2w\tok\tcheck\t")
+    points[2, 2, 3], points[2, 2, 8] = 5, 3  # now in order: accepted, the note goes
+    put(dataset, DISC_POINTS, points)
+    assert run()[0] == 0
+    assert main([str(dataset), str(run.out), "group"]) == 0
+    assert _qc_row(run.out, "sub-01_ses-01_acq-sag_T2w")["correction_refused"] == "n/a"
+
+
+def _qc_row(out: Path, image: str) -> dict[str, str]:
+    header, *rows = [ln.split("\t") for ln in (out / "group_qc.tsv").read_text().splitlines()]
+    return next(dict(zip(header, r, strict=True)) for r in rows if r[2] == image)

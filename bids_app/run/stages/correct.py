@@ -5,6 +5,7 @@ the docs)."""
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nibabel as nib
@@ -12,18 +13,23 @@ import numpy as np
 
 from bids_app.bids.derivatives import image_output_paths
 from bids_app.corrections.catalog import CorrectionCatalog
-from bids_app.corrections.checking import Corrected, check
+from bids_app.corrections.checking import Corrected, CorrectionError, check
 from bids_app.corrections.finding import DISCS_KIND, KIND_NAMES, SEG_KIND
 from bids_app.corrections.kept import KeptOutputs
 from bids_app.engine.result import EngineError, EngineResult
+from bids_app.plumbing.atomic import write_json_atomic
 from bids_app.plumbing.errors import one_line, without_name
-from bids_app.qc.records import QCPaths, read_json
+from bids_app.qc.records import QCPaths, read_json, refused_path
 from bids_app.run.segmentation import ImageFailure, load_image
 from bids_app.run.stages.base import Progress
 from bids_app.run.stages.decide import ImagePlan
 from bids_app.run.stages.segment import SegmentStage
 
 log = logging.getLogger(__name__)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class CorrectionStage:
@@ -43,9 +49,19 @@ class CorrectionStage:
         """The image and its checked corrections (None without any). CorrectionError names
         the file and its problem; an unreadable image is an ImageFailure."""
         found = self.catalog.of(plan.job)
+        note = refused_path(self.output_dir, plan.job.name)
         if not found:
+            note.unlink(missing_ok=True)
             return None
-        return check(found, load_image(plan.job.path), self.current_labels(plan))
+        try:
+            fixes = check(found, load_image(plan.job.path), self.current_labels(plan))
+        except CorrectionError as e:
+            # The image's outputs and stamp stay as they were; the group's tables and work
+            # list read this note, so the refusal does not vanish behind an "ok" stamp.
+            write_json_atomic(note, {"reason": str(e), "refused": now_iso()})
+            raise
+        note.unlink(missing_ok=True)
+        return fixes
 
     def current_labels(self, plan: ImagePlan) -> np.ndarray | None:
         """The image's final labels as its outputs hold them now (None without readable
