@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
@@ -201,3 +202,32 @@ def test_phantoms_subcommand_writes_body_truth(tmp_path: Path, capsys) -> None:
     assert rc == 64
     err = capsys.readouterr().err.strip().splitlines()
     assert "C5:squash:2" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_stage_writes_beside_the_spine_outputs_and_never_costs_them(
+    deformed, tmp_path: Path
+) -> None:
+    from bids_app.bids.discovery import ImageJob
+    from bids_app.engine.options import SegmentOptions
+    from bids_app.engine.result import EngineResult
+    from bids_app.run.stages.base import Segmented
+    from bids_app.run.stages.vertebrae import VertebraStage
+
+    ph, _, _ = deformed
+    rel = "sub-01/anat/sub-01_acq-sag_T2w.nii.gz"
+    job = ImageJob("01", None, tmp_path / rel, "T2w", {}, relpath=rel)
+    result = EngineResult(device="cpu")
+    result.native = {"final": ph.labels}
+    done = VertebraStage(tmp_path).run(Segmented(job, SegmentOptions(), ph.image, result), [])
+    assert done.problem is None
+    assert "sub-01/figures/sub-01_acq-sag_seg-vertparts_desc-T2w_bodies.png" in done.outputs
+    assert all((tmp_path / p).is_file() for p in done.outputs)
+    # No final labels (levels refused): nothing to measure, nothing wrong.
+    result.native = {}
+    assert VertebraStage(tmp_path).run(Segmented(job, SegmentOptions(), ph.image, result), []) == (
+        type(done)()
+    )
+    # Labels the analysis cannot read: the image is partial, with the reason.
+    result.native = {"final": nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.uint8), np.eye(4))}
+    broken = VertebraStage(tmp_path).run(Segmented(job, SegmentOptions(), ph.image, result), [])
+    assert broken.outputs == [] and str(broken.problem).startswith("vertebral bodies:")
