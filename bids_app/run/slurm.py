@@ -92,6 +92,14 @@ def check_request(config: RunConfig, opts: SlurmConfig) -> list[str]:
             f"--device {','.join(devices)} without --slurm-gpus: the tasks get a GPU only "
             "where the cluster does not confine GPUs to jobs that ask for them"
         )
+    beyond = [d for d in cuda if ":" in d and opts.gpus and int(d.split(":")[1]) >= opts.gpus]
+    if beyond:
+        raise UserError(
+            ExitCode.USAGE,
+            f"--device {','.join(devices)} with --slurm-gpus {opts.gpus}: SLURM numbers a "
+            f"task's GPUs from cuda:0, so {beyond[0]} does not exist in any task; use "
+            "--device cuda (every GPU of the task) or ask for more GPUs",
+        )
     if opts.gpus and all(d == "cpu" for d in devices):
         warnings.append(
             f"--device cpu with --slurm-gpus {opts.gpus}: every task books {opts.gpus} GPU(s) "

@@ -147,6 +147,13 @@ def test_a_container_on_cuda_without_a_gpu_request_is_refused(gen, tmp_path):
     assert gen("--container", "spineseg.sif", "--device", "cuda:0", "--slurm-gpus", "1")[0] == 0
 
 
+def test_a_gpu_index_beyond_the_tasks_gpus_is_refused(gen, tmp_path):
+    rc, _, err = gen("--device", "cuda:0,cuda:1", "--slurm-gpus", "1")
+    assert rc == 64 and not (tmp_path / "jobs").exists()
+    assert "SLURM numbers a task's GPUs from cuda:0, so cuda:1 does not exist" in err
+    assert gen("--device", "cuda:0,cuda:1", "--slurm-gpus", "2")[0] == 0
+
+
 def test_more_tasks_than_max_array_size_are_split_into_valid_arrays(gen, tmp_path, monkeypatch):
     rc, out, _ = gen("--slurm-max-array", "1", "--slurm-throttle", "3")
     assert rc == 0
