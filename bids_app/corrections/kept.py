@@ -38,8 +38,13 @@ def save_kept(path: Path, kept: Mapping[str, np.ndarray], meta: Mapping[str, obj
     return path.stat().st_size
 
 
-def load_kept(path: Path, meta: Mapping[str, object]) -> dict[str, np.ndarray] | None:
-    """The kept outputs, or None when missing, unreadable or made from something else."""
+def load_kept(
+    path: Path,
+    meta: Mapping[str, object],
+    required: frozenset[str] = frozenset({"step1", "canal_soft", "cord_soft"}),
+) -> dict[str, np.ndarray] | None:
+    """The kept outputs, or None when missing, unreadable, made from something else or
+    without the `required` arrays."""
     try:
         with np.load(path, allow_pickle=False) as data:
             if json.loads(str(data["meta"])) != json.loads(json.dumps(dict(meta))):
@@ -47,7 +52,7 @@ def load_kept(path: Path, meta: Mapping[str, object]) -> dict[str, np.ndarray] |
             kept = {k: data[k] for k in data.files if k != "meta"}
     except (OSError, ValueError, KeyError):
         return None
-    return kept if {"step1", "canal_soft", "cord_soft"} <= set(kept) else None
+    return kept if required <= set(kept) else None
 
 
 class KeptOutputs:

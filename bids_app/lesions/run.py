@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nibabel as nib
@@ -72,12 +72,25 @@ def spine_for_lesions(
 
 @dataclass
 class LesionResult:
-    """The lesion mask (uint8 0/1, input grid), its measures, where and how long it ran."""
+    """The lesion mask (uint8 0/1, input grid), its measures, where and how long it ran.
+
+    `network` is what the network gave, to keep for a later run ("lesion": the uint8 mask
+    of the crop on the 1 mm grid, "box": the crop's [start, stop) per axis, "device");
+    empty when a kept output was used instead of the network.
+    """
 
     mask: nib.Nifti1Image
     report: LesionReport
     device: str
     seconds: float
+    network: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _bounds(inp: ModelInput) -> np.ndarray:
+    """[start, stop) of the crop on the 1 mm grid, per axis (int64, shape (3, 2))."""
+    return np.array(
+        [s.indices(n)[:2] for s, n in zip(inp.box, inp.iso.shape[:3], strict=True)], np.int64
+    )
 
 
 # Runs a call on a free device's worker (a `DevicePool.run`); the worker has `.device`.
@@ -119,23 +132,33 @@ class LesionRunner:
         spine: nib.Nifti1Image | None,
         run_on: DeviceRunner | None = None,
         device: str = "cpu",
+        kept: Mapping[str, np.ndarray] | None = None,
     ) -> LesionResult:
         """Lesions of one image, given its spine labels (final or step 1) on its grid.
 
         `run_on` sends the network call to a device pool; without it, it runs on `device`.
+        `kept` is the `network` of an earlier result for the same image and model: when its
+        crop is this one (a correction that left the canal as it was), the network's input
+        is the same, so its output is taken and no network runs.
         """
         inp = model_input(img, spine)
-        crop = inp.crop
-
-        def call(device: str) -> tuple[np.ndarray, str, float]:
-            t0 = time.perf_counter()
-            lesion, _ = self.models.on(device).predict(crop, (1.0, 1.0, 1.0))
-            return lesion, device, time.perf_counter() - t0
-
-        if run_on is not None:
-            lesion, device, seconds = run_on(lambda nets: call(str(nets.device)))
+        bounds = _bounds(inp)
+        network: dict[str, np.ndarray] = {}
+        if kept is not None and np.array_equal(kept.get("box"), bounds):
+            lesion, device, seconds = kept["lesion"], str(kept["device"]), 0.0
         else:
-            lesion, device, seconds = call(device)
+            crop = inp.crop
+
+            def call(device: str) -> tuple[np.ndarray, str, float]:
+                t0 = time.perf_counter()
+                lesion, _ = self.models.on(device).predict(crop, (1.0, 1.0, 1.0))
+                return lesion, device, time.perf_counter() - t0
+
+            if run_on is not None:
+                lesion, device, seconds = run_on(lambda nets: call(str(nets.device)))
+            else:
+                lesion, device, seconds = call(device)
+            network = {"lesion": lesion.astype(np.uint8), "box": bounds, "device": np.array(device)}
         full = np.zeros(inp.iso.shape[:3], np.uint8)
         full[inp.box] = lesion
         ref = geo.average_4d(img)
@@ -144,4 +167,4 @@ class LesionRunner:
         report = measure_lesions(native, spine_data, ref.affine)
         assert report.ids is not None
         mask = geo.image_like((report.ids > 0).astype(np.uint8), ref.affine, ref)
-        return LesionResult(mask, report, device, seconds)
+        return LesionResult(mask, report, device, seconds, network)

@@ -8,17 +8,19 @@ import shutil
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import pytest
 from lesion_helpers import build_lesion_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bids"))
 
-from bidsapp_testkit import FakeEngineFactory, make_bids, make_weights
+from bidsapp_testkit import FakeEngineFactory, fake_labels, make_bids, make_weights
 
 from bids_app.bids.stamps import read_stamp, stamp_path
 from bids_app.bids.validation import find_validator, validate
 from bids_app.cli.main import main
 from bids_app.lesions.measures import COLUMNS, LOAD_COLUMNS
+from bids_app.lesions.model import LesionModels
 from bids_app.lesions.outputs import lesion_paths
 
 T2W = "sub-01/ses-01/anat/sub-01_ses-01_acq-sag_T2w.nii.gz"
@@ -137,7 +139,7 @@ def test_group_table_has_lesion_columns_and_flags(setup):
 def test_a_lesion_failure_keeps_the_spine_outputs_and_makes_the_image_partial(setup, monkeypatch):
     from bids_app.lesions.run import LesionRunner
 
-    def broken(self, img, spine, run_on=None):
+    def broken(self, img, spine, run_on=None, kept=None):
         raise RuntimeError("no memory left for the lesion crop")
 
     monkeypatch.setattr(LesionRunner, "segment", broken)
@@ -186,3 +188,42 @@ def test_the_lesion_memory_estimate_follows_the_1mm_grid(tmp_path):
     assert estimate((20, 20, 25), 2.0) > 0.9 * small
     # At least the float32 input and one float32 output per head, per 1 mm voxel.
     assert small >= 40 * 40 * 50 * 4 * (1 + runner.heads)
+
+
+def test_a_correction_does_not_rerun_the_lesion_network(setup, monkeypatch):
+    """Issue 29: the lesion network's output is kept like the spine networks'; a corrected
+    segmentation that leaves the canal as it was re-measures it, the network does not run."""
+    run, out, tmp = setup
+    model = build_lesion_model(tmp / "models")
+    assert run(model)[0] == 0
+    before = json.loads(
+        (out / lesion_paths(T2W, "T2w")["mask"].replace(".nii.gz", ".json")).read_text()
+    )
+
+    def no_network(self, device):
+        raise AssertionError("the lesion network ran again")
+
+    monkeypatch.setattr(LesionModels, "on", no_network)
+    raw = nib.load(tmp / "ds" / T2W)
+    fixed = fake_labels(raw.shape)
+    fixed[fixed == 64] = 65  # a level renamed by hand; cord and canal unchanged
+    seg = (
+        tmp
+        / "ds"
+        / "derivatives"
+        / "labels"
+        / T2W.replace("_T2w.nii.gz", "_seg-spine_desc-T2w_dseg.nii.gz")
+    )
+    seg.parent.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(fixed, raw.affine), seg)
+    seg.with_name(seg.name.replace(".nii.gz", ".json")).write_text(
+        json.dumps({"GeneratedBy": [{"Name": "Manual"}]})
+    )
+    rc, text = run(model)
+    assert rc == 0 and "lesion network output kept from the earlier run" in text
+    stamp = read_stamp(stamp_path(out, Path(T2W).name))
+    assert stamp["manual"] == "corrected segmentation"
+    after = json.loads(
+        (out / lesion_paths(T2W, "T2w")["mask"].replace(".nii.gz", ".json")).read_text()
+    )
+    assert after["Device"] == before["Device"]  # where the kept output was made

@@ -3,14 +3,17 @@ result on the spine networks' device pool, measure and write (see `bids_app.lesi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bids_app import __version__
 from bids_app.bids.derivatives import LOGS_DIR, bids_prefix, final_output_relpath
 from bids_app.bids.discovery import ImageJob
 from bids_app.bids.stamps import source_stem
-from bids_app.lesions.outputs import write_lesion_outputs
+from bids_app.corrections.kept import KEPT_DIR, load_kept, save_kept
+from bids_app.lesions.outputs import model_record, write_lesion_outputs
 from bids_app.lesions.preview import figure_path, write_preview
 from bids_app.lesions.run import LesionRunner, spine_for_lesions
 from bids_app.nnunet.weights import WeightsError
@@ -40,6 +43,12 @@ class LesionStage:
     def applies(self, job: ImageJob) -> bool:
         return self.runner.applies(job.suffix)
 
+    def kept_meta(self, job: ImageJob) -> dict[str, object]:
+        """What a kept lesion output was made from: a change to any makes it unusable."""
+        digest = hashlib.sha256(job.path.read_bytes()).hexdigest()
+        model = model_record(self.runner.weights)
+        return {"source_sha256": digest, "app_version": __version__, "lesion_model": model}
+
     def run(self, image: Segmented, written: Sequence[str]) -> StageOutput:
         """Lesion outputs of one image, or the reason they are missing (a disk error while
         writing them stops the run: exit 74)."""
@@ -68,9 +77,14 @@ class LesionStage:
                 f"{self.memory.capacity / 2**30:.1f} GiB the memory budget leaves for images "
                 "(raise --mem-mb)",
             )
+        kept_path = out / KEPT_DIR / f"{source_stem(job.name)}_lesion.npz"
+        meta = self.kept_meta(job)
+        kept = load_kept(kept_path, meta, frozenset({"lesion", "box", "device"}))
         try:
             with self.memory.reserve(need):
-                lesions = runner.segment(img, spine, pool.run if pool is not None else None)
+                lesions = runner.segment(
+                    img, spine, pool.run if pool is not None else None, kept=kept
+                )
         except WeightsError as e:
             raise UserError(ExitCode.CONFIG, str(e)) from e
         except Exception as e:  # the spine outputs stay; the image becomes partial
@@ -79,6 +93,13 @@ class LesionStage:
             )
             where = crash.relative_to(out).as_posix()
             return StageOutput([], f"lesions: {one_line(e, with_type=True)} (see {where})")
+        if lesions.network:  # kept like the spine networks' outputs, for a correction
+            try:
+                save_kept(kept_path, lesions.network, meta)
+            except OSError as e:  # only a later correction loses: it runs the network
+                log.warning("%s: lesion network output not kept (%s)", relpath, e)
+        else:
+            log.info("%s: lesion network output kept from the earlier run; not rerun", relpath)
         result.timings["lesion_device"] = round(lesions.seconds, 3)
         written_now = write_lesion_outputs(
             out,
