@@ -377,7 +377,8 @@ def measure_bodies(
         if upper not in rows or lower is None or not (lower in rows or lower == L.SACRUM):
             continue
         row = _nan_row(disc, "disc", "")
-        missing = [w for w in (upper, lower) if w not in sections]
+        # Both bodies seen whole and measurable (the sacrum: its superior endplate only).
+        missing = [w for w in (upper, lower) if w not in sections or reasons.get(w)]
         if missing:
             why = reasons.get(missing[0]) or "its body is not seen whole"
             row["na_reason"] = f"{L.level_name(missing[0])}: {why}"
