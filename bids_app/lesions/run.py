@@ -144,7 +144,7 @@ class LesionRunner:
         inp = model_input(img, spine)
         bounds = _bounds(inp)
         network: dict[str, np.ndarray] = {}
-        if kept is not None and np.array_equal(kept.get("box"), bounds):
+        if kept is not None and "box" in kept and np.array_equal(kept["box"], bounds):
             lesion, device, seconds = kept["lesion"], str(kept["device"]), 0.0
         else:
             crop = inp.crop

@@ -406,7 +406,10 @@ def qc_sidecar(th: Thresholds) -> dict[str, object]:
     )
     for f in (*IMAGE_FLAGS, *GROUP_FLAGS):
         out[f"flag_{f}"] = {"Description": FLAG_DESCRIPTIONS[f], "Levels": {"0": "no", "1": "yes"}}
-    out["flag_measure_outlier"]["Description"] = OUTLIER_DESCRIPTION
+    out["flag_measure_outlier"] = {
+        "Description": OUTLIER_DESCRIPTION,
+        "Levels": {"0": "no", "1": "yes"},
+    }
     out["outlier_measures"] = {
         "Description": "The measures of flag_measure_outlier with their values, "
         "'measure=value; ...' (cohort-relative, as that flag)."

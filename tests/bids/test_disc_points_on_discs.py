@@ -63,5 +63,8 @@ def test_points_on_the_discs_are_accepted(tmp_path, neck):
 def test_a_point_away_from_any_disc_says_where_it_lies(tmp_path, neck):
     labels = np.asarray(neck.labels.dataobj)
     corr = _points_file(tmp_path, neck, {3: 63, 5: L.CORD})  # second point in the cord
-    with pytest.raises(CorrectionError, match=r"disc point C4-C5 at .* lies in the spinal c(ord|anal), \d+ mm from the nearest disc"):
+    expected = (
+        r"disc point C4-C5 at .* lies in the spinal c(ord|anal), \d+ mm from the nearest disc"
+    )
+    with pytest.raises(CorrectionError, match=expected):
         check({DISCS_KIND: corr}, neck.image, labels)

@@ -72,8 +72,8 @@ class CorrectionStage:
             / image_output_paths(job.relpath, job.suffix, iso=False)[("final", False)]
         )
         try:
-            return np.asanyarray(nib.load(path).dataobj) if path.is_file() else None
-        except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError):
+            return np.asanyarray(load_image(path).dataobj) if path.is_file() else None
+        except ImageFailure:  # unreadable outputs: the points are checked by the labeling
             return None
 
     def redo(
