@@ -13,7 +13,8 @@ see `frame_of`; anterior = patient anterior perpendicular to it):
   one of its adjacent discs' contact with it (discs cover the endplates; pedicles and arch
   lie outside them), each footprint moved with the column's curve (its centre interpolated
   between the contacts),
-  then opened by a 1 mm ball (a thin plate of arch under a footprint's edge is not body);
+  then opened by a 1 mm ball (a thin plate of arch under a footprint's edge is not body)
+  and closed by it within the vertebra (no slit where two footprints miss each other);
 - endplates: body voxels within `ENDPLATE_MM` of the body's superior / inferior surface
   along the axis (the sacrum: its superior endplate only);
 - spinous process: the rest, more than `ARCH_MM` behind the canal's posterior wall;
@@ -285,23 +286,23 @@ def _endplates(geom: LabelGeometry, body_of: np.ndarray, parts: np.ndarray, fram
             parts[hit[:, 0], hit[:, 1], hit[:, 2]] = pid
 
 
-def _thick_enough(geom: LabelGeometry, ijk: np.ndarray, body: np.ndarray) -> np.ndarray:
-    """Which body voxels survive an opening by a ball of OPENING_MM: a plate of arch under
-    the edge of a disc's footprint is not body. Axes with voxels over twice that are left
-    alone (the ball would be wider than the body there)."""
+def _smoothed(geom: LabelGeometry, ijk: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """The body (a mask over the vertebra's voxels `ijk`) opened by a ball of OPENING_MM (a
+    plate of arch under the edge of a disc's footprint is not body), then closed by it
+    within the vertebra (two footprints that miss each other by a raster cell leave a slit
+    through the body). Axes with voxels over twice OPENING_MM are left alone."""
     radii = np.floor(OPENING_MM / geom.zooms + 1e-6).astype(int)
     if not radii.any() or not body.any():
         return body
-    lo = ijk[body].min(0) - radii - 1
-    sub = np.zeros(ijk[body].max(0) - lo + radii + 2, bool)
-    rel = ijk[body] - lo
-    sub[rel[:, 0], rel[:, 1], rel[:, 2]] = True
+    lo = ijk.min(0) - radii - 1
+    shape = ijk.max(0) - lo + radii + 2
+    rel = ijk - lo
+    sub = np.zeros(shape, bool)
+    sub[rel[body, 0], rel[body, 1], rel[body, 2]] = True
     g = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
     ball = sum((x / max(r, 1)) ** 2 for x, r in zip(g, radii, strict=True)) <= 1
-    opened = ndimage.binary_opening(sub, ball)
-    out = body.copy()
-    out[body] = opened[rel[:, 0], rel[:, 1], rel[:, 2]]
-    return out
+    sub = ndimage.binary_closing(ndimage.binary_opening(sub, ball), ball)
+    return sub[rel[:, 0], rel[:, 1], rel[:, 2]]
 
 
 def split(geom: LabelGeometry) -> tuple[np.ndarray, dict[int, Frame]]:
@@ -317,9 +318,9 @@ def split(geom: LabelGeometry) -> tuple[np.ndarray, dict[int, Frame]]:
         frames[label] = frame
         ijk = geom.voxel_indices(label)
         part = vertebra_parts(geom, label, frame)
-        part[(part == PARTS["body"]) & ~_thick_enough(geom, ijk, part == PARTS["body"])] = PARTS[
-            "arcus"
-        ]
+        body = _smoothed(geom, ijk, part == PARTS["body"])
+        part[(part == PARTS["body"]) & ~body] = PARTS["arcus"]
+        part[body] = PARTS["body"]
         parts[ijk[:, 0], ijk[:, 1], ijk[:, 2]] = part
         body = ijk[part == PARTS["body"]]
         body_of[body[:, 0], body[:, 1], body[:, 2]] = label
