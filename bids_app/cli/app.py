@@ -200,6 +200,22 @@ def corrections_dir(value: str | None, paths: Paths) -> Path | None:
         raise UserError(ExitCode.USAGE, f"--corrections: {e}") from e
 
 
+def remove_killed_writers_temps(config: RunConfig) -> None:
+    """Temp files left by writers killed with -9 (see `remove_stale_temps`): in the subjects
+    this run works on (all of them without labels), logs/ and the top folder, so that each
+    task of a large SLURM array does not walk every subject of the output."""
+    out, sel = config.output_dir, config.selection
+    labels = [*(sel.participants or ()), *(sel.listed_participants or ())]
+    if config.level == "group" or not labels:
+        removed = remove_stale_temps(out, recursive=True)
+    else:
+        folders = [out / "logs", *(out / f"sub-{label}" for label in labels)]
+        removed = remove_stale_temps(out)
+        removed += sum(remove_stale_temps(folder, recursive=True) for folder in folders)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run", removed)
+
+
 def run_bids_app(
     args: argparse.Namespace, engine_factory: EngineFactory = default_engine_factory
 ) -> int:
@@ -213,10 +229,8 @@ def run_bids_app(
     config = build_config(args, paths)
     if config.slurm is not None:
         return slurm.write_for_cli(config)
-    if not config.dry_run and config.output_dir.is_dir():  # temp files of killed writers
-        removed = remove_stale_temps(config.output_dir, recursive=True)
-        if removed:
-            log.info("removed %d temporary file(s) left by an interrupted run", removed)
+    if not config.dry_run and config.output_dir.is_dir():
+        remove_killed_writers_temps(config)
     if config.level == "group":
         return run_group(config)
     return run_participant(config, engine_factory)

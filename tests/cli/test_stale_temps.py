@@ -79,6 +79,23 @@ def test_a_killed_writers_temp_file_is_removed_by_the_next_run(run, tmp_path):
     assert link.is_symlink() and target.is_file()
 
 
+def test_a_task_of_one_participant_tidies_that_participant(run, tmp_path):
+    assert run() == 0
+    out = tmp_path / "out"
+    one = next((out / "sub-01").rglob("*_dseg.nii.gz"))
+    two = next((out / "sub-02").rglob("*_dseg.nii.gz"))
+    stamp = next((out / "logs" / "status").glob("sub-02_*.json"))
+    temps = []
+    for target in (one, two, stamp):
+        proc, tmp = start_writer(target)
+        kill(proc)
+        temps.append(tmp)
+    assert run("--participant-label", "02") == 0
+    assert [t.exists() for t in temps] == [True, False, False]
+    assert run() == 0
+    assert not any(t.exists() for t in temps)
+
+
 def test_a_running_writers_temp_file_is_left_alone(run, tmp_path):
     assert run() == 0
     target = next((tmp_path / "out" / "sub-01").rglob("*_dseg.nii.gz"))
