@@ -231,3 +231,22 @@ def test_stage_writes_beside_the_spine_outputs_and_never_costs_them(
     result.native = {"final": nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.uint8), np.eye(4))}
     broken = VertebraStage(tmp_path).run(Segmented(job, SegmentOptions(), ph.image, result), [])
     assert broken.outputs == [] and str(broken.problem).startswith("vertebral bodies:")
+
+
+def test_report_section_names_the_possible_fractures_next_to_the_figure(
+    deformed, tmp_path: Path
+) -> None:
+    from bids_app.vertebrae.preview import report_section
+
+    ph, _, result = deformed
+    rel = "sub-01/anat/sub-01_acq-sag_T2w.nii.gz"
+    written = write_vertebra_outputs(tmp_path, rel, "T2w", result, sources=[f"bids:raw:{rel}"])
+    figure = "sub-01/figures/sub-01_acq-sag_seg-vertparts_desc-T2w_bodies.png"
+    assert write_figure(tmp_path / figure, ph.image, result.measures)
+    section = report_section(tmp_path, {"outputs": [*written, figure]})
+    assert section is not None
+    assert section["possible_fracture"] == ["C4", "C6"]
+    assert section["figure"]["src"].endswith("_bodies.png")
+    grade = section["headers"].index("Genant grade")
+    assert [r[grade] for r in section["rows"] if r[0] == "C4"] == ["2"]
+    assert report_section(tmp_path, {"outputs": []}) is None
