@@ -15,6 +15,8 @@ from .config import DATA
 DEFAULT_CASES = (
     "phantom:5101:cervical",
     "phantom:5102:lumbar",
+    # Issue 29: step-1 labels differed at the inferior edge of a lumbar phantom tilted so.
+    "phantom:5103:lumbar:iso1:RAS:T2w:oblique=8,0,5",
     "real:sct_testing_data/t2/t2.nii.gz",
     "real:sct_tutorial_data/single_subject/data/t2_lumbar/t2_lumbar.nii.gz",
 )
