@@ -69,8 +69,12 @@ DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, err
 def disk_error(error: BaseException, where: Path | None = None) -> UserError | None:
     """Exit 74 naming the file, when `error` (or what caused it) is the disk failing."""
     seen: BaseException | None = error
+    visited: set[int] = set()  # an exception's context can lead back to itself
     while seen is not None and not (isinstance(seen, OSError) and seen.errno in DISK_ERRNOS):
+        visited.add(id(seen))
         seen = seen.__cause__ or seen.__context__
+        if seen is not None and id(seen) in visited:
+            return None
     if not isinstance(seen, OSError):
         return None
     name = seen.filename or where or "output"
