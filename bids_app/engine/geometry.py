@@ -9,6 +9,9 @@ function takes and returns nibabel images, whose affine states the grid (RAS mm)
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
@@ -137,6 +140,33 @@ def resample_to_iso(img: nib.Nifti1Image) -> nib.Nifti1Image:
     )
     iso = sitk.GetArrayFromImage(out).transpose(2, 1, 0)
     return image_like(iso.astype(data.dtype), aff, img)
+
+
+def exported_affine(canonical: nib.Nifti1Image) -> np.ndarray:
+    """The 1 mm grid's affine (of `canonical`, the RAS input) as the reference's step-1
+    files carry it.
+
+    The reference saves the 1 mm image with nibabel; nnU-Net reads it with SimpleITK and
+    writes its prediction with SimpleITK, and every step-1 output keeps that file's affine.
+    On oblique grids its rotation differs from the saved float32 affine in the last bits
+    (up to 6e-8), and those bits decide the nearest-neighbour ties of the way back to the
+    input grid: torchio's 1 mm grid of a 1 mm oblique image lies half a voxel off it (issue
+    29, docs/method.md §1.4 step 23). The same round trip on a 2x2x2 image gives that affine
+    bit for bit.
+    """
+    with tempfile.TemporaryDirectory(prefix="spineseg-grid-") as tmp:
+        saved, written = Path(tmp) / "saved.nii.gz", Path(tmp) / "written.nii.gz"
+        # As the reference's resample step saves it: torchio's float64 affine, the input's
+        # header, the qform set from that affine.
+        _, affine = iso_grid(canonical)
+        probe = nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), affine, canonical.header.copy())
+        probe.set_qform(probe.affine)
+        nib.save(probe, saved)
+        read = sitk.ReadImage(str(saved))
+        out = sitk.Image(read.GetSize(), sitk.sitkUInt8)
+        out.CopyInformation(read)
+        sitk.WriteImage(out, str(written))
+        return np.asarray(nib.load(written).affine, float)
 
 
 def labels_onto(seg: np.ndarray, seg_affine: np.ndarray, ref: nib.Nifti1Image) -> np.ndarray:

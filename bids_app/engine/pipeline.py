@@ -261,16 +261,19 @@ class SpineSegEngine:
         self, iso_out: dict[str, np.ndarray], src: _Iso, res: EngineResult, keep_iso: bool
     ) -> None:
         """Back onto the input grid: nearest for labels, linear for soft maps, points moved
-        one voxel each (docs/method.md §1.4 step 23)."""
+        one voxel each (docs/method.md §1.4 step 23). Step-1 outputs come from the 1 mm
+        grid's affine as the reference's step-1 files carry it (`geo.exported_affine`)."""
         aff = src.image.affine
+        step1_aff = geo.exported_affine(geo.to_canonical(src.native))
         ref = src.native
         for key, arr in iso_out.items():
+            from_aff = aff if key == "final" else step1_aff
             if key in ("canal_soft", "cord_soft"):
-                native = geo.soft_onto(arr, aff, ref)
+                native = geo.soft_onto(arr, from_aff, ref)
             elif key == "levels":
-                native = geo.points_onto(arr, aff, ref)
+                native = geo.points_onto(arr, from_aff, ref)
             else:
-                native = geo.labels_onto(arr, aff, ref)
+                native = geo.labels_onto(arr, from_aff, ref)
             res.native[key] = geo.image_like(native, ref.affine, ref)
             if keep_iso:
                 res.iso[key] = geo.image_like(arr, aff, src.image)
