@@ -166,7 +166,7 @@ def exported_affine(canonical: nib.Nifti1Image) -> np.ndarray:
         out = sitk.Image(read.GetSize(), sitk.sitkUInt8)
         out.CopyInformation(read)
         sitk.WriteImage(out, str(written))
-        return np.asarray(nib.load(written).affine, float)
+        return np.asarray(nib.Nifti1Image.from_filename(written).affine, float)
 
 
 def labels_onto(seg: np.ndarray, seg_affine: np.ndarray, ref: nib.Nifti1Image) -> np.ndarray:
