@@ -52,7 +52,10 @@ def main() -> None:
 
     engine = SpineSegEngine(resolve_weights(args.weights), device=args.device, threads=args.threads)
     fast = fast_options(args.device)
-    print(f"default: tile step 0.5, precision auto; fast: {fast.record()}")
+    print(
+        f"default: tile step 0.5, precision auto; fast: tile step {fast.tile_step}, "
+        f"precision {fast.precision}"
+    )
     rows = []
     for path in args.images:
         img = nib.load(path)
