@@ -172,7 +172,8 @@ def run_phantoms(args) -> int:
             tuple(args.deformity), tuple(args.slip), PARTS, ENDPLATE_MM, HEIGHT_SHARES
         )
     try:
-        written = write_phantom_dataset(out, args.subjects, args.seed, args.lesions, bodies)
+        extra = {"bodies": bodies} if bodies is not None else {}  # plain sets: as before
+        written = write_phantom_dataset(out, args.subjects, args.seed, args.lesions, **extra)
     except ValueError as e:  # a deformity or slip this anatomy cannot take
         raise UserError(ExitCode.USAGE, str(e)) from e
     except OSError as e:
