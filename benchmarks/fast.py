@@ -44,10 +44,12 @@ import numpy as np
 
 from benchmarks.realsize import (
     DATASETS,
+    dice,
     machine,
     on_model_grid,
     patches,
     plan_standins,
+    renamed,
     write_standin_weights,
 )
 from bids_app.engine.options import FAST_PRECISION, FAST_TILE_STEP, SegmentOptions
@@ -332,23 +334,6 @@ def summarise(runs: list[dict], rest_s: dict[str, float], rest_cpu: dict[str, fl
 
 
 # --------------------------------------------------------------------------- 3. agreement
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return float(2 * np.logical_and(a, b).sum() / total) if total else 1.0
-
-
-def renamed(reference: np.ndarray, other: np.ndarray) -> dict[str, str]:
-    """Structures of `reference` that `other` mostly labels as something else."""
-    out = {}
-    for v in np.unique(reference):
-        if v == 0:
-            continue
-        majority = int(np.bincount(other[reference == v]).argmax())
-        if majority != v:
-            out[L.level_name(int(v))] = L.level_name(majority) if majority else "background"
-    return out
-
-
 def compare_results(ref, other) -> dict:
     """Fast vs default of one image: per-label Dice, level identity (EngineResults)."""
     key = "final" if "final" in ref.native and "final" in other.native else "step1"

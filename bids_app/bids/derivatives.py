@@ -446,6 +446,13 @@ def sidecar(
     return data
 
 
+def write_sidecar(path: Path, meta: Mapping[str, object]) -> Path:
+    """The JSON sidecar of an output image or table (same name, `.json`), written atomically."""
+    target = path.with_name(source_stem(path.name).removesuffix(".tsv") + ".json")
+    write_json_atomic(target, dict(meta))
+    return target
+
+
 def write_outputs(
     out_dir: Path,
     prefix: str,
@@ -479,9 +486,7 @@ def write_outputs(
                 result=result,
                 manual=manual,
             )
-            json_path = path.with_name(source_stem(path.name) + ".json")
-            write_json_atomic(json_path, meta)
-            written += [path, json_path]
+            written += [path, write_sidecar(path, meta)]
     return written
 
 

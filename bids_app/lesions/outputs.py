@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from bids_app import __version__
-from bids_app.bids.derivatives import bids_prefix, entity_name
+from bids_app.bids.derivatives import bids_prefix, entity_name, write_sidecar
 from bids_app.bids.stamps import source_stem
 from bids_app.lesions.measures import COLUMNS, LOAD_COLUMNS
 from bids_app.lesions.run import MARGIN_MM, LesionResult
 from bids_app.lesions.weights import LesionWeights
-from bids_app.plumbing.atomic import save_nifti_atomic, write_json_atomic, write_text_atomic
+from bids_app.plumbing.atomic import save_nifti_atomic, write_text_atomic
 from bids_app.qc.records import tsv_text
 
 MASK_DESCRIPTION = (
@@ -92,18 +92,12 @@ def write_lesion_outputs(
         "Device": result.device,
         "Warnings": list(warnings),
     }
-    written = [mask, _json(mask, meta)]
+    written = [mask, write_sidecar(mask, meta)]
     for key, columns, rows in (
         ("table", COLUMNS, result.report.rows),
         ("levels", LOAD_COLUMNS, result.report.load),
     ):
         path = Path(output_dir) / paths[key]
         write_text_atomic(path, tsv_text(list(columns), rows))
-        written += [path, _json(path, _columns_sidecar(columns))]
+        written += [path, write_sidecar(path, _columns_sidecar(columns))]
     return [p.relative_to(output_dir).as_posix() for p in written]
-
-
-def _json(path: Path, data: dict) -> Path:
-    target = path.with_name(source_stem(path.name).removesuffix(".tsv") + ".json")
-    write_json_atomic(target, data)
-    return target

@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from bids_app import __version__
-from bids_app.bids.derivatives import bids_prefix, entity_name
+from bids_app.bids.derivatives import bids_prefix, entity_name, write_sidecar
 from bids_app.bids.stamps import source_stem
 from bids_app.plumbing.atomic import (
     save_nifti_atomic,
-    write_json_atomic,
     write_shared,
     write_text_atomic,
 )
@@ -89,11 +88,5 @@ def write_vertebra_outputs(
     }
     table = output_dir / paths["table"]
     write_text_atomic(table, tsv_text([c.name for c in LEVEL_COLUMNS], result.measures.rows))
-    written = [parts, _json(parts, meta), table, _json(table, columns_sidecar())]
+    written = [parts, write_sidecar(parts, meta), table, write_sidecar(table, columns_sidecar())]
     return [p.relative_to(output_dir).as_posix() for p in written]
-
-
-def _json(path: Path, data: dict) -> Path:
-    target = path.with_name(source_stem(path.name).removesuffix(".tsv") + ".json")
-    write_json_atomic(target, data)
-    return target
