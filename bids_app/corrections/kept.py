@@ -8,7 +8,6 @@ them makes the file unusable, and the networks run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ import numpy as np
 from bids_app import __version__
 from bids_app.bids.derivatives import LOGS_DIR
 from bids_app.bids.discovery import ImageJob
+from bids_app.bids.sources import file_sha256
 from bids_app.bids.stamps import source_stem
 from bids_app.plumbing.atomic import atomic_path
 
@@ -67,7 +67,7 @@ class KeptOutputs:
 
     def meta(self, job: ImageJob) -> dict[str, object]:
         """What kept network outputs were made from: a change makes them unusable."""
-        digest = hashlib.sha256(job.path.read_bytes()).hexdigest()
+        digest = file_sha256(job.path)
         return {"source_sha256": digest, "app_version": __version__, "model": self.model}
 
     def load(self, job: ImageJob) -> dict[str, np.ndarray] | None:

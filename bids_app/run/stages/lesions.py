@@ -3,7 +3,6 @@ result on the spine networks' device pool, measure and write (see `bids_app.lesi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from bids_app import __version__
 from bids_app.bids.derivatives import LOGS_DIR, bids_prefix, final_output_relpath
 from bids_app.bids.discovery import ImageJob
+from bids_app.bids.sources import file_sha256
 from bids_app.bids.stamps import source_stem
 from bids_app.corrections.kept import KEPT_DIR, load_kept, save_kept
 from bids_app.lesions.outputs import model_record, write_lesion_outputs
@@ -45,7 +45,7 @@ class LesionStage:
 
     def kept_meta(self, job: ImageJob) -> dict[str, object]:
         """What a kept lesion output was made from: a change to any makes it unusable."""
-        digest = hashlib.sha256(job.path.read_bytes()).hexdigest()
+        digest = file_sha256(job.path)
         model = model_record(self.runner.weights)
         return {"source_sha256": digest, "app_version": __version__, "lesion_model": model}
 
