@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,13 +23,32 @@ def networks_bytes(weights, workers: int) -> int:
     return 2 * sizes * workers
 
 
+# Device nodes a CUDA-capable torch needs on Linux: NVIDIA's driver, WSL2's GPU bridge, and
+# ROCm's (whose torch builds answer torch.cuda too).
+GPU_DEVICE_NODES = ("nvidiactl", "nvidia0", "dxg", "kfd")
+
+
+def no_gpu_here(dev: Path = Path("/dev")) -> bool:
+    """True when no GPU can be visible to torch, decided without importing torch (2-3 s).
+
+    Only on Linux, where torch needs the driver's device nodes; anywhere else (or when any node
+    is there) we do not know, and torch is asked.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    return not any((dev / name).exists() for name in GPU_DEVICE_NODES)
+
+
 def check_devices(specs: Sequence[str]) -> tuple[str, ...]:
     """The devices the run will use, checked before any work (64 when one is unusable).
 
-    Only CUDA needs torch to be asked; a CPU-only run never imports it here.
+    Only CUDA needs torch to be asked: a CPU-only run, or `auto` on a machine without GPU
+    device nodes, never imports it here (a one-subject --dry-run then takes about a second).
     """
     if all(spec == "cpu" for spec in specs):
         return tuple(specs)
+    if all(spec == "auto" for spec in specs) and no_gpu_here():
+        return ("cpu",)
     from bids_app.nnunet.model import resolve_devices
 
     try:
