@@ -22,7 +22,7 @@ import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from bids_app.nnunet import REFERENCE_PRECISION, REFERENCE_TILE_STEP
 from bids_app.nnunet.weights import WeightsError, find_checkpoint
@@ -114,8 +114,31 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
     return contextlib.nullcontext()
 
 
+def network_strides(configuration: ConfigurationManager) -> list[int] | None:
+    """Per axis (nnU-Net order), the product of the network's pooling strides: a patch must be
+    a multiple of it for the decoder's skips to line up. None if the plans do not say."""
+    strides = configuration.network_arch_init_kwargs.get("strides")
+    if not strides:
+        return None
+    return [int(np.prod(axis)) for axis in zip(*strides, strict=True)]
+
+
+def fitted_patch(
+    image_shape: Sequence[int], patch: Sequence[int], strides: Sequence[int]
+) -> list[int]:
+    """The sliding-window patch for an image (all nnU-Net order): the planned patch, except
+    along an axis where the image is smaller, there its size rounded up to the network's
+    stride product. nnU-Net pads such an image up to the whole planned patch and computes
+    the padding; a cervical image at 1 mm is smaller than the official patch on every axis."""
+    return [
+        min(int(p), -(-int(n) // int(d)) * int(d))
+        for n, p, d in zip(image_shape, patch, strides, strict=True)
+    ]
+
+
 class _Predictor(nnUNetPredictor):
-    """nnU-Net's predictor with the network's arithmetic precision chosen per call.
+    """nnU-Net's predictor with the network's arithmetic precision chosen per call, and the
+    patch fitted to small images when asked.
 
     The context wraps only the forward (inside nnU-Net's own autocast on CUDA, so it wins);
     the output is taken back to float32 so the Gaussian weighting and the accumulation of
@@ -123,6 +146,24 @@ class _Predictor(nnUNetPredictor):
     """
 
     precision = REFERENCE_PRECISION
+    fit_patch = False
+
+    def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:
+        planned: ConfigurationManager = self.configuration_manager  # type: ignore[has-type]
+        strides = network_strides(planned) if self.fit_patch else None
+        patch = list(planned.patch_size)
+        if strides is not None:
+            patch = fitted_patch(input_image.shape[1:], patch, strides)
+        if patch == list(planned.patch_size):  # the reference path, untouched
+            return super().predict_sliding_window_return_logits(input_image)
+        # nnU-Net reads the patch (padding, window steps, Gaussian) from the configuration.
+        self.configuration_manager = ConfigurationManager(
+            {**planned.configuration, "patch_size": patch}
+        )
+        try:
+            return super().predict_sliding_window_return_logits(input_image)
+        finally:
+            self.configuration_manager = planned
 
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
         if self.precision == REFERENCE_PRECISION:
@@ -297,6 +338,7 @@ class NnUNetModel:
         return_probabilities: bool = False,
         tile_step: float = REFERENCE_TILE_STEP,
         precision: str = REFERENCE_PRECISION,
+        fit_patch: bool | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Segment one image, exactly as nnU-Net would from a NIfTI holding this array.
 
@@ -310,7 +352,11 @@ class NnUNetModel:
         but gives a different result. `precision` is the network's arithmetic: `auto` is
         TotalSpineSeg's (float32 on CPU, nnU-Net's float16 autocast on CUDA), `fp32` or
         `bf16` (autocast to bfloat16: about 2.4x faster on CPUs with a bfloat16 unit, a
-        slightly different result; see `bf16_native`).
+        slightly different result; see `bf16_native`). `fit_patch`: shrink the patch along
+        the axes where the image is smaller than it (`fitted_patch`), so the padding nnU-Net
+        would add is not computed; a different result (the network's normalisation sees less
+        padding). None (the default) = only with a tile step other than the reference's: the
+        reference's sliding window stays nnU-Net's, any other is the fast one.
         """
         array = np.asarray(channels)
         if array.ndim != 4 or array.shape[0] != self._num_input_channels:
@@ -324,6 +370,9 @@ class NnUNetModel:
         precision_context(precision, self.device)  # refuses an unknown name before any work
         self._predictor.tile_step_size = float(tile_step)
         self._predictor.precision = precision
+        self._predictor.fit_patch = (
+            tile_step != REFERENCE_TILE_STEP if fit_patch is None else bool(fit_patch)
+        )
         # SimpleITK (nnU-Net's reader for .nii.gz) returns the same voxels with axes reversed,
         # and the spacing reversed with them; nnU-Net uses nothing else of the properties.
         # C order matters too: the z-score sums run in memory order, so a transposed view
