@@ -200,13 +200,25 @@ def points_onto(points: np.ndarray, points_affine: np.ndarray, ref: nib.Nifti1Im
     r_aff[:3, 3] -= ref.affine[:3, :3] @ np.full(3, pad)
     moved = resample(padded, p_aff, tuple(int(v) for v in ref_shape), r_aff, nearest=True)
     out = np.zeros(ref_shape, np.uint8)
-    for lab in np.unique(moved):
-        if lab == 0:
-            continue
-        com = np.round(ndimage.center_of_mass(moved == lab)).astype(int)
-        com = np.clip(com, pad, ref_shape - pad - 1)
-        out[tuple(com)] = lab
+    for lab, box in enumerate(ndimage.find_objects(moved), start=1):
+        if box is not None:
+            com = np.round(_centre_of_mass(moved[box] == lab, box)).astype(int)
+            out[tuple(np.clip(com, pad, ref_shape - pad - 1))] = lab
     return out[pad:-pad, pad:-pad, pad:-pad] if pad else out
+
+
+def _centre_of_mass(mask: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """Centre of mass (voxel index of the whole grid) of `mask`, the crop `box` of that grid.
+
+    Bit for bit `ndimage.center_of_mass` of the uncropped mask: the index sums are whole
+    numbers, so they are exact, and each mean is the one correctly rounded quotient; only the
+    work shrinks from the whole volume per label to the label's box.
+    """
+    where = np.nonzero(mask)
+    count = len(where[0])
+    return np.array(
+        [(int(w.sum()) + count * s.start) / count for w, s in zip(where, box, strict=True)]
+    )
 
 
 def image_like(data: np.ndarray, affine: np.ndarray, template: nib.Nifti1Image) -> nib.Nifti1Image:
