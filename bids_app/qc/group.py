@@ -46,6 +46,7 @@ LONG_COLUMNS = (
     "measure",
     "value",
     "units",
+    "na_reason",
 )
 QC_COLUMNS = (
     *ID_COLUMNS,
@@ -158,8 +159,39 @@ def measure_key(abbreviation: str, measure: str) -> str:
     return f"{abbreviation}_{measure}"
 
 
-def long_rows(records: Sequence[ImageRecord]) -> list[dict[str, object]]:
-    """One row per image x label x measure with a value."""
+def level_measures() -> tuple[Column, ...]:
+    """Every per-level measure of the group tables: the morphometry table's, then the
+    vertebral-body table's (heights, ratios, grades, slips) and their n/a reasons."""
+    return (
+        *(COLUMN_BY_NAME[m] for m in MEASURE_COLUMNS),
+        *vertebra_qc.measures(),
+        *vertebra_qc.REASONS,
+    )
+
+
+def body_rows(rec: ImageRecord, bodies: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
+    """Long rows of an image's vertebral-body measures: every measure of every level of its
+    table, n/a ones with their reason (a grade or shape is text in `value`)."""
+    return [
+        {
+            **_ids(rec),
+            "index": v.index,
+            "abbreviation": v.level,
+            "structure": v.structure,
+            "measure": v.measure.name,
+            "value": v.value,
+            "units": v.measure.units,
+            "na_reason": v.na_reason,
+        }
+        for v in vertebra_qc.level_values(bodies)
+    ]
+
+
+def long_rows(
+    records: Sequence[ImageRecord], bodies: Mapping[str, Sequence[Mapping[str, object]]]
+) -> list[dict[str, object]]:
+    """One row per image x label x measure with a value, one per alignment angle, and one per
+    image x level x vertebral-body measure (`bodies`: each image's vertebral-body rows)."""
     rows = []
     for rec in records:
         for row in rec.morphometry:
@@ -186,6 +218,7 @@ def long_rows(records: Sequence[ImageRecord]) -> list[dict[str, object]]:
                     "units": "deg",
                 }
             )
+        rows += body_rows(rec, bodies.get(rec.key, []))
     return rows
 
 
@@ -228,16 +261,19 @@ def wide_columns() -> list[str]:
         *ID_COLUMNS,
         *(c.name for c in ANGLES),
         *(
-            measure_key(lab.abbreviation, m)
+            measure_key(lab.abbreviation, col.name)
             for lab in labels
-            for m in MEASURE_COLUMNS
-            if lab.kind in COLUMN_BY_NAME[m].structures
+            for col in level_measures()
+            if lab.kind in col.structures
         ),
     ]
 
 
-def wide_table(records: Sequence[ImageRecord]) -> tuple[list[str], list[dict[str, object]]]:
-    """(columns, rows): `wide_columns()` and one row per image with morphometry."""
+def wide_table(
+    records: Sequence[ImageRecord], bodies: Mapping[str, Sequence[Mapping[str, object]]]
+) -> tuple[list[str], list[dict[str, object]]]:
+    """(columns, rows): `wide_columns()` and one row per image with morphometry, its
+    vertebral-body measures (`bodies`: each image's rows) and why they are n/a."""
     rows = []
     for rec in records:
         if not rec.morphometry:
@@ -246,19 +282,27 @@ def wide_table(records: Sequence[ImageRecord]) -> tuple[list[str], list[dict[str
         for r in rec.morphometry:
             for _, m, value in measured(r):
                 row[measure_key(str(r["abbreviation"]), m)] = value
+        values = list(vertebra_qc.level_values(bodies.get(rec.key, [])))
+        for v in values:
+            row[measure_key(v.level, v.measure.name)] = v.value
+        for (level, column), why in vertebra_qc.level_reasons(values).items():
+            row[measure_key(level, column)] = why
         rows.append(row)
     return wide_columns(), rows
 
 
-def wide_sidecar(columns: Sequence[str]) -> dict[str, dict[str, str]]:
-    out: dict[str, dict[str, str]] = dict(ID_DESCRIPTIONS)
+def wide_sidecar(columns: Sequence[str]) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {k: dict(v) for k, v in ID_DESCRIPTIONS.items()}
+    by_name = {c.name: c for c in level_measures()}
     for col in columns[len(ID_COLUMNS) :]:
         abbr, _, m = col.partition("_")
-        meta = ANGLE_BY_NAME.get(col) or COLUMN_BY_NAME[m]
+        meta = ANGLE_BY_NAME.get(col) or by_name[m]
         long_name = meta.long_name if col in ANGLE_BY_NAME else f"{abbr} {meta.long_name.lower()}"
         out[col] = {"LongName": long_name, "Description": meta.description}
         if meta.units:
             out[col]["Units"] = meta.units
+        if m in vertebra_qc.LEVELS:
+            out[col]["Levels"] = vertebra_qc.LEVELS[m]
     return out
 
 
@@ -276,10 +320,20 @@ def long_sidecar() -> dict[str, Mapping[str, object]]:
             "Levels": {
                 **{m: COLUMN_BY_NAME[m].description for m in MEASURE_COLUMNS},
                 **{c.name: f"{c.long_name}. {c.description}" for c in ANGLES},
+                **{c.name: c.description for c in vertebra_qc.measures()},
             },
         },
-        "value": {"Description": "Measured value, in `units`."},
+        "value": {
+            "Description": "Measured value, in `units`. Vertebral-body grades and shapes are "
+            "text (genant_grade 0-3; deformity_shape normal, wedge, biconcave, crush; "
+            "meyerding_grade none, I-V); n/a with the reason in na_reason."
+        },
         "units": {"Description": "Units of `value`."},
+        "na_reason": {
+            "Description": "Why `value` is n/a (vertebral-body measures, which have a row per "
+            "level even when n/a: C1, C2, transitional, thick slices, not seen whole...); n/a "
+            "when measured. The other measures have a row only when measured."
+        },
     }
 
 
@@ -548,11 +602,12 @@ def run_group(
 
     outliers = group_outliers({rec.key: judged_values(rec) for rec in records}, th)
 
+    bodies = {rec.key: vertebra_qc.read_levels(root, rec.stamp) for rec in records}
     write_text_atomic(
-        root / "group_morphometry_long.tsv", tsv_text(LONG_COLUMNS, long_rows(records))
+        root / "group_morphometry_long.tsv", tsv_text(LONG_COLUMNS, long_rows(records, bodies))
     )
     write_json_atomic(root / "group_morphometry_long.json", long_sidecar())
-    wide_cols, wide_rows = wide_table(records)
+    wide_cols, wide_rows = wide_table(records, bodies)
     write_text_atomic(root / "group_morphometry_wide.tsv", tsv_text(wide_cols, wide_rows))
     write_json_atomic(root / "group_morphometry_wide.json", wide_sidecar(wide_cols))
 
@@ -560,9 +615,9 @@ def run_group(
     qc_rows = [qc_row(r, outliers.get(r.key, []), ratings.get(r.key)) for r in records]
     flags = [raised_flags(r) for r in records] + [{} for _ in missing]
     lesions = [lesion_qc.lesion_columns(root, r.stamp) for r in records]
-    bodies = [vertebra_qc.vertebra_columns(root, r.stamp) for r in records]
+    body_flags = [vertebra_qc.vertebra_columns(root, r.stamp) for r in records]
     for rec, row, raised, (cols, reasons), (body_cols, body_reasons) in zip(
-        records, qc_rows, flags, lesions, bodies, strict=False
+        records, qc_rows, flags, lesions, body_flags, strict=False
     ):
         raised.update(reasons | body_reasons)  # lesion and body flags count like the image's own
         if rec.refused:
@@ -588,7 +643,8 @@ def run_group(
         root / "group_qc.json",
         qc_sidecar(th) | lesion_qc.sidecar() | vertebra_qc.sidecar(),
     )
-    write_worklist(root, qc_rows)
+    # A possible fracture or listhesis lists the image by itself, with its levels and grades.
+    write_worklist(root, qc_rows, flags, listing=vertebra_qc.FLAGS)
 
     counts: dict[str, int] = {}
     for r in qc_rows:

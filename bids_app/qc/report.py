@@ -140,6 +140,11 @@ def image_context(rec: ImageRecord, root: Path) -> dict:
     # Here, not at the top: bids_app.vertebrae imports bids_app.qc.geometry, whose package
     # imports this module.
     from bids_app.vertebrae.preview import report_section as vertebra_section
+    from bids_app.vertebrae.qc import vertebra_columns
+
+    # The vertebral-body flags (possible_fracture, listhesis) count like the image's own, as
+    # in group_qc.tsv: listed with their levels and grades, and in the QC status.
+    body_flags = [{"id": k, "reason": v} for k, v in vertebra_columns(root, rec.stamp)[1].items()]
 
     figs = rec.qc.get("figures") or {}
     figures = [
@@ -171,11 +176,11 @@ def image_context(rec: ImageRecord, root: Path) -> dict:
         "session": rec.session,
         "source": rec.source,
         "status": rec.status,
-        "qc_status": rec.qc_status(),
+        "qc_status": rec.qc_status([f["id"] for f in body_flags]),
         "reason": rec.reason,
         "figures": [f for f in figures if f],
         "previews_note": rec.qc.get("previews_note"),
-        "flags": rec.flags,
+        "flags": rec.flags + body_flags,
         "alignment": alignment_rows(rec.qc.get("alignment")),
         "has_qc": bool(rec.qc),
         "labels": labels,

@@ -1,10 +1,11 @@
 """From QC to corrections: the work list of images to look at, and the viewer commands.
 
 The group level writes `group_worklist.tsv`: every image rated bad or doubtful in a subject
-report, whose run status is not "ok", or whose correction was refused, with what a reviewer
-needs to open it. `spineseg
-review OUTPUT_DIR` turns each row into FSLeyes and ITK-SNAP command lines (run one after the
-other when the viewer is installed, printed otherwise).
+report, whose run status is not "ok", whose correction was refused, or with a finding that
+lists an image by itself (a possible vertebral fracture or a listhesis: image measures for
+research, not diagnoses), with why it is listed and what a reviewer needs to open it.
+`spineseg review OUTPUT_DIR` turns each row into FSLeyes and ITK-SNAP command lines (run one
+after the other when the viewer is installed, printed otherwise).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from bids_app.bids.derivatives import final_output_relpath
@@ -21,7 +22,17 @@ from bids_app.plumbing.atomic import write_text_atomic
 from bids_app.qc.records import NA, read_tsv, split_source, tsv_text
 
 WORKLIST = "group_worklist.tsv"
-COLUMNS = ("image", "status", "qc_status", "flags", "rating", "comment", "source", "labels")
+COLUMNS = (
+    "image",
+    "status",
+    "qc_status",
+    "flags",
+    "rating",
+    "comment",
+    "source",
+    "labels",
+    "listed_for",
+)
 TO_REVIEW = ("bad", "doubtful")
 VIEWERS = ("fsleyes", "itksnap")
 
@@ -31,17 +42,39 @@ def _flags(row: Mapping[str, object]) -> str | None:
     return ",".join(ids) or None
 
 
-def worklist_rows(qc_rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
-    """Rows of group_qc.tsv that need a look: rated bad/doubtful, a run that is not ok, or a
-    correction that was refused."""
+def listed_for(
+    row: Mapping[str, object], raised: Mapping[str, str], listing: Collection[str]
+) -> list[str]:
+    """Why a group_qc row needs a look (empty: it does not): a bad or doubtful rating, a run
+    that is not ok, a refused correction, each raised flag of `listing` with its reason."""
+    why = []
+    if row.get("qc_rating") in TO_REVIEW:
+        why.append(f"rated {row['qc_rating']}")
+    if row.get("status") != Status.OK:
+        why.append(f"run {row.get('status')}" + (f": {row['reason']}" if row.get("reason") else ""))
+    if row.get("correction_refused"):
+        why.append(f"correction refused: {row['correction_refused']}")
+    why += [
+        f"{flag}: {raised[flag]} (an image measure for research, not a diagnosis)"
+        for flag in listing
+        if flag in raised
+    ]
+    return why
+
+
+def worklist_rows(
+    qc_rows: Sequence[Mapping[str, object]],
+    raised: Sequence[Mapping[str, str]] = (),
+    listing: Collection[str] = (),
+) -> list[dict[str, object]]:
+    """Rows of group_qc.tsv that need a look: rated bad/doubtful, a run that is not ok, a
+    correction that was refused, or a flag of `listing` raised (`raised`: each row's raised
+    flags, flag -> reason, in the order of `qc_rows`)."""
     out = []
-    for row in qc_rows:
+    for i, row in enumerate(qc_rows):
         source = row.get("source")
-        if not row.get("image") or not (
-            row.get("qc_rating") in TO_REVIEW
-            or row.get("status") != Status.OK
-            or row.get("correction_refused")
-        ):
+        why = listed_for(row, raised[i] if i < len(raised) else {}, listing)
+        if not row.get("image") or not why:
             continue
         labels = None
         if isinstance(source, str):
@@ -56,15 +89,21 @@ def worklist_rows(qc_rows: Sequence[Mapping[str, object]]) -> list[dict[str, obj
                 "comment": row.get("qc_comment"),
                 "source": source,
                 "labels": labels,
+                "listed_for": "; ".join(why),
             }
         )
     return out
 
 
-def write_worklist(root: Path, qc_rows: Sequence[Mapping[str, object]]) -> Path:
-    """`group_worklist.tsv` (header only when nothing needs a look)."""
+def write_worklist(
+    root: Path,
+    qc_rows: Sequence[Mapping[str, object]],
+    raised: Sequence[Mapping[str, str]] = (),
+    listing: Collection[str] = (),
+) -> Path:
+    """`group_worklist.tsv` (header only when nothing needs a look); see `worklist_rows`."""
     path = Path(root) / WORKLIST
-    write_text_atomic(path, tsv_text(COLUMNS, worklist_rows(qc_rows)))
+    write_text_atomic(path, tsv_text(COLUMNS, worklist_rows(qc_rows, raised, listing)))
     return path
 
 
@@ -120,7 +159,7 @@ def review(
     for row in rows:
         cmds = viewer_commands(output_dir, bids_dir, row)
         why = ", ".join(
-            str(row[c]) for c in ("status", "flags", "rating", "comment") if row.get(c) != NA
+            str(row[c]) for c in ("listed_for", "flags", "comment") if row.get(c) not in (None, NA)
         )
         lines.append(f"# {row['image']}: {why}")
         for name in (chosen,) if chosen else VIEWERS:

@@ -25,6 +25,7 @@ from bids_app.plumbing.labels import label_hex
 from bids_app.qc.records import tsv_text
 from bids_app.vertebrae.heights import LEVEL_COLUMNS
 from bids_app.vertebrae.parts import ARCH_MM, ENDPLATE_MM, PART_NAMES
+from bids_app.vertebrae.qc import LEVELS
 from bids_app.vertebrae.run import VertebraResult
 
 LUT_NAME = "seg-vertparts_dseg.tsv"
@@ -58,8 +59,11 @@ def parts_lut() -> bytes:
 
 
 def columns_sidecar() -> dict:
+    """Description, units and (grades, shapes) values of every column of the table."""
     return {
-        c.name: {"Description": c.description} | ({"Units": c.units} if c.units else {})
+        c.name: {"Description": c.description}
+        | ({"Units": c.units} if c.units else {})
+        | ({"Levels": LEVELS[c.name]} if c.name in LEVELS else {})
         for c in LEVEL_COLUMNS
     }
 
