@@ -163,19 +163,22 @@ class LevelValue:
 
 
 def level_values(rows: Sequence[Mapping[str, object]]) -> Iterator[LevelValue]:
-    """Every group measure of every row of an image's vertebral-body table, n/a ones too."""
+    """Every group measure of every row of an image's vertebral-body table, n/a ones too
+    (a row without a level, as in a damaged table, has none)."""
     for row in rows:
-        structure = str(row.get("structure"))
+        structure, level = str(row.get("structure")), row.get("level")
+        if not isinstance(level, str) or structure not in REASON_COLUMNS:
+            continue
         reason = row.get("na_reason")
         for col in measures():
             if structure not in col.structures:
                 continue
             value = row.get(col.name)
             if _known(value):
-                yield LevelValue(row.get("index"), str(row["level"]), structure, col, value, None)
+                yield LevelValue(row.get("index"), level, structure, col, value, None)
                 continue
             why = str(reason) if _known(reason) else _MEASURE_REASONS.get(col.name, _NOT_MEASURED)
-            yield LevelValue(row.get("index"), str(row["level"]), structure, col, math.nan, why)
+            yield LevelValue(row.get("index"), level, structure, col, math.nan, why)
 
 
 def level_reasons(values: Sequence[LevelValue]) -> dict[tuple[str, str], str]:
@@ -200,20 +203,22 @@ def level_reasons(values: Sequence[LevelValue]) -> dict[tuple[str, str], str]:
 
 def vertebra_columns(root: Path, stamp: Mapping) -> tuple[dict[str, object], dict[str, str]]:
     """The group QC columns of one image and its raised flags (flag -> reason); both empty
-    when the image has no vertebral-body table."""
+    (n/a) when the image has no vertebral-body table, or one without a level column."""
     if vertebra_table(root, stamp) is None:
         return {}, {}
     rows = read_levels(root, stamp)
+    if any("level" not in r for r in rows):
+        return {}, {}
     graded = [
         r for r in rows if r.get("structure") == "vertebra" and _number(r.get("genant_grade")) >= 0
     ]
     fractures = [
-        f"{r['level']} (grade {int(_number(r['genant_grade']))} {r['deformity_shape']})"
+        f"{r.get('level')} (grade {int(_number(r['genant_grade']))} {r.get('deformity_shape')})"
         for r in graded
         if _number(r.get("genant_grade")) >= 1
     ]
     slips = [
-        f"{r['level']} ({r['meyerding_grade']}, {_number(r.get('slip_percent')):.0f} %)"
+        f"{r.get('level')} ({r['meyerding_grade']}, {_number(r.get('slip_percent')):.0f} %)"
         for r in rows
         if r.get("structure") == "disc" and r.get("meyerding_grade") in MEYERDING
     ]

@@ -227,3 +227,22 @@ def test_a_cohort_without_vertebral_bodies_has_the_same_columns(cohort, derivati
     assert {r["flag_possible_fracture"] for r in qc} == {"n/a"}
     _, work = _tsv(out / "group_worklist.tsv")
     assert all("possible_fracture" not in r["listed_for"] for r in work)
+
+
+def test_a_damaged_vertebral_table_does_not_stop_the_group(cohort, tmp_path):
+    """A vertebral-body table cut or overwritten after the run: the group level still writes
+    every table; that image's body columns and flags are n/a (not 'no fracture')."""
+    out = tmp_path / "out"
+    shutil.copytree(cohort[0], out)
+    keys = cohort[2]
+    (table,) = out.glob("sub-01/anat/*_seg-vertparts_desc-T2w_morphometry.tsv")
+    table.write_text("not\ta table\nat\tall\n")
+    run_group(out)
+    header, rows = _tsv(out / "group_morphometry_wide.tsv")
+    assert header == wide_columns()
+    row = next(r for r in rows if r["image"] == keys["fractured"])
+    assert row["C5_genant_grade"] == row["C5_body_na_reason"] == "n/a"
+    qc = {r["image"]: r for r in _tsv(out / "group_qc.tsv")[1]}
+    assert qc[keys["fractured"]]["flag_possible_fracture"] == "n/a"
+    assert qc[keys["fractured"]]["vertebral_bodies_graded"] == "n/a"
+    assert qc[keys["normal"]]["vertebral_bodies_graded"] == "6"
