@@ -115,10 +115,14 @@ def resample(
 ) -> np.ndarray:
     """Resample `data` (on `affine`) onto the grid (`shape`, `target_affine`), zero outside.
 
-    Returns float64 for linear interpolation and the input dtype for nearest neighbour;
-    the array is on the target grid in nibabel axis order.
+    Returns the input dtype for nearest neighbour and for float32 under linear
+    interpolation, float64 for other linear input; the array is on the target grid in
+    nibabel axis order. ITK interpolates in double whatever the pixel type and rounds once to
+    it, so float32 in is bit for bit float64 in cast to float32, at half the memory traffic.
     """
-    src = _to_sitk(data.astype(np.float64) if not nearest else data, affine)
+    if not nearest and data.dtype != np.float32:
+        data = data.astype(np.float64)
+    src = _to_sitk(data, affine)
     ref = _reference(shape, target_affine, src.GetPixelID())
     interp = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
     out = sitk.Resample(src, ref, sitk.Transform(), interp, 0.0, src.GetPixelID())
@@ -177,8 +181,10 @@ def labels_onto(seg: np.ndarray, seg_affine: np.ndarray, ref: nib.Nifti1Image) -
 
 def soft_onto(prob: np.ndarray, prob_affine: np.ndarray, ref: nib.Nifti1Image) -> np.ndarray:
     """Soft map moved onto `ref`'s grid by linear interpolation (float32, `ref` grid)."""
-    out = resample(prob.astype(np.float32), prob_affine, ref.shape[:3], ref.affine, nearest=False)
-    return out.astype(np.float32)
+    out = resample(
+        prob.astype(np.float32, copy=False), prob_affine, ref.shape[:3], ref.affine, nearest=False
+    )
+    return out.astype(np.float32, copy=False)
 
 
 def points_onto(points: np.ndarray, points_affine: np.ndarray, ref: nib.Nifti1Image) -> np.ndarray:

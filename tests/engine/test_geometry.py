@@ -89,3 +89,17 @@ def test_marker_centres_are_scipys_whole_grid_centres_bit_for_bit() -> None:
             if box is not None:
                 mine = _centre_of_mass(grid[box] == lab, box)
                 assert np.array_equal(mine, ndimage.center_of_mass(grid == lab))
+
+
+def test_soft_maps_resampled_in_float32_equal_the_float64_path_bit_for_bit() -> None:
+    # soft_onto hands float32 to ITK, which interpolates in double and rounds once; the
+    # written soft maps must stay those of the float64 path cast to float32.
+    from bids_app.engine.geometry import resample, soft_onto
+
+    rng = np.random.default_rng(3)
+    native = nib.Nifti1Image(np.zeros((23, 31, 9), np.int16), np.diag([0.7, 0.9, 2.6, 1.0]))
+    shape, aff = iso_grid(native)
+    prob = (rng.random(shape) * (rng.random(shape) < 0.3)).astype(np.float32)
+    old = resample(prob.astype(np.float64), aff, native.shape, native.affine, nearest=False)
+    new = soft_onto(prob, aff, native)
+    assert new.dtype == np.float32 and np.array_equal(new, old.astype(np.float32))
