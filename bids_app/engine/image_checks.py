@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import zlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,15 @@ def _file_bytes(path: str, needed: int) -> int | None:
     suffix = Path(path).suffix
     if suffix != ".gz":
         return None if suffix in ImageOpener.compress_ext_map else os.path.getsize(path)
+    info = os.stat(path)
+    return _gz_bytes(path, info.st_size, info.st_mtime_ns, needed)
+
+
+@lru_cache(maxsize=16)
+def _gz_bytes(path: str, _size: int, _mtime_ns: int, needed: int) -> int:
+    """`_file_bytes` of a .nii.gz, remembered for the file as it is (size and mtime): a run
+    checks each header twice (before its memory estimate, then in the engine), and counting
+    means decompressing the whole file."""
     count, inflate = 0, zlib.decompressobj(zlib.MAX_WBITS | 16)
     with open(path, "rb") as f:
         pending = b""
