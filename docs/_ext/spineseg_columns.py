@@ -31,11 +31,10 @@ def _group_qc() -> Mapping[str, Mapping]:
     from bids_app.vertebrae import qc as vertebra_qc
 
     columns = {k: v for k, v in group.qc_sidecar(Thresholds()).items() if k != "Thresholds"}
-    extras = (("lesion", lesion_qc.COLUMNS), ("vertebral-body", vertebra_qc.COLUMNS))
-    for capability, extra in extras:
+    # Always in group_qc.tsv, n/a for an image without that capability's outputs.
+    for extra in (lesion_qc.COLUMNS, vertebra_qc.COLUMNS):
         for name, description in extra.items():
-            note = f"{description} (when some image has {capability} outputs)"
-            columns.setdefault(name, {"Description": note})
+            columns.setdefault(name, {"Description": description})
     return columns
 
 
