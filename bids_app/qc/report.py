@@ -17,6 +17,7 @@ import jinja2
 from bids_app import __version__
 from bids_app.bids.stamps import INCOMPLETE, Status
 from bids_app.lesions.preview import report_section as lesion_section
+from bids_app.lesions.qc import lesion_columns
 from bids_app.plumbing import labels as L
 from bids_app.plumbing.atomic import write_text_atomic
 from bids_app.qc.alignment import TITLES
@@ -142,9 +143,11 @@ def image_context(rec: ImageRecord, root: Path) -> dict:
     from bids_app.vertebrae.preview import report_section as vertebra_section
     from bids_app.vertebrae.qc import vertebra_columns
 
-    # The vertebral-body flags (possible_fracture, listhesis) count like the image's own, as
-    # in group_qc.tsv: listed with their levels and grades, and in the QC status.
-    body_flags = [{"id": k, "reason": v} for k, v in vertebra_columns(root, rec.stamp)[1].items()]
+    # The lesion flags (lesion_outside_cord, lesion_at_fov_edge) and the vertebral-body flags
+    # (possible_fracture, listhesis) count like the image's own, as in group_qc.tsv: listed
+    # with their reasons, and in the QC status.
+    raised = lesion_columns(root, rec.stamp)[1] | vertebra_columns(root, rec.stamp)[1]
+    capability_flags = [{"id": k, "reason": v} for k, v in raised.items()]
 
     figs = rec.qc.get("figures") or {}
     figures = [
@@ -176,11 +179,11 @@ def image_context(rec: ImageRecord, root: Path) -> dict:
         "session": rec.session,
         "source": rec.source,
         "status": rec.status,
-        "qc_status": rec.qc_status([f["id"] for f in body_flags]),
+        "qc_status": rec.qc_status([f["id"] for f in capability_flags]),
         "reason": rec.reason,
         "figures": [f for f in figures if f],
         "previews_note": rec.qc.get("previews_note"),
-        "flags": rec.flags + body_flags,
+        "flags": rec.flags + capability_flags,
         "alignment": alignment_rows(rec.qc.get("alignment")),
         "has_qc": bool(rec.qc),
         "labels": labels,

@@ -134,6 +134,11 @@ def test_group_table_has_lesion_columns_and_flags(setup):
     assert "<th>Lesions</th>" in page and "2: 150 mm³, C3 to T2" in page
     sidecar = json.loads((out / "group_qc.json").read_text())
     assert sidecar["lesion_volume_mm3"]["Units"] == "mm^3"
+    # The subject report says what group_qc.tsv says: the flags with their reasons, same status.
+    report = (out / "sub-01.html").read_text()
+    heading = f'<h2>sub-01_ses-01_acq-sag_T2w <span class="status status-{t2["qc_status"]}">'
+    assert heading in report
+    assert "lesion_outside_cord" in report and "lesion(s) 1 mostly outside" in report
 
 
 def test_a_lesion_failure_keeps_the_spine_outputs_and_makes_the_image_partial(setup, monkeypatch):
