@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from bids_app.labeling.components import (
     CROSS,
+    Box,
     axis_spans,
     bbox_slices,
     drop_small,
@@ -63,16 +64,37 @@ def _majority(values: np.ndarray) -> int:
     return int(np.argmax(np.bincount(values)))
 
 
-def _components(work: np.ndarray, label_sets: Sequence[Sequence[int]], min_size: int):
-    """Label components per label set, ids offset across sets (§3.1 `si_components`)."""
+def _set_box(objects: Sequence[Box | None], labels: Sequence[int]) -> Box | None:
+    """Bounding box of the voxels holding any of `labels` (class ids > 0), from `objects`
+    (`ndimage.find_objects` of the class map): `bbox_slices(label_mask(...), 0)` without a
+    pass over the map."""
+    boxes = [objects[lab - 1] for lab in labels if 0 < lab <= len(objects)]
+    found = [b for b in boxes if b is not None]
+    if not found:
+        return None
+    return tuple(  # type: ignore[return-value]
+        slice(min(b[axis].start for b in found), max(b[axis].stop for b in found))
+        for axis in range(len(found[0]))
+    )
+
+
+def _components(
+    work: np.ndarray,
+    label_sets: Sequence[Sequence[int]],
+    min_size: int,
+    objects: Sequence[Box | None],
+):
+    """Label components per label set, ids offset across sets (§3.1 `si_components`).
+
+    `objects` is `ndimage.find_objects(work)`: each set is masked only in its own box."""
     labelled = np.zeros(work.shape, dtype=np.int32)
     total = 0
     for labels in label_sets:
-        mask = label_mask(work, labels)
-        box = bbox_slices(mask, margin=1)
-        if box is None:
+        found = _set_box(objects, labels)
+        if found is None:
             continue
-        part, n = label_components(mask[box], dilate=1)
+        box = grow_box(found, work.shape, 1)
+        part, n = label_components(label_mask(work[box], labels), dilate=1)
         n = drop_small(part, n, min_size)
         part[part > 0] += total
         labelled[box] = np.maximum(labelled[box], part)
@@ -87,9 +109,10 @@ class _Labeler:
         self.work = work
         self.canal = canal
         self.min_size = min_component_size
+        self.objects = ndimage.find_objects(work)  # each class's box, in one pass
 
     def discs(self, disc_labels: Sequence[int]) -> tuple[np.ndarray, dict[int, int]]:
-        labelled, n = _components(self.work, [disc_labels], self.min_size)
+        labelled, n = _components(self.work, [disc_labels], self.min_size, self.objects)
         if n == 0:
             raise LabelingError(
                 f"no intervertebral disc of at least {self.min_size} voxels in the "
@@ -100,7 +123,8 @@ class _Labeler:
     def vertebrae(
         self, vertebrae_labels: Sequence[int], extra_labels: Sequence[int]
     ) -> tuple[np.ndarray, dict[int, int]]:
-        labelled, n = _components(self.work, [[lab] for lab in vertebrae_labels], self.min_size)
+        sets = [[lab] for lab in vertebrae_labels]
+        labelled, n = _components(self.work, sets, self.min_size, self.objects)
         if n == 0:
             raise LabelingError(
                 f"no vertebra of at least {self.min_size} voxels in the segmentation: "
@@ -150,20 +174,24 @@ def _checked_landmarks(
     order: list[int],
     selected: list[int],
     landmark_labels: Sequence[int],
+    objects: Sequence[Box | None],
 ) -> list[int]:
     """Drop C2-C3 / L5-S from the selection when they are implausible (§3.2 step 5).
 
     C2-C3 must touch the most superior disc. L5-S (PR #146) is dropped when a disc below the
     disc holding the first L5-S voxel (C order) is bigger than 10 % of all L5-S voxels: a
-    sacral disc would then be the real bottom.
+    sacral disc would then be the real bottom. Each landmark is looked at in its own box
+    (`objects` = `ndimage.find_objects(work)`); C order within a box is the full array's.
     """
     top, bottom = landmark_labels[0], landmark_labels[-1]
     selected = list(selected)
-    if top in selected and not np.any(discs[work == top] == order[0]):
-        selected.remove(top)
-    if bottom in selected:
-        bottom_mask = work == bottom
-        hosts = discs[bottom_mask & (discs > 0)]
+    if top in selected:
+        box = _set_box(objects, [top])
+        if box is None or not np.any(discs[box][work[box] == top] == order[0]):
+            selected.remove(top)
+    if bottom in selected and (box := _set_box(objects, [bottom])) is not None:
+        bottom_mask = work[box] == bottom
+        hosts = discs[box][bottom_mask & (discs[box] > 0)]
         if hosts.size:
             below = order[order.index(int(hosts[0])) + 1 :]
             sizes = np.bincount(discs.ravel(), minlength=max(order) + 1)
@@ -314,6 +342,24 @@ def _paint(labelled: np.ndarray, outputs: dict[int, int]) -> np.ndarray:
     return lut[labelled]
 
 
+def _override(out: np.ndarray, seg: np.ndarray, rules: Sequence[tuple[Sequence[int], int]]) -> None:
+    """`out[seg ∈ sources] = target` for each rule in turn (a later rule wins), in place.
+
+    For 8/16-bit class maps one table lookup does every rule in a single pass over `seg`.
+    """
+    if not (seg.dtype.kind == "u" and seg.dtype.itemsize <= 2):
+        for sources, target in rules:
+            if len(sources):
+                out[label_mask(seg, sources)] = target
+        return
+    size = 1 << (8 * seg.dtype.itemsize)
+    hit, value = np.zeros(size, bool), np.zeros(size, out.dtype)
+    for sources, target in rules:
+        inside = [int(v) for v in sources if 0 <= int(v) < size]
+        hit[inside], value[inside] = True, target
+    np.copyto(out, value[seg], where=hit[seg])
+
+
 def iterative_label(
     seg: np.ndarray,
     *,
@@ -371,7 +417,12 @@ def iterative_label(
         prefix = "localizer " if landmarks else ""
     if not landmarks:
         selected = _checked_landmarks(
-            work, discs, disc_order, list(selected_disc_landmarks), disc_landmark_labels
+            work,
+            discs,
+            disc_order,
+            list(selected_disc_landmarks),
+            disc_landmark_labels,
+            labeler.objects,
         )
         landmarks = _landmarks_from_segmentation(
             work,
@@ -424,9 +475,7 @@ def iterative_label(
         (sacrum_labels, sacrum_output_label),
         *(([src], dst) for src, dst in (map_input_dict or {}).items()),
     ]
-    for sources, target in overrides:
-        if len(sources):
-            work_out[label_mask(work, sources)] = target
+    _override(work_out, work, overrides)
     out[box] = work_out
 
     used = [landmarks[cid] for cid in disc_order if cid in landmarks]
