@@ -129,11 +129,20 @@ def resample(
     return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
 
 
+# Voxel types ITK resamples in their own type: it interpolates in double and casts once
+# (integers truncated, floats rounded), which is torchio's float64 resampling followed by
+# `astype`, without the float64 copies.
+_OWN_TYPE = frozenset(
+    np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32)
+) | {np.dtype(np.float32), np.dtype(np.float64)}
+
+
 def resample_to_iso(img: nib.Nifti1Image) -> nib.Nifti1Image:
     """The image on its 1 mm grid, linear, cast back to the input dtype by truncation."""
     data = np.asanyarray(img.dataobj)
     shape, aff = iso_grid(img)
-    src = _sitk_from_geometry(data.astype(np.float64), _torchio_geometry(img))
+    own = data.dtype.isnative and data.dtype in _OWN_TYPE
+    src = _sitk_from_geometry(data if own else data.astype(np.float64), _torchio_geometry(img))
     out = sitk.Resample(
         src,
         _reference(shape, aff, src.GetPixelID()),
@@ -143,7 +152,7 @@ def resample_to_iso(img: nib.Nifti1Image) -> nib.Nifti1Image:
         src.GetPixelID(),
     )
     iso = sitk.GetArrayFromImage(out).transpose(2, 1, 0)
-    return image_like(iso.astype(data.dtype), aff, img)
+    return image_like(iso.astype(data.dtype, copy=False), aff, img)
 
 
 def exported_affine(canonical: nib.Nifti1Image) -> np.ndarray:

@@ -103,3 +103,29 @@ def test_soft_maps_resampled_in_float32_equal_the_float64_path_bit_for_bit() -> 
     old = resample(prob.astype(np.float64), aff, native.shape, native.affine, nearest=False)
     new = soft_onto(prob, aff, native)
     assert new.dtype == np.float32 and np.array_equal(new, old.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.float32, np.float64]
+)
+def test_iso_resampling_in_the_images_own_type_equals_the_float64_path(dtype) -> None:
+    # resample_to_iso lets ITK resample each voxel type as it is (double inside, one cast);
+    # the 1 mm image must stay torchio's float64 resampling cast back to the input type,
+    # including the truncation of interpolated integers and the extremes of each type.
+    import SimpleITK as sitk
+
+    from bids_app.engine import geometry as geo
+
+    rng = np.random.default_rng(11)
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(np.float32)
+    data = rng.uniform(float(info.min) / 2, float(info.max) / 2, (17, 13, 9)).astype(dtype)
+    data[0, 0, :2] = (info.min, info.max)
+    affine = np.array([[0.7, 0.1, 0, 3], [-0.05, 0.9, 0.2, -4], [0, -0.1, 2.6, 5], [0, 0, 0, 1]])
+    img = nib.Nifti1Image(data, affine)
+    shape, aff = iso_grid(img)
+    src = geo._sitk_from_geometry(data.astype(np.float64), geo._torchio_geometry(img))
+    ref = geo._reference(shape, aff, src.GetPixelID())
+    out = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, 0.0, src.GetPixelID())
+    expected = sitk.GetArrayFromImage(out).transpose(2, 1, 0).astype(dtype)
+    got = np.asanyarray(resample_to_iso(img).dataobj)
+    assert got.dtype == dtype and np.array_equal(got, expected)
