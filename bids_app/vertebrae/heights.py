@@ -1,8 +1,7 @@
 """Body heights, Genant grade per vertebra and listhesis per disc, read on mid-sagittal
 sections of the bodies cut by `bids_app.vertebrae.parts`.
 
-A body's section is the plane through its axis (the frame's, turned along its posterior wall,
-`wall_frame`) and anterior direction, at the
+A body's section is the plane through its frame's axis and anterior direction, at the
 median left-right position of its body voxels, sampled at `STEP` mm by nearest neighbour
 (so voxel order, size and obliquity do not matter); three parallel sections 1 mm apart
 are read and their medians kept. On a section:
@@ -11,9 +10,11 @@ are read and their medians kept. On a section:
 - the posterior, middle and anterior heights are the body's extent along the axis at the
   AP shares `HEIGHT_SHARES` of the depth from the posterior wall (mean over the columns
   within `HEIGHT_WINDOW_MM`);
-- the posterior-superior / posterior-inferior corner is the posterior wall (a line fitted to
-  the middle rows' first samples) at the body's top / bottom where the posterior height is
-  read; the lower endplate's depth for the slip
+- the posterior-superior / posterior-inferior corner is the posterior wall at the body's
+  top / bottom where the posterior height is read. That wall is the bone's boundary with
+  what lies behind it (the canal) on the middle rows, a line fitted to it: the vertebra's
+  own label, not the cut body, whose posterior edge comes from the discs and is pulled by
+  a share of the slip where a slipped disc is sheared. The lower endplate's depth for the slip
   percentage is the lower body's depth (the sacrum: the median AP width of its rows 1 to
   `CORNER_MM` mm below its top).
 
@@ -35,10 +36,8 @@ from bids_app.plumbing import labels as L
 from bids_app.qc.geometry import (
     SPINE_ORDER,
     LabelGeometry,
-    anterior_frame,
     inside_grid,
     sample,
-    unit,
 )
 from bids_app.vertebrae.grades import HEIGHT_SHARES, genant, meyerding
 from bids_app.vertebrae.parts import Frame, adjacent_discs, body_labels, thick
@@ -48,15 +47,17 @@ SECTION_OFFSETS = (-1.0, 0.0, 1.0)  # mm from the mid-sagittal plane
 MAX_VOXEL_MM = 1.5
 CORNER_MM = 8.0  # the sacrum's endplate depth: rows 1 mm to this far from its top
 MARGIN_MM = 3.0  # section margin around the body
-MAX_TURN_DEG = 10.0
 HEIGHT_WINDOW_MM = 1.0  # heights are means over the columns this close to their position
+WALL_REACH_MM = 6.0  # the bone behind the cut body's edge that can still be body (a row
+# whose bone runs further back, into the arch, shows no posterior wall)
+WALL_FIT_MM = 1.0  # rows this far off the fitted wall are refitted without
 
 
 @dataclass
 class Section:
     """Mid-sagittal sections of one body in its frame: `mask[k, i, j]` is body at section k
     (left-right offset SECTION_OFFSETS[k] from `l0`), height `h[i]` (superior first) and AP
-    position `a[j]` (posterior first)."""
+    position `a[j]` (posterior first); `bone` the same for the whole vertebra's label."""
 
     label: int
     frame: Frame
@@ -64,6 +65,7 @@ class Section:
     a: np.ndarray
     h: np.ndarray
     mask: np.ndarray
+    bone: np.ndarray
 
     def _rows(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row indices, first a, last a) of the rows of section k that hold body."""
@@ -114,52 +116,51 @@ class Section:
         near = (dist >= 1.0) & (dist <= CORNER_MM)
         return float(np.median(last[near] - first[near]) + STEP) if near.any() else math.nan
 
+    def _posterior_wall(self, k: int) -> tuple[float, float] | None:
+        """(slope, intercept) of the posterior wall on section k, a = slope * h + intercept:
+        on each of the middle 60 % of the rows, the bone's boundary behind the body's first
+        sample (where the vertebra's label ends: the canal), a line fitted to them and
+        refitted without the rows more than WALL_FIT_MM off it (a plate of arch at the
+        body's end). Rows whose bone runs on more than WALL_REACH_MM behind the body show
+        no wall; None when fewer than three rows do."""
+        rows = self._rows(k)[0]
+        n = rows.size
+        middle = rows[int(0.2 * n) : max(int(0.8 * n), int(0.2 * n) + 3)]
+        reach = round(WALL_REACH_MM / STEP)
+        hs, edges = [], []
+        for i in middle:
+            j0 = int(np.argmax(self.mask[k][i]))
+            behind = self.bone[k][i, max(j0 - reach - 1, 0) : j0][::-1]
+            if behind.all():  # into the arch, or out of the section
+                continue
+            run = int(np.argmin(behind))
+            hs.append(self.h[i])
+            edges.append(self.a[j0 - run])
+        if len(hs) < 3:
+            return None
+        h, a = np.array(hs), np.array(edges)
+        slope, icpt = np.polyfit(h, a, 1)
+        for _ in range(2):
+            keep = np.abs(a - (slope * h + icpt)) <= WALL_FIT_MM
+            if keep.sum() < 3:
+                break
+            slope, icpt = np.polyfit(h[keep], a[keep], 1)
+        return float(slope), float(icpt)
+
     def corner(self, k: int, top: bool) -> np.ndarray | None:
         """World position of the posterior-superior (top) or posterior-inferior corner: the
-        posterior wall (a line fitted to the first body samples of the middle 60 % of the
-        rows, walls are not always parallel to the axis) at the body's top or bottom where
-        the posterior height is read."""
+        posterior wall (`_posterior_wall`: walls are not always parallel to the axis) at
+        the body's top or bottom where the posterior height is read."""
         walls = self.walls(k)
-        if walls is None:
+        line = self._posterior_wall(k)
+        if walls is None or line is None:
             return None
         post, ant = walls
         h = self.end_at(k, post + HEIGHT_SHARES["posterior"] * (ant - post), top)
-        rows, first, _ = self._rows(k)
-        n = rows.size
-        middle = slice(int(0.2 * n), max(int(0.8 * n), int(0.2 * n) + 2))
-        if math.isnan(h) or first[middle].size < 2:
+        if math.isnan(h):
             return None
-        slope, icpt = np.polyfit(self.h[rows][middle], first[middle], 1)
-        a = float(slope * h + icpt)
+        a = line[0] * h + line[1]
         return self.frame.world(np.array(a), np.array(self.l0 + SECTION_OFFSETS[k]), np.array(h))
-
-
-def wall_frame(frame: Frame, alh: np.ndarray) -> Frame:
-    """The frame turned in its sagittal plane so that its axis runs along the body's posterior
-    wall: the wall keeps its direction in wedge, biconcave and crush deformities and slips,
-    where the discs that fill a sunk endplate or a slip tilt. The wall is the 10th percentile
-    of AP position in each 1 mm slab of the mid-sagittal band (|l - l0| < 3 mm) between the
-    band's 25th and 75th height percentiles; a turn over `MAX_TURN_DEG`, or fewer than 5
-    slabs, leaves the frame as it is (the band then holds more than the wall)."""
-    band = alh[np.abs(alh[:, 1] - np.median(alh[:, 1])) < 3.0]
-    if len(band) < 20:
-        return frame
-    lo, hi = np.percentile(band[:, 2], [25, 75])
-    keep = band[(band[:, 2] >= lo) & (band[:, 2] <= hi)]
-    slab = np.floor(keep[:, 2]).astype(int)
-    hs, walls = [], []
-    for k in np.unique(slab):
-        rows = keep[slab == k]
-        hs.append(float(rows[:, 2].mean()))
-        walls.append(float(np.percentile(rows[:, 0], 10)))
-    if len(hs) < 5:
-        return frame
-    slope = float(np.polyfit(hs, walls, 1)[0])
-    if abs(math.degrees(math.atan(slope))) > MAX_TURN_DEG:
-        return frame
-    axis = unit(frame.axis + slope * frame.ant)
-    ant, right = anterior_frame(axis)
-    return Frame(frame.origin, axis, ant, right)
 
 
 def section_of(geom: LabelGeometry, bodies: np.ndarray, label: int, frame: Frame) -> Section | None:
@@ -168,21 +169,20 @@ def section_of(geom: LabelGeometry, bodies: np.ndarray, label: int, frame: Frame
     if len(ijk) < 20:
         return None
     world = ijk @ geom.affine[:3, :3].T + geom.affine[:3, 3]
-    if label != L.SACRUM:
-        frame = wall_frame(frame, frame.coords(world))
     alh = frame.coords(world)
     l0 = float(np.median(alh[:, 1]))
     lo, hi = alh.min(0) - MARGIN_MM, alh.max(0) + MARGIN_MM
-    a = np.arange(lo[0], hi[0], STEP)
+    a = np.arange(lo[0] - WALL_REACH_MM, hi[0], STEP)  # room behind for the wall's bone
     h = np.arange(hi[2], lo[2], -STEP)
     hh, aa = np.meshgrid(h, a, indexing="ij")
-    masks = []
+    masks, bone = [], []
     for off in SECTION_OFFSETS:
         pts = frame.world(aa, np.full(aa.shape, l0 + off), hh)
         if not inside_grid(geom.data.shape, geom.affine, pts).all():
             return None
         masks.append(sample(bodies, geom.affine, pts, order=0) == label)
-    return Section(label, frame, l0, a, h, np.stack(masks))
+        bone.append(sample(geom.data, geom.affine, pts, order=0) == label)
+    return Section(label, frame, l0, a, h, np.stack(masks), np.stack(bone))
 
 
 def _reason(

@@ -10,11 +10,13 @@ from the arcus.
 How each part is cut, in the vertebra's local column frame (`Frame`: axis along the column,
 see `frame_of`; anterior = patient anterior perpendicular to it):
 - body: the vertebra's voxels whose projection along the axis falls inside the footprint of
-  one of its adjacent discs' contact with it (discs cover the endplates; pedicles and arch
-  lie outside them), each footprint moved with the column's curve (its centre interpolated
-  between the contacts),
-  then opened by a 1 mm ball (a thin plate of arch under a footprint's edge is not body)
-  and closed by it within the vertebra (no slit where two footprints miss each other);
+  one of its adjacent discs' contact with it, or in front of it (discs cover the endplates;
+  pedicles and arch lie behind and beside them), each footprint moved with the column's
+  curve (its centre interpolated between the contacts). Only the footprint's posterior
+  edge cuts: the body's front and sides are the label's own (a network's discs are often
+  narrower than its bodies). Then opened by a 1 mm ball (a thin plate of arch under a
+  footprint's edge is not body) and closed by it within the vertebra (no slit where two
+  footprints miss each other);
 - endplates: body voxels within `ENDPLATE_MM` of the body's superior / inferior surface
   along the axis (the sacrum: its superior endplate only);
 - spinous process: the rest, more than `ARCH_MM` behind the canal's posterior wall;
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from bids_app.plumbing import labels as L
 from bids_app.qc.geometry import (
@@ -67,6 +70,10 @@ ARCH_MM = 5.0  # laminae and pedicles: adult ones are 4-7 mm thick
 GRID_MM = 0.5  # footprint raster
 AXIS_AGREE_DEG = 5.0
 OPENING_MM = 1.0
+# A contact point further from the vertebra than its neighbours (within LOCAL_MM) by more
+# than this touches arch hanging into a sheared disc, not the endplate.
+BEYOND_MM = 0.75
+LOCAL_MM = 3.0
 
 
 @dataclass(frozen=True)
@@ -138,13 +145,33 @@ def contact(
     pts = geom.coords(disc)
     h = (pts - centre) @ axis
     toward = -1.0 if h.mean() > 0 else 1.0
-    reach = voxel_extent(geom.affine, axis) + GRID_MM
+    extent = voxel_extent(geom.affine, axis)
+    reach = extent + GRID_MM
     steps = np.arange(GRID_MM, reach + 1e-6, GRID_MM)
     probe = pts[:, None, :] + toward * steps[None, :, None] * axis
     touch = (sample(geom.data, geom.affine, probe, order=0) == vertebra).any(1)
     if touch.sum() < 10:
         return pts
-    return _on_plane(pts[touch], axis, max(1.5, reach))
+    plate = _on_plane(pts[touch], axis, max(1.5, reach))
+    return _first_layer(plate, axis, toward, max(BEYOND_MM, extent / 2 + GRID_MM / 2))
+
+
+def _first_layer(pts: np.ndarray, axis: np.ndarray, toward: float, tol: float) -> np.ndarray:
+    """The contact points (n, 3) not lying more than `tol` mm further from the vertebra
+    (`toward`: +1 when it is superior along `axis`) than the median of their neighbours
+    within LOCAL_MM. Under a slip the disc is sheared and the arch of the body above hangs
+    into it: the disc's sloping posterior edge touches that arch below the endplate, and
+    would push the footprint (the body's posterior wall) back by a share of the slip. A
+    dish or a wedge sinks points toward the vertebra and keeps them; the neighbourhood
+    follows a blocky label's steps."""
+    ant, right = anterior_frame(axis)
+    design = np.column_stack([pts @ ant, pts @ right, np.ones(len(pts))])
+    coef, *_ = np.linalg.lstsq(design, pts @ axis, rcond=None)
+    toward_mm = (pts @ axis - design @ coef) * toward
+    near = cKDTree(design[:, :2]).query_ball_point(design[:, :2], LOCAL_MM)
+    local = np.array([np.median(toward_mm[i]) for i in near])
+    keep = toward_mm >= local - tol
+    return pts[keep] if keep.sum() >= 10 else pts
 
 
 def _on_plane(pts: np.ndarray, axis: np.ndarray, tol: float) -> np.ndarray:
@@ -190,7 +217,13 @@ def in_footprint(
     geom: LabelGeometry, frame: Frame, vertebra: int, discs: list[int], points: np.ndarray
 ) -> np.ndarray:
     """Which world points (n, 3) project along the frame's axis inside the footprint of a
-    disc's contact with the vertebra.
+    disc's contact with the vertebra, or in front of it.
+
+    Only the footprint's posterior edge cuts: a point is in when the footprint has a cell
+    behind it at its left-right position (beyond the footprint's sides: at the nearest side
+    column, whose edge is the body's side). The body's front and sides are the label's own:
+    a network labels its discs narrower than its bodies, and nothing of the arch lies in
+    front of the posterior wall.
 
     The column is curved: each point is first moved by the AP and lateral offset of the
     contacts' centres interpolated at its height, so that a footprint is laid under the body
@@ -206,10 +239,14 @@ def in_footprint(
     inside = np.zeros(len(points), bool)
     for pts, centre in zip(contacts, centres, strict=True):
         mask, lo, shape = _footprint(geom, frame, pts)
+        ahead = np.maximum.accumulate(mask, axis=0)  # a cell and everything in front of it
+        cols = np.flatnonzero(mask.any(0))
         idx = np.floor((alh[:, :2] - drift + centre[:2] - lo) / GRID_MM).astype(int)
-        ok = np.all((idx >= 0) & (idx < shape), axis=1)
+        idx[:, 0] = np.minimum(idx[:, 0], shape[0] - 1)
+        idx[:, 1] = np.clip(idx[:, 1], cols.min(), cols.max())
+        ok = idx[:, 0] >= 0
         hit = np.zeros(len(points), bool)
-        hit[ok] = mask[idx[ok, 0], idx[ok, 1]]
+        hit[ok] = ahead[idx[ok, 0], idx[ok, 1]]
         inside |= hit
     return inside
 
