@@ -6,8 +6,9 @@
 Random-weight stand-ins say nothing about accuracy, and the demo models are not the official
 ones; so a lab decides with its own data. Each image is segmented twice by SpineSeg's engine
 with the same weights (default: the installed TotalSpineSeg weights), once with the default
-options and once with the options `--fast` picks on this machine (tile step 1.0, and
-bfloat16 where the CPU computes it natively). Printed per image: the time of both, the Dice
+options and once with the options `--fast` picks on this machine (its tile step, which also
+fits the patch to images smaller than it, and bfloat16 where the CPU computes it natively;
+docs/expect.md). Printed per image: the time of both, the Dice
 of every final label between the two, and whether the level labels are identical (same
 labels present, no structure renamed, same landmarks and level markers); then the lowest
 Dice pooled over the images per label and the share of images with identical levels.

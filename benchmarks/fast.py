@@ -38,6 +38,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -47,7 +48,6 @@ from benchmarks.realsize import (
     dice,
     machine,
     on_model_grid,
-    patches,
     plan_standins,
     renamed,
     write_standin_weights,
@@ -57,12 +57,24 @@ from bids_app.phantom.render import FOVS, Acquisition, render_phantom
 from bids_app.plumbing import labels as L
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = {
+# Any tile step other than the reference's also fits the patch to small images
+# (bids_app.nnunet.model.fitted_patch); bf16_fit isolates that fit at the reference step.
+MODES: dict[str, dict[str, Any]] = {
     "default": {"tile_step": 0.5, "precision": "auto"},
     "fast": {"tile_step": FAST_TILE_STEP, "precision": FAST_PRECISION},
     "tile_step_only": {"tile_step": FAST_TILE_STEP, "precision": "auto"},
+    "bf16_only": {"tile_step": 0.5, "precision": "bf16"},
+    "bf16_fit": {"tile_step": 0.5, "precision": "bf16", "fit_patch": True},
 }
 DICE_TARGET, LEVELS_TARGET = 0.98, 0.95
+
+
+def mode_of(name: str) -> dict[str, Any]:
+    """A named mode of MODES, or `STEP,PRECISION` (e.g. `0.75,bf16`) for a candidate."""
+    if name in MODES:
+        return MODES[name]
+    step, precision = name.split(",")
+    return {"tile_step": float(step), "precision": precision}
 
 
 # --------------------------------------------------------------------------- child processes
@@ -79,14 +91,21 @@ def child_image(spec: dict) -> dict:
         for step, name in DATASETS.items()
     }
     data, channels2 = on_model_grid(spec["image"], spec["truth"])
-    mode = MODES[spec["mode"]]
+    mode = mode_of(spec["mode"])
     out: dict = {"grid_1mm": list(data.shape), "step2_crop": list(channels2.shape[1:])}
+    # The patches each network really computes (nnU-Net order), counted at its input.
+    inputs: dict[str, list] = {step: [] for step in models}
+    for step, model in models.items():
+        model._predictor.network.register_forward_pre_hook(
+            lambda _m, args, seen=inputs[step]: seen.append(list(args[0].shape[2:]))
+        )
     # CPU seconds of all threads too: on a shared machine they measure the work, not the load.
     t0, c0 = time.perf_counter(), time.process_time()
     models["step1"].predict(data[None], return_probabilities=True, **mode)
     t1, c1 = time.perf_counter(), time.process_time()
     models["step2"].predict(channels2, **mode)
     t2, c2 = time.perf_counter(), time.process_time()
+    out["network_inputs"] = {step: {"count": len(v), "shape": v[0]} for step, v in inputs.items()}
     out.update(
         step1_s=t1 - t0,
         step2_s=t2 - t1,
@@ -111,6 +130,35 @@ def _forward(net, x, reps: int) -> tuple[float, float, object]:
             walls.append(time.perf_counter() - t0)
             cpus.append(time.process_time() - c0)
     return float(np.median(walls)), float(np.median(cpus)), y
+
+
+def _two_workers(net, x, reps: int, threads: int) -> tuple[float, float, object]:
+    """Median wall and CPU seconds per forward when two Python threads (two device workers)
+    each run one forward with one torch thread at the same time; and the last output."""
+    import threading
+
+    import torch
+
+    torch.set_num_threads(1)
+    outputs: list = [None, None]
+
+    def one(i: int) -> None:
+        with torch.inference_mode():
+            outputs[i] = net(x)
+
+    walls, cpus = [], []
+    for _ in range(reps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        workers = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        walls.append((time.perf_counter() - t0) / 2)
+        cpus.append((time.process_time() - c0) / 2)
+    assert all(bool((o == outputs[0]).all()) for o in outputs)
+    torch.set_num_threads(threads)
+    return float(np.median(walls)), float(np.median(cpus)), outputs[0]
 
 
 def child_levers(spec: dict) -> dict:
@@ -162,6 +210,12 @@ def child_levers(spec: dict) -> dict:
         "CPU seconds per patch with 1 thread: below fp32's, two 1-thread workers beat one "
         "worker with all threads",
     )
+    record(
+        "fp32_2_workers_1_thread",
+        _two_workers(net, x, reps, spec["threads"]),
+        "two forwards at once, one thread each (two network workers) against two in turn "
+        "with all threads: wall and CPU seconds per forward",
+    )
     torch.set_num_threads(spec["threads"])
     with torch.backends.mkldnn.flags(enabled=False):
         record("fp32_onednn_off", _forward(net, x, reps))
@@ -176,9 +230,53 @@ def child_levers(spec: dict) -> dict:
         compiled = torch.compile(net)
         with torch.inference_mode():
             compiled(x)
-        note = f"first call (compilation) took {time.perf_counter() - t0:.0f} s"
+        compile_s = time.perf_counter() - t0
+        note = f"first call (compilation) took {compile_s:.0f} s"
         record("fp32_torch_compile", _forward(compiled, x, reps), note)
-    return {"patch_nnunet_order": patch, "threads": spec["threads"], "levers": rows}
+        rows["fp32_torch_compile"]["compile_s"] = compile_s
+    result = {"patch_nnunet_order": patch, "threads": spec["threads"], "levers": rows}
+    if spec.get("shapes"):
+        result["patch_shapes"] = patch_shapes(net, model.num_input_channels, list(full))
+    return result
+
+
+def patch_shapes(net, channels: int, full: list[int]) -> list[dict]:
+    """Wall and CPU seconds of the first and the second forward of each patch shape the
+    official-size images use (full; fitted to a cervical image's step 1 and step 2; fitted
+    to a whole spine's step-2 crop), in float32 and bfloat16: does a fitted patch cost its
+    share of voxels, and what does a shape's first call (oneDNN building its kernels) add?"""
+    import torch
+
+    from bids_app.nnunet.model import precision_context
+
+    shapes = [full, [192, 192, 80], [192, 128, 80], [256, 160, 80]]
+    out = []
+    for precision in ("fp32", "bf16"):
+        for shape in shapes if precision == "bf16" else shapes[:2]:
+            x = torch.randn(1, channels, *shape)
+            calls = []
+            with torch.inference_mode(), precision_context(precision, torch.device("cpu")):
+                for _ in range(2):
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    net(x)
+                    calls.append([time.perf_counter() - t0, time.process_time() - c0])
+            out.append(
+                {
+                    "precision": precision,
+                    "shape": shape,
+                    "voxels_over_full": float(np.prod(shape) / np.prod(full)),
+                    "first_s": calls[0][0],
+                    "first_cpu_s": calls[0][1],
+                    "second_s": calls[1][0],
+                    "second_cpu_s": calls[1][1],
+                    "loadavg": os.getloadavg()[0],
+                }
+            )
+            print(
+                f"    {precision} {shape}: {calls[0][0]:.1f} s, then {calls[1][0]:.1f} s",
+                flush=True,
+            )
+    return out
 
 
 def run_child(kind: str, spec: dict) -> dict:
@@ -259,10 +357,12 @@ def official_size(
         r = run_child("image", spec)
         r.update(case=case, mode=mode, loadavg_before=load, loadavg_after=os.getloadavg()[0])
         r["network_s"] = r["step1_s"] + r["step2_s"]
-        r["patches"] = {
-            "step1": patches(r["grid_1mm"], patch, MODES[mode]["tile_step"]),
-            "step2": patches(r["step2_crop"], patch, MODES[mode]["tile_step"]),
-        }
+        r["patches"] = {step: v["count"] for step, v in r["network_inputs"].items()}
+        # Patch-equivalents: voxels the networks computed, in official patches.
+        r["patch_equivalents"] = sum(
+            v["count"] * float(np.prod(v["shape"])) / float(np.prod(patch))
+            for v in r["network_inputs"].values()
+        )
         print(
             f"  {case} {mode}: networks {r['network_s']:.1f} s, {r['peak_rss_mib']:.0f} MiB "
             f"(load {load:.1f})",
@@ -278,18 +378,29 @@ def rest_of_pipeline_cost(
     images: dict[str, Path], threads: int
 ) -> tuple[dict[str, dict], dict[str, float]]:
     """One whole demo-model run per image: its stage times without the networks (wall), and
-    its CPU seconds, an upper bound of the rest of the pipeline (it includes the small demo
-    networks) that the load of a shared machine leaves as it is."""
+    its CPU seconds without the demo networks' (the stand-ins' networks replace them; their
+    nnU-Net preprocessing and resampling count with the stand-ins)."""
     from bids_app.engine.pipeline import SpineSegEngine
     from bids_app.nnunet.weights import resolve_weights
 
     engine = SpineSegEngine(resolve_weights("demo"), device="cpu", threads=threads)
+    networks_cpu = [0.0]
+    predict = engine.networks.predict
+
+    def counted(*args, **kwargs):
+        c0 = time.process_time()
+        try:
+            return predict(*args, **kwargs)
+        finally:
+            networks_cpu[0] += time.process_time() - c0
+
+    engine.networks.predict = counted  # type: ignore[method-assign]
     rest, cpu = {}, {}
     for name, path in images.items():
         img = nib.load(path)
-        c0 = time.process_time()
+        c0, networks_cpu[0] = time.process_time(), 0.0
         res = engine.segment(img, SegmentOptions(assume_top_disc=63), name=name)
-        cpu[name] = time.process_time() - c0
+        cpu[name] = time.process_time() - c0 - networks_cpu[0]
         stages = {k: v for k, v in res.timings.items() if not k.endswith(("_network", "_device"))}
         rest[name] = {"stages_s": stages, "rest_s": sum(stages.values()), "errors": res.errors}
         print(f"  rest of pipeline, {name}: {cpu[name]:.1f} CPU s", flush=True)
@@ -305,7 +416,8 @@ def summarise(runs: list[dict], rest_s: dict[str, float], rest_cpu: dict[str, fl
     """
     summary = {}
     for case, rest in rest_s.items():
-        mine = {m: [r for r in runs if r["case"] == case and r["mode"] == m] for m in MODES}
+        modes = dict.fromkeys(r["mode"] for r in runs)
+        mine = {m: [r for r in runs if r["case"] == case and r["mode"] == m] for m in modes}
         mine = {m: rs for m, rs in mine.items() if rs}
         wall = {m: float(np.mean([r["network_s"] for r in rs])) + rest for m, rs in mine.items()}
         cpu = {
@@ -320,15 +432,16 @@ def summarise(runs: list[dict], rest_s: dict[str, float], rest_cpu: dict[str, fl
             "peak_rss_mib": peak,
             "rest_of_pipeline_s": rest,
         }
-        if "default" in wall and "fast" in wall:
-            row["fast_over_default"] = wall["fast"] / wall["default"]
-            row["fast_peak_over_default"] = peak["fast"] / peak["default"]
-        if "default" in cpu and "fast" in cpu:
-            row["fast_over_default_cpu"] = cpu["fast"] / cpu["default"]
-        if "default" in cpu and "tile_step_only" in cpu:
-            row["tile_step_only_over_default_cpu"] = cpu["tile_step_only"] / cpu["default"]
-        if "tile_step_only" in wall and "default" in wall:
-            row["tile_step_only_over_default"] = wall["tile_step_only"] / wall["default"]
+        if "default" in wall:
+            row["over_default"] = {
+                m: {
+                    "wall": wall[m] / wall["default"],
+                    "cpu": cpu[m] / cpu["default"] if m in cpu and "default" in cpu else None,
+                    "peak_rss": peak[m] / peak["default"],
+                }
+                for m in wall
+                if m != "default"
+            }
         summary[case] = row
     return summary
 
@@ -375,60 +488,111 @@ def compare_results(ref, other) -> dict:
     return row
 
 
+# Images shorter than the demo patch (80 voxels = 160 mm head-feet at 2 mm) are the only
+# ones on which the fast window's patch fit acts with the demo models: a cervical image cut
+# to its top SHORT_MM exercises it (the official patch is larger than a whole cervical image).
+SHORT_MM = 120
+
+
+def held_out_images(seeds: int, short: bool) -> list[tuple[str, int, str]]:
+    """(field of view, seed, contrast) of the held-out phantoms: every field of view per
+    seed (5000+, never trained on), contrasts alternating by seed; `short` adds the cut
+    cervical image (`SHORT_MM`) per seed."""
+    fovs = [*FOVS, "cervical_short"] if short else list(FOVS)
+    return [
+        (fov, seed, ("T2w", "T1w")[seed % 2]) for seed in range(5000, 5000 + seeds) for fov in fovs
+    ]
+
+
+def render_held_out(fov: str, seed: int, contrast: str) -> nib.Nifti1Image:
+    """The phantom image; `cervical_short` keeps the top SHORT_MM of a cervical one."""
+    ph = render_phantom(seed, Acquisition(fov=fov.removesuffix("_short"), contrast=contrast))
+    if not fov.endswith("_short"):
+        return ph.image
+    img = nib.as_closest_canonical(ph.image)
+    keep = round(SHORT_MM / float(img.header.get_zooms()[2]))
+    return img.slicer[:, :, -keep:]
+
+
 def demo_agreement(
-    seeds: int, threads: int, fast: SegmentOptions, save: Callable[[dict], None]
+    seeds: int,
+    threads: int,
+    candidates: dict[str, SegmentOptions],
+    save: Callable[[dict], None],
+    short: bool = True,
 ) -> dict:
-    """Default vs fast with the demo models, seed by seed over every field of view; `save`
-    gets the summary after each image (a long run stopped early keeps what it measured)."""
+    """Default vs each candidate with the demo models, image by image (the default computed
+    once per image); `save` gets the summaries after each image (a long run stopped early
+    keeps what it measured)."""
     from bids_app.engine.pipeline import SpineSegEngine
     from bids_app.nnunet.weights import resolve_weights
 
-    engine = SpineSegEngine(resolve_weights("demo"), device="cpu", threads=threads)
-    default = SegmentOptions()
-    rows: list[dict] = []
-    for seed in range(5000, 5000 + seeds):
-        for fov in FOVS:
-            ph = render_phantom(seed, Acquisition(fov=fov))
-            res, secs = {}, {}
-            for tag, options in (("default", default), ("fast", fast)):
-                t0 = time.perf_counter()
-                res[tag] = engine.segment(ph.image, options, name=f"{fov} {seed}")
-                secs[tag] = time.perf_counter() - t0
-            row = {"fov": fov, "seed": seed, "seconds": secs}
-            row.update(compare_results(res["default"], res["fast"]))
-            row["errors"] = {k: r.errors for k, r in res.items()}
-            rows.append(row)
+    weights = resolve_weights("demo")
+    engine = SpineSegEngine(weights, device="cpu", threads=threads)
+    rows: dict[str, list[dict]] = {name: [] for name in candidates}
+
+    def summaries() -> dict:
+        out = {n: agreement_summary(rows[n], candidates[n]) for n in candidates}
+        return {"weights": str(weights.root), "candidates": out}
+
+    for fov, seed, contrast in held_out_images(seeds, short):
+        image = render_held_out(fov, seed, contrast)
+        t0 = time.perf_counter()
+        ref = engine.segment(image, SegmentOptions(), name=f"{fov} {seed}")
+        ref_s = time.perf_counter() - t0
+        for name, options in candidates.items():
+            t0 = time.perf_counter()
+            res = engine.segment(image, options, name=f"{fov} {seed}")
+            secs = {"default": ref_s, "fast": time.perf_counter() - t0}
+            row = {"fov": fov, "seed": seed, "contrast": contrast, "seconds": secs}
+            row.update(compare_results(ref, res))
+            row["errors"] = {"default": ref.errors, "fast": res.errors}
+            rows[name].append(row)
             print(
-                f"  demo {fov} {seed}: min Dice {row.get('min_dice', float('nan')):.3f}, "
-                f"levels identical {row['levels_identical']}, {secs['default']:.1f} / "
-                f"{secs['fast']:.1f} s",
+                f"  demo {name} {fov} {seed} {contrast}: min Dice "
+                f"{row.get('min_dice', float('nan')):.3f}, levels identical "
+                f"{row['levels_identical']}, {secs['default']:.1f} / {secs['fast']:.1f} s",
                 flush=True,
             )
-            save(agreement_summary(rows, fast))
-    return agreement_summary(rows, fast)
+        save(summaries())
+    return summaries()
 
 
 def agreement_summary(rows: list[dict], fast: SegmentOptions) -> dict:
     """Pooled per-label Dice and the share of images whose level labels are identical."""
     pooled: dict[str, list[int]] = {}
     for row in rows:
+        if row["fov"].endswith("_short"):
+            continue
         for name, (both, na, nb) in row.get("overlap", {}).items():
             acc = pooled.setdefault(name, [0, 0, 0])
             acc[0] += both
             acc[1] += na
             acc[2] += nb
     pooled_dice = {n: 2 * b / (na + nb) if na + nb else 1.0 for n, (b, na, nb) in pooled.items()}
-    identical = float(np.mean([r["levels_identical"] for r in rows]))
+    # The targets are over the fields of view a user images; the cut cervical images only
+    # probe the patch fit and are summarised on their own.
+    main = [r for r in rows if not r["fov"].endswith("_short")]
+    identical = float(np.mean([r["levels_identical"] for r in main])) if main else float("nan")
     worst = min(pooled_dice, key=pooled_dice.__getitem__, default=None)
+    image_mins = [r.get("min_dice", 0.0) for r in main]
     return {
         "fast_options": fast.record(),
-        "images": len(rows),
+        "images": len(main),
+        "levels_identical": [sum(r["levels_identical"] for r in main), len(main)],
+        "image_min_dice_min_median": [
+            min(image_mins, default=float("nan")),
+            float(np.median(image_mins)) if image_mins else None,
+        ],
+        "short_images_levels_identical": [
+            sum(r["levels_identical"] for r in rows if r["fov"].endswith("_short")),
+            sum(r["fov"].endswith("_short") for r in rows),
+        ],
         "rows": rows,
         "pooled_dice_per_label": pooled_dice,
         "lowest_pooled_dice": [worst, pooled_dice[worst]] if worst else None,
         "labels_below_target": sorted(n for n, d in pooled_dice.items() if d < DICE_TARGET),
         "share_images_levels_identical": identical,
-        "median_image_min_dice": float(np.median([r.get("min_dice", 0.0) for r in rows])),
         "targets": {"per_label_dice": DICE_TARGET, "levels_identical_share": LEVELS_TARGET},
     }
 
@@ -455,7 +619,7 @@ def render(report: dict) -> list[str]:
             "|---|---|---|---|---|---|---|---|",
         ]
         for case, row in off["summary"].items():
-            for mode in MODES:
+            for mode in dict.fromkeys(r["mode"] for r in off["runs"]):
                 runs = [r for r in off["runs"] if r["case"] == case and r["mode"] == mode]
                 if not runs:
                     continue
@@ -473,8 +637,9 @@ def render(report: dict) -> list[str]:
                     f"| {row['peak_rss_mib'][mode] / 1024:.1f} GiB | {ratios} |"
                 )
         lines.append("")
-    for key in ("demo_agreement", "demo_agreement_bf16_only"):
-        lines += agreement_lines(report.get(key))
+    demo = report.get("demo_agreement") or {}
+    for summary in demo.get("candidates", {}).values():
+        lines += agreement_lines(summary)
     levers = report.get("levers")
     if levers:
         lines += [
@@ -482,15 +647,17 @@ def render(report: dict) -> list[str]:
             f"{'x'.join(map(str, levers['patch_nnunet_order']))} input (CPU seconds, all "
             "threads):",
             "",
-            "| lever | CPU s | speed-up | output identical to float32 | >= 1.1x and identical "
-            "| adopted |",
-            "|---|---|---|---|---|---|",
+            "| lever | wall s | CPU s | speed-up, wall | speed-up, CPU | output identical to "
+            "float32 | >= 1.1x and identical | adopted |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, r in levers["levers"].items():
-            bar = r["speedup_cpu"] >= 1.1 and r["identical"]
+            wall_up = r.get("speedup_wall", 1.0)
+            bar = min(wall_up, r["speedup_cpu"]) >= 1.1 and r["identical"]
             adopt = {"fp32": "the default", "bf16_autocast": "in --fast"}.get(name, "no")
             lines.append(
-                f"| {name.replace('_', ' ')} | {r['cpu_s']:.1f} | {r['speedup_cpu']:.2f}x "
+                f"| {name.replace('_', ' ')} | {r['seconds']:.1f} | {r['cpu_s']:.1f} "
+                f"| {wall_up:.2f}x | {r['speedup_cpu']:.2f}x "
                 f"| {'yes' if r['identical'] else 'no'} | {'yes' if bar else 'no'} | {adopt} |"
             )
         lines.append("")
@@ -517,6 +684,8 @@ def agreement_lines(demo: dict | None) -> list[str]:
     for fov, rows in by_fov.items():
         mins = [r.get("min_dice", 0.0) for r in rows]
         same = sum(r["levels_identical"] for r in rows)
+        if fov.endswith("_short"):
+            fov = f"{fov} (top {SHORT_MM} mm: the patch fit acts; not in the targets)"
         lines.append(
             f"| {fov} | {len(rows)} | {min(mins):.3f} ({float(np.median(mins)):.3f}) "
             f"| {same} / {len(rows)} |"
@@ -556,9 +725,18 @@ def main() -> None:
         "--order", nargs="+", default=list(ORDER), help="case:mode runs at official size"
     )
     ap.add_argument("--skip-standins", action="store_true")
-    ap.add_argument("--demo-tile-step", type=float, default=FAST_TILE_STEP, help="fast variant")
-    ap.add_argument("--demo-precision", default=FAST_PRECISION, help="fast variant")
+    ap.add_argument(
+        "--candidates",
+        nargs="+",
+        default=[
+            f"fast={FAST_TILE_STEP},{FAST_PRECISION}",
+            f"tile_step_only={FAST_TILE_STEP},auto",
+        ],
+        help="NAME=TILE_STEP,PRECISION fast variants compared with the default",
+    )
+    ap.add_argument("--no-short", action="store_true", help="without the cut cervical images")
     ap.add_argument("--skip-levers", action="store_true")
+    ap.add_argument("--shapes", action="store_true", help="also time each patch shape")
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--docs", action="store_true", help="only rewrite docs/expect.md's tables")
     ap.add_argument("--child-image", help=argparse.SUPPRESS)
@@ -602,13 +780,18 @@ def main() -> None:
 
         keep_official(official_size(work, args.threads, args.order, keep_official))
     if not args.skip_demo:
-        fast = SegmentOptions(tile_step=args.demo_tile_step, precision=args.demo_precision)
+        candidates = {}
+        for item in args.candidates:
+            name, _, values = item.partition("=")
+            step, precision = values.split(",")
+            candidates[name] = SegmentOptions(tile_step=float(step), precision=precision)
 
         def keep(summary: dict) -> None:
             report["demo_agreement"] = summary
             save()
 
-        keep(demo_agreement(args.seeds, args.threads, fast, keep))
+        report.pop("demo_agreement_bf16_only", None)  # now a candidate among others
+        keep(demo_agreement(args.seeds, args.threads, candidates, keep, not args.no_short))
     if not args.skip_levers:
         spec = {
             "weights": str(standin_weights(work)[0]),
@@ -616,6 +799,7 @@ def main() -> None:
             "reps": args.reps,
             "compile": args.compile,
             "quarter": not args.full_patch_levers,
+            "shapes": args.shapes,
         }
         print("levers on one official-size patch ...", flush=True)
         report["levers"] = run_child("levers", spec)

@@ -15,7 +15,8 @@ from bids_app.nnunet import PRECISIONS, REFERENCE_PRECISION, REFERENCE_TILE_STEP
 TILE_STEP_RANGE = (REFERENCE_TILE_STEP, 1.0)
 # --fast: the tile step and precision that measured fastest at official size on CPU within
 # the agreement the README states (benchmarks/fast.py); bfloat16 only where it is native.
-FAST_TILE_STEP = 1.0
+# Larger tile steps (0.75, 1.0) took disc Dice below 0.98 with the demo models: not in --fast.
+FAST_TILE_STEP = REFERENCE_TILE_STEP
 FAST_PRECISION = "bf16"
 
 
