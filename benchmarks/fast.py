@@ -1,26 +1,32 @@
 """The fast profile (`--fast`) at official size, its agreement, and the other levers (issue 30).
 
-    python -m benchmarks.fast [--work DIR] [--threads N] [--skip-standins] [--skip-demo]
-                              [--skip-levers] [--seeds 2]
+    python -m benchmarks.fast [--work DIR] [--threads N] [--order CASE:MODE ...]
+                              [--skip-standins] [--skip-demo] [--skip-levers] [--shapes]
+                              [--compile] [--seeds 4] [--candidates NAME=STEP,PRECISION ...]
 
 1. Official size, one run on one machine. Stand-in networks of TotalSpineSeg's architecture
    and size (ResEnc-L planned by nnU-Net 2.8.1 on 1 mm whole-spine phantoms, RANDOM weights,
    `benchmarks/realsize.py`'s planning) segment a cervical and a whole-spine phantom at 1 mm,
-   default and fast interleaved (cervical A B, whole A B, cervical B A), each in a fresh
-   process so its peak RSS is its own. Measured per image: both networks through SpineSeg's
-   `NnUNetModel` (step 1 on the whole 1 mm grid with probabilities, step 2 on the crop step 1
-   would give) plus the rest of the pipeline (taken from the demo models on the same image,
-   the same for both modes).
-   The tile step alone (what a CPU without a bfloat16 unit gets from --fast) is measured too.
+   in the modes of --order (`default`, `fast`, `bf16_fit`, or `STEP,PRECISION` such as
+   `0.75,bf16`: a tile step other than 0.5 also fits the patch to small images), each in a
+   fresh process so its peak RSS is its own. Measured per image: both networks through
+   SpineSeg's `NnUNetModel` (step 1 on the whole 1 mm grid with probabilities, step 2 on the
+   crop step 1 would give; the patches each network computed are counted at its input) plus
+   the rest of the pipeline (a demo-model run on the same image without its networks' CPU
+   time, the same for every mode).
 2. Levers on a quarter of the official patch (--full-patch-levers: the whole patch) through
    the official-size network, each against float32 on the same input: channels-last
-   3-D layout, oneDNN off, torch.compile, 1 thread vs all, bfloat16 autocast. A lever is worth
-   adopting only if it is >= 1.1x faster AND its float32 output is byte-identical.
+   3-D layout, oneDNN off, torch.compile (--compile; its compile time too), 1 thread vs all,
+   two one-thread workers at once, bfloat16 autocast; --shapes times the first and second
+   forward of each patch shape the official images use. A lever is worth adopting only if
+   it is >= 1.1x faster AND its float32 output is byte-identical.
 3. Agreement with the demo models (trained weights, so labels mean something) on held-out
-   phantoms of every field of view (seeds 5000+, never trained on): per-label Dice of the
-   final labels fast vs default (per image and pooled per label), and whether the level labels
-   are identical (same labels present, no structure renamed, same landmarks, same level
-   markers). Targets: per-label Dice >= 0.98, level labels identical on >= 95 % of images.
+   phantoms of every field of view (seeds 5000+, never trained on; T2w and T1w by seed, plus
+   a cervical image cut to 120 mm, the only kind on which the patch fit acts with the demo
+   models' small patch): per-label Dice of the final labels of each candidate vs the default
+   (per image and pooled per label), and whether the level labels are identical (same labels
+   present, no structure renamed, same landmarks, same level markers). Targets: per-label
+   Dice >= 0.98, level labels identical on >= 95 % of images.
 
 Writes benchmarks/out/fast.json. Not a test: numbers, not verdicts; the machine is shared,
 so its load average is recorded at each measurement and only ratios within this run count.
@@ -29,6 +35,7 @@ so its load average is recorded at each measurement and only ratios within this 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -57,16 +64,26 @@ from bids_app.phantom.render import FOVS, Acquisition, render_phantom
 from bids_app.plumbing import labels as L
 
 ROOT = Path(__file__).resolve().parents[1]
-# Any tile step other than the reference's also fits the patch to small images
+# Named modes; `STEP,PRECISION` (e.g. `0.75,bf16`) names any other (`mode_of`). Any tile
+# step other than the reference's also fits the patch to small images
 # (bids_app.nnunet.model.fitted_patch); bf16_fit isolates that fit at the reference step.
 MODES: dict[str, dict[str, Any]] = {
     "default": {"tile_step": 0.5, "precision": "auto"},
     "fast": {"tile_step": FAST_TILE_STEP, "precision": FAST_PRECISION},
-    "tile_step_only": {"tile_step": FAST_TILE_STEP, "precision": "auto"},
-    "bf16_only": {"tile_step": 0.5, "precision": "bf16"},
     "bf16_fit": {"tile_step": 0.5, "precision": "bf16", "fit_patch": True},
 }
 DICE_TARGET, LEVELS_TARGET = 0.98, 0.95
+
+
+def mode_label(name: str) -> str:
+    """How a mode reads in the docs' tables."""
+    mode = mode_of(name)
+    if name == "default":
+        return "default"
+    text = f"tile step {mode['tile_step']}, {mode['precision']}"
+    if mode.get("fit_patch") or (mode["tile_step"] != 0.5 and mode.get("fit_patch") is None):
+        text += ", patch cut to the image"
+    return f"**--fast** ({text})" if name == "fast" else text
 
 
 def mode_of(name: str) -> dict[str, Any]:
@@ -201,30 +218,35 @@ def child_levers(spec: dict) -> dict:
         print(f"    lever {name}: {cpu:.1f} CPU s ({base_cpu / cpu:.2f}x)", flush=True)
 
     cpu = torch.device("cpu")
-    with precision_context("bf16", cpu):
-        record("bf16_autocast", _forward(net, x, reps), "the --fast precision; never identical")
-    torch.set_num_threads(1)
-    record(
-        "fp32_1_thread",
-        _forward(net, x, reps),
-        "CPU seconds per patch with 1 thread: below fp32's, two 1-thread workers beat one "
-        "worker with all threads",
-    )
-    record(
-        "fp32_2_workers_1_thread",
-        _two_workers(net, x, reps, spec["threads"]),
-        "two forwards at once, one thread each (two network workers) against two in turn "
-        "with all threads: wall and CPU seconds per forward",
-    )
-    torch.set_num_threads(spec["threads"])
-    with torch.backends.mkldnn.flags(enabled=False):
-        record("fp32_onednn_off", _forward(net, x, reps))
-    net_cl = net.to(memory_format=torch.channels_last_3d)
-    x_cl = x.to(memory_format=torch.channels_last_3d)
-    record("fp32_channels_last_3d", _forward(net_cl, x_cl, reps))
-    with precision_context("bf16", cpu):
-        record("bf16_channels_last_3d", _forward(net_cl, x_cl, reps), "against bf16_autocast")
-    net = net.to(memory_format=torch.contiguous_format)
+    only = set(spec.get("only") or ())
+
+    def want(name: str) -> bool:
+        return not only or name in only
+
+    if want("bf16_autocast"):
+        with precision_context("bf16", cpu):
+            record("bf16_autocast", _forward(net, x, reps), "the --fast precision")
+    if want("fp32_1_thread"):
+        torch.set_num_threads(1)
+        record("fp32_1_thread", _forward(net, x, reps), "CPU seconds per patch with 1 thread")
+        torch.set_num_threads(spec["threads"])
+    if want("fp32_2_workers_1_thread"):
+        record(
+            "fp32_2_workers_1_thread",
+            _two_workers(net, x, reps, spec["threads"]),
+            "two forwards at once, one thread each (two network workers) against two in turn "
+            "with all threads: wall and CPU seconds per forward",
+        )
+    if want("fp32_onednn_off"):
+        with torch.backends.mkldnn.flags(enabled=False):
+            record("fp32_onednn_off", _forward(net, x, reps))
+    if want("fp32_channels_last_3d") or want("bf16_channels_last_3d"):
+        net_cl = net.to(memory_format=torch.channels_last_3d)
+        x_cl = x.to(memory_format=torch.channels_last_3d)
+        record("fp32_channels_last_3d", _forward(net_cl, x_cl, reps))
+        with precision_context("bf16", cpu):
+            record("bf16_channels_last_3d", _forward(net_cl, x_cl, reps), "against fp32")
+        net = net.to(memory_format=torch.contiguous_format)
     if spec["compile"]:
         t0 = time.perf_counter()
         compiled = torch.compile(net)
@@ -279,9 +301,15 @@ def patch_shapes(net, channels: int, full: list[int]) -> list[dict]:
     return out
 
 
-def run_child(kind: str, spec: dict) -> dict:
+def run_child(kind: str, spec: dict, timeout: float | None = None) -> dict:
+    """The child's JSON result; {"timed_out_s": timeout} if it ran longer (killed)."""
     cmd = [sys.executable, "-m", "benchmarks.fast", f"--child-{kind}", json.dumps(spec)]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(
+            cmd, cwd=ROOT, capture_output=True, text=True, check=False, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {"timed_out_s": timeout}
     if done.returncode != 0:
         raise SystemExit(f"child {kind} failed: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -305,9 +333,8 @@ ORDER = (
     "whole:fast",
     "cervical:default",
     "cervical:fast",
-    "whole:tile_step_only",
-    "cervical:fast",
-    "cervical:default",
+    "cervical:bf16_fit",
+    "whole:0.75,bf16",
 )
 
 
@@ -531,9 +558,15 @@ def demo_agreement(
     engine = SpineSegEngine(weights, device="cpu", threads=threads)
     rows: dict[str, list[dict]] = {name: [] for name in candidates}
 
+    # Which demo models these are (they are retrained from time to time).
+    digests = {
+        str(path.relative_to(weights.root)): hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        for path in sorted(Path(weights.root).rglob("*.pth"))
+    }
+
     def summaries() -> dict:
         out = {n: agreement_summary(rows[n], candidates[n]) for n in candidates}
-        return {"weights": str(weights.root), "candidates": out}
+        return {"weights": str(weights.root), "checkpoints_sha256": digests, "candidates": out}
 
     for fov, seed, contrast in held_out_images(seeds, short):
         image = render_held_out(fov, seed, contrast)
@@ -623,7 +656,9 @@ def render(report: dict) -> list[str]:
                 runs = [r for r in off["runs"] if r["case"] == case and r["mode"] == mode]
                 if not runs:
                     continue
-                p = runs[0]["patches"]
+                p, full = runs[0]["patches"], runs[0].get("patch_equivalents")
+                if full is not None and abs(full - p["step1"] - p["step2"]) > 0.01:
+                    p = {**p, "step2": f"{p['step2']} ({full:.2f} full patches)"}
                 cpu, wall = row["image_cpu_s"], row["image_s"]
                 ratios = " | "
                 if mode != "default" and "default" in cpu and mode in cpu:
@@ -632,7 +667,7 @@ def render(report: dict) -> list[str]:
                         f"| **{wall[mode] / wall['default']:.2f}**"
                     )
                 lines.append(
-                    f"| {case} | {mode.replace('_', ' ')} | {p['step1']} + {p['step2']} "
+                    f"| {case} | {mode_label(mode)} | {p['step1']} + {p['step2']} "
                     f"| {cpu.get(mode, float('nan')):.0f} | {wall[mode]:.0f} "
                     f"| {row['peak_rss_mib'][mode] / 1024:.1f} GiB | {ratios} |"
                 )
@@ -661,6 +696,23 @@ def render(report: dict) -> list[str]:
                 f"| {'yes' if r['identical'] else 'no'} | {'yes' if bar else 'no'} | {adopt} |"
             )
         lines.append("")
+        shapes = levers.get("patch_shapes")
+        if shapes:
+            lines += [
+                "Patch shapes of the official-size images, one forward each (first call, then "
+                "second), through the step-1 stand-in:",
+                "",
+                "| precision | patch (nnU-Net order) | voxels / full patch | first call, wall s "
+                "(CPU s) | second call, wall s (CPU s) |",
+                "|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {r['precision']} | {'x'.join(map(str, r['shape']))} "
+                f"| {r['voxels_over_full']:.2f} | {r['first_s']:.1f} ({r['first_cpu_s']:.1f}) "
+                f"| {r['second_s']:.1f} ({r['second_cpu_s']:.1f}) |"
+                for r in shapes
+            ]
+            lines.append("")
     return lines
 
 
@@ -674,8 +726,8 @@ def agreement_lines(demo: dict | None) -> list[str]:
     for r in demo["rows"]:
         by_fov.setdefault(r["fov"], []).append(r)
     lines += [
-        f"Agreement with the default, demo models, {demo['images']} held-out phantoms, tile "
-        f"step {o['tile_step']} and precision {o.get('precision', 'auto')}:",
+        f"Agreement with the default, demo models, {demo['images']} held-out phantoms (T2w "
+        f"and T1w), tile step {o['tile_step']} and precision {o.get('precision', 'auto')}:",
         "",
         "| field of view | images | lowest per-label Dice of an image (median over images) "
         "| level labels identical |",
@@ -683,12 +735,16 @@ def agreement_lines(demo: dict | None) -> list[str]:
     ]
     for fov, rows in by_fov.items():
         mins = [r.get("min_dice", 0.0) for r in rows]
-        same = sum(r["levels_identical"] for r in rows)
+        levels = f"{sum(r['levels_identical'] for r in rows)} / {len(rows)}"
         if fov.endswith("_short"):
             fov = f"{fov} (top {SHORT_MM} mm: the patch fit acts; not in the targets)"
+            # Without a landmark disc neither mode numbers the levels: step-1 labels compared.
+            if all(
+                not r["both_final"] and len(set(map(str, r["errors"].values()))) == 1 for r in rows
+            ):
+                levels = "n/a: no levels in either mode (no landmark disc), step-1 labels"
         lines.append(
-            f"| {fov} | {len(rows)} | {min(mins):.3f} ({float(np.median(mins)):.3f}) "
-            f"| {same} / {len(rows)} |"
+            f"| {fov} | {len(rows)} | {min(mins):.3f} ({float(np.median(mins)):.3f}) | {levels} |"
         )
     lines += [
         "",
@@ -730,13 +786,15 @@ def main() -> None:
         nargs="+",
         default=[
             f"fast={FAST_TILE_STEP},{FAST_PRECISION}",
-            f"tile_step_only={FAST_TILE_STEP},auto",
+            "tile_075=0.75,bf16",
         ],
         help="NAME=TILE_STEP,PRECISION fast variants compared with the default",
     )
     ap.add_argument("--no-short", action="store_true", help="without the cut cervical images")
     ap.add_argument("--skip-levers", action="store_true")
     ap.add_argument("--shapes", action="store_true", help="also time each patch shape")
+    ap.add_argument("--child-timeout", type=float, help="seconds the levers child may run")
+    ap.add_argument("--levers", nargs="+", help="only these levers (names as in fast.json)")
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--docs", action="store_true", help="only rewrite docs/expect.md's tables")
     ap.add_argument("--child-image", help=argparse.SUPPRESS)
@@ -800,9 +858,10 @@ def main() -> None:
             "compile": args.compile,
             "quarter": not args.full_patch_levers,
             "shapes": args.shapes,
+            "only": args.levers,
         }
         print("levers on one official-size patch ...", flush=True)
-        report["levers"] = run_child("levers", spec)
+        report["levers"] = run_child("levers", spec, args.child_timeout)
         report["levers"]["loadavg"] = list(os.getloadavg())
         save()
     report["loadavg_end"] = list(os.getloadavg())
