@@ -2,6 +2,7 @@
 
     python -m benchmarks.compare_fast IMAGE [IMAGE ...] [--weights DIR] [--device cpu]
                                       [--threads N] [--json OUT.json]
+                                      [--tile-step F] [--precision P]
 
 Random-weight stand-ins say nothing about accuracy, and the demo models are not the official
 ones; so a lab decides with its own data. Each image is segmented twice by SpineSeg's engine
@@ -12,7 +13,9 @@ docs/expect.md). Printed per image: the time of both, the Dice
 of every final label between the two, and whether the level labels are identical (same
 labels present, no structure renamed, same landmarks and level markers); then the lowest
 Dice pooled over the images per label and the share of images with identical levels.
---json writes all of it. Nothing is written next to the images.
+--json writes all of it. Nothing is written next to the images. --tile-step and --precision
+compare another fast variant instead (e.g. --tile-step 1.0 --precision bf16, faster than
+--fast and further from the default with the demo models).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 
 from benchmarks.fast import DICE_TARGET, LEVELS_TARGET, compare_results
 from bids_app.engine.options import FAST_PRECISION, FAST_TILE_STEP, SegmentOptions
-from bids_app.nnunet import REFERENCE_PRECISION
+from bids_app.nnunet import PRECISIONS, REFERENCE_PRECISION
 
 
 def fast_options(device: str) -> SegmentOptions:
@@ -46,6 +49,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", type=Path, help="write the numbers here")
+    ap.add_argument("--tile-step", type=float, help="compare this tile step instead")
+    ap.add_argument("--precision", choices=PRECISIONS, help="compare this precision instead")
     args = ap.parse_args()
 
     from bids_app.engine.pipeline import SpineSegEngine
@@ -53,6 +58,10 @@ def main() -> None:
 
     engine = SpineSegEngine(resolve_weights(args.weights), device=args.device, threads=args.threads)
     fast = fast_options(args.device)
+    fast = SegmentOptions(
+        tile_step=fast.tile_step if args.tile_step is None else args.tile_step,
+        precision=args.precision or fast.precision,
+    )
     print(
         f"default: tile step 0.5, precision auto; fast: tile step {fast.tile_step}, "
         f"precision {fast.precision}"
