@@ -74,6 +74,10 @@ OPENING_MM = 1.0
 # than this touches arch hanging into a sheared disc, not the endplate.
 BEYOND_MM = 0.75
 LOCAL_MM = 3.0
+# A disc's footprint is widened by this much left and right before it cuts: a network labels
+# its discs narrower than its bodies, and a footprint of voxel centres is narrower than the
+# body even on exact labels (the pedicles join the body behind its posterior edge).
+SIDE_MM = 3.0
 
 
 @dataclass(frozen=True)
@@ -219,11 +223,11 @@ def in_footprint(
     """Which world points (n, 3) project along the frame's axis inside the footprint of a
     disc's contact with the vertebra, or in front of it.
 
-    Only the footprint's posterior edge cuts: a point is in when the footprint has a cell
-    behind it at its left-right position (beyond the footprint's sides: at the nearest side
-    column, whose edge is the body's side). The body's front and sides are the label's own:
-    a network labels its discs narrower than its bodies, and nothing of the arch lies in
-    front of the posterior wall.
+    Only the footprint's posterior edge cuts: a point is in when the footprint, widened by
+    SIDE_MM left and right, has a cell behind it at its left-right position (beyond the
+    footprint's sides: at the nearest side column). The body's front and sides are the
+    label's own: a network labels its discs narrower than its bodies, and nothing of the
+    arch lies in front of the posterior wall.
 
     The column is curved: each point is first moved by the AP and lateral offset of the
     contacts' centres interpolated at its height, so that a footprint is laid under the body
@@ -239,7 +243,14 @@ def in_footprint(
     inside = np.zeros(len(points), bool)
     for pts, centre in zip(contacts, centres, strict=True):
         mask, lo, shape = _footprint(geom, frame, pts)
-        ahead = np.maximum.accumulate(mask, axis=0)  # a cell and everything in front of it
+        # Widened left and right by SIDE_MM (a row of cells, not a ball: the posterior edge
+        # stays), then every cell in front of the footprint's posterior edge.
+        side = round(SIDE_MM / GRID_MM)
+        mask = np.pad(mask, ((0, 0), (side, side)))
+        mask = ndimage.binary_dilation(mask, np.ones((1, 2 * side + 1), bool))
+        lo = lo - np.array([0.0, side * GRID_MM])
+        shape = np.array(mask.shape)
+        ahead = np.maximum.accumulate(mask, axis=0)
         cols = np.flatnonzero(mask.any(0))
         idx = np.floor((alh[:, :2] - drift + centre[:2] - lo) / GRID_MM).astype(int)
         idx[:, 0] = np.minimum(idx[:, 0], shape[0] - 1)
