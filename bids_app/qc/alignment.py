@@ -25,7 +25,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from bids_app.plumbing import labels as L
 from bids_app.qc.geometry import (
@@ -91,11 +90,57 @@ def _cut(geom: LabelGeometry, label: int) -> bool:
     return geom.touches_edge(label, SUPERIOR if axis is None else axis)
 
 
+def near_voxels(geom: LabelGeometry, here: int, there: int, reach: float) -> np.ndarray:
+    """World mm (n, 3) of the `here` voxel centres within `reach` mm of a `there` voxel
+    centre (Euclidean on the grid's voxel sizes), in voxel index order.
+
+    Only the part of `here`'s box within `reach` of `there`'s box can hold them, and only
+    the grid offsets no longer than `reach` can join two such voxels: the `there` mask moved
+    by each offset, OR-ed, marks them, as a distance transform of both labels' box did at
+    several times the cost (each offset's length is computed as scipy's transform does).
+    """
+    zooms = geom.zooms
+    m = np.floor(reach / zooms).astype(int) + 1  # one more than can reach: the lengths decide
+    axes = list(zip(geom.boxes[here], geom.boxes[there], m, geom.data.shape, strict=True))
+    lo = [max(h.start, t.start - k) for h, t, k, _ in axes]
+    hi = [min(h.stop, t.stop + k) for h, t, k, _ in axes]
+    if any(a >= b for a, b in zip(lo, hi, strict=True)):
+        return np.empty((0, 3))
+    mine = geom.data[tuple(map(slice, lo, hi))] == here
+    # `there` around that part, m voxels wider on every side (zeros beyond the grid).
+    olo = [max(a - k, 0) for a, (_, _, k, _) in zip(lo, axes, strict=True)]
+    ohi = [min(b + k, n) for b, (_, _, k, n) in zip(hi, axes, strict=True)]
+    theirs = np.pad(
+        geom.data[tuple(map(slice, olo, ohi))] == there,
+        [(k - (a - oa), k - (ob - b)) for a, b, oa, ob, k in zip(lo, hi, olo, ohi, m, strict=True)],
+    )
+    offsets = np.stack(np.meshgrid(*(np.arange(-k, k + 1) for k in m), indexing="ij"), -1)
+    scaled = offsets.astype(float) * zooms
+    lengths = np.sqrt((scaled[..., 0] ** 2 + scaled[..., 1] ** 2) + scaled[..., 2] ** 2)
+    near = np.zeros_like(mine)
+    for a, b, c in offsets[lengths <= reach]:
+        near |= theirs[
+            m[0] + a : m[0] + a + mine.shape[0],
+            m[1] + b : m[1] + b + mine.shape[1],
+            m[2] + c : m[2] + c + mine.shape[2],
+        ]
+    ijk = np.argwhere(mine & near).astype(float) + np.array(lo, float)
+    return to_world(geom.affine, ijk)
+
+
 def fit_endplate(geom: LabelGeometry, vertebra: int, disc: int) -> Endplate | str:
     """The plane of the interface between a vertebra and a disc, or why it is not resolved.
 
-    Returns an `Endplate`, or a one-line reason (str) naming the check that failed.
+    Returns an `Endplate`, or a one-line reason (str) naming the check that failed. Fitted
+    once per label image: the angles, the Cobb estimate and the figure share the fits.
     """
+    key = ("endplate", vertebra, disc)
+    if key not in geom.memo:
+        geom.memo[key] = _fit_endplate(geom, vertebra, disc)
+    return geom.memo[key]  # type: ignore[return-value]
+
+
+def _fit_endplate(geom: LabelGeometry, vertebra: int, disc: int) -> Endplate | str:
     names = f"{L.level_name(vertebra)}/{L.level_name(disc)}"
     for x in (vertebra, disc):
         if x not in geom.boxes:
@@ -114,17 +159,7 @@ def fit_endplate(geom: LabelGeometry, vertebra: int, disc: int) -> Endplate | st
             f"{MAX_STEP_MM:g} mm resolve an endplate's tilt)"
         )
     reach = _bridge_mm(geom, axis)
-    box = tuple(
-        slice(max(min(a.start, b.start) - 2, 0), min(max(a.stop, b.stop) + 2, n))
-        for a, b, n in zip(geom.boxes[vertebra], geom.boxes[disc], geom.data.shape, strict=True)
-    )
-    sub = geom.data[box]
-    origin = np.array([s.start for s in box], float)
-    near = []
-    for here, there in ((vertebra, disc), (disc, vertebra)):
-        dist = ndimage.distance_transform_edt(sub != there, sampling=geom.zooms)
-        ijk = np.argwhere((sub == here) & (dist <= reach)).astype(float) + origin
-        near.append(to_world(geom.affine, ijk))
+    near = [near_voxels(geom, vertebra, disc, reach), near_voxels(geom, disc, vertebra, reach)]
     # The disc's core in its own plane: pedicles and facets touching its back stay out.
     evecs = np.linalg.eigh(np.cov(disc_pts.T))[1]
     inplane_axes = np.stack([unit(v - (v @ axis) * axis) for v in evecs[:, 1:].T], 1)
@@ -137,7 +172,8 @@ def fit_endplate(geom: LabelGeometry, vertebra: int, disc: int) -> Endplate | st
     cell = max(CELL_MM, *(voxel_extent(geom.affine, inplane_axes[:, k]) for k in (0, 1)))
 
     def cells(p: np.ndarray) -> set[tuple[int, int]]:
-        return {tuple(c) for c in np.floor(((p - centre) @ inplane_axes) / cell).astype(int)}
+        ij = np.floor(((p - centre) @ inplane_axes) / cell).astype(int)
+        return set(zip(*ij.T.tolist(), strict=True))
 
     disc_cells = cells(core(disc_pts))
     coverage = len(cells(bone) & disc_cells) / max(len(disc_cells), 1)

@@ -201,6 +201,9 @@ class LabelGeometry:
     data: np.ndarray
     affine: np.ndarray
     _coords: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    # Results of costlier analyses of these labels, by the caller's key: the QC's sagittal
+    # angles, Cobb estimate and curvature figure fit the same endplates (alignment.py).
+    memo: dict[tuple, object] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_image(cls, img: nib.Nifti1Image) -> LabelGeometry:
