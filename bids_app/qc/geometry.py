@@ -254,15 +254,17 @@ class LabelGeometry:
 
     @cached_property
     def component_sizes(self) -> dict[int, list[int]]:
-        """Voxel counts of the 26-connected components of every label, largest first."""
-        cc, n = cc3d.connected_components(self.data, connectivity=26, return_N=True)
-        # Every voxel of a component carries the same label, so any voxel names it.
-        label_of = np.zeros(n + 1, np.int64)
-        label_of[cc.ravel()] = self.data.ravel()
-        sizes = np.bincount(cc.ravel(), minlength=n + 1)
+        """Voxel counts of the 26-connected components of every label, largest first.
+
+        Each label's components lie in its box, so each is labelled there (not in a pass
+        over the whole image).
+        """
         out: dict[int, list[int]] = {}
-        for comp in np.argsort(-sizes[1:], kind="stable") + 1:
-            out.setdefault(int(label_of[comp]), []).append(int(sizes[comp]))
+        for label, box in self.boxes.items():
+            cc, n = cc3d.connected_components(
+                self.data[box] == label, connectivity=26, return_N=True
+            )
+            out[label] = sorted(np.bincount(cc.ravel(), minlength=n + 1)[1:].tolist(), reverse=True)
         return out
 
     def touches_edge(self, label: int, direction: np.ndarray | None = None) -> bool:
@@ -282,16 +284,19 @@ class LabelGeometry:
     @cached_property
     def centreline(self) -> Centreline | None:
         """Canal centreline from the canal and cord labels (their main components)."""
-        mask = np.isin(self.data, (L.CORD, L.CANAL))
-        if not mask.any():
+        boxes = [self.boxes[x] for x in (L.CORD, L.CANAL) if x in self.boxes]
+        if not boxes:
             return None
-        cc = cc3d.connected_components(mask, connectivity=26)
+        box = tuple(
+            slice(min(b[k].start for b in boxes), max(b[k].stop for b in boxes)) for k in range(3)
+        )
+        cc = cc3d.connected_components(np.isin(self.data[box], (L.CORD, L.CANAL)), connectivity=26)
         sizes = np.bincount(cc.ravel())
         sizes[0] = 0
         keep = np.flatnonzero(sizes >= 0.1 * sizes.max())
-        world = to_world(self.affine, np.argwhere(np.isin(cc, keep)).astype(float))
+        ijk = np.argwhere(np.isin(cc, keep)).astype(float) + np.array([s.start for s in box], float)
         sigma = max(5.0, 1.5 * voxel_extent(self.affine, SUPERIOR))
-        return fit_centreline(world, sigma)
+        return fit_centreline(to_world(self.affine, ijk), sigma)
 
     def spine_axis_near(self, point: np.ndarray) -> np.ndarray | None:
         """Canal tangent at the centreline point nearest to `point` (None without a canal)."""
