@@ -147,8 +147,7 @@ def _fit_endplate(geom: LabelGeometry, vertebra: int, disc: int) -> Endplate | s
             return f"{L.level_name(x)} not in the labels"
         if _cut(geom, x):
             return f"{L.level_name(x)} cut by the image border"
-    disc_pts = geom.coords(disc)
-    centre = disc_pts.mean(0)
+    disc_pts, centre = geom.coords(disc), geom.centroid(disc)
     canal = geom.spine_axis_near(centre)
     axis0, _ = geom.disc_frame(disc)
     axis = axis0 if axis0 is not None else (canal if canal is not None else SUPERIOR)

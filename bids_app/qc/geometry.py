@@ -201,8 +201,9 @@ class LabelGeometry:
     data: np.ndarray
     affine: np.ndarray
     _coords: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
-    # Results of costlier analyses of these labels, by the caller's key: the QC's sagittal
-    # angles, Cobb estimate and curvature figure fit the same endplates (alignment.py).
+    _centroids: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    # Results of costlier analyses of these labels, by the caller's key: the QC's tables,
+    # angles and figures ask for the same disc frames and endplate fits (alignment.py).
     memo: dict[tuple, object] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -250,7 +251,12 @@ class LabelGeometry:
         return int(self.coords(label).shape[0]) if label in self.boxes else 0
 
     def centroid(self, label: int) -> np.ndarray:
-        return self.coords(label).mean(0)
+        """World RAS mm (3,) of a label's centroid, computed once (read-only)."""
+        if label not in self._centroids:
+            centre = self.coords(label).mean(0)
+            centre.flags.writeable = False
+            self._centroids[label] = centre
+        return self._centroids[label]
 
     @cached_property
     def component_sizes(self) -> dict[int, list[int]]:
@@ -316,10 +322,16 @@ class LabelGeometry:
         included. On thick slices a thin disc spans one or two slices, whose plane would
         pass for the disc's, so an unresolved disc takes the canal tangent at its level.
         """
+        key = ("disc_frame", label)
+        if key not in self.memo:
+            self.memo[key] = self._disc_frame(label)
+        return self.memo[key]  # type: ignore[return-value]
+
+    def _disc_frame(self, label: int) -> tuple[np.ndarray | None, bool]:
         pts = self.coords(label)
         normal = plate_normal(pts)
         if normal is not None:
-            thickness = np.sqrt(12 * np.var((pts - pts.mean(0)) @ normal))
+            thickness = np.sqrt(12 * np.var((pts - self.centroid(label)) @ normal))
             if thickness >= 3 * voxel_extent(self.affine, normal):
                 return normal, True
         tangent = self.spine_axis_near(self.centroid(label))
