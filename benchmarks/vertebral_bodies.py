@@ -35,7 +35,7 @@ from bids_app.nnunet.weights import resolve_weights
 from bids_app.phantom.anatomy import SHAPES, Anatomy, Deformity, Slip, random_anatomy
 from bids_app.phantom.render import FOVS, Acquisition, render
 from bids_app.phantom.vertebrae import calibrated, column_truth, part_truth
-from bids_app.vertebrae.grades import HEIGHT_SHARES, genant
+from bids_app.vertebrae.grades import HEIGHT_SHARES, LISTHESIS_MIN_PERCENT, genant
 from bids_app.vertebrae.parts import BODY_PARTS, ENDPLATE_MM, PARTS, POSTERIOR_PARTS
 from bids_app.vertebrae.run import analyse
 
@@ -183,6 +183,7 @@ def summarise(cases: list[dict], key: str) -> dict:
         d for s in scored for d in s["discs"] if "error_pp" in d and d["error_pp"] == d["error_pp"]
     ]
     drawn_slips = [d for d in slips if d["truth_percent"] >= 5]
+    unslipped = [d["percent"] for d in slips if d["truth_percent"] < 5]
     na: dict[str, int] = {}
     for s in scored:
         for b in s["bodies"]:
@@ -219,6 +220,9 @@ def summarise(cases: list[dict], key: str) -> dict:
         if drawn_slips
         else float("nan"),
         "slipped_discs_measured": len(drawn_slips),
+        # Unslipped discs: the largest reading and the share graded (>= LISTHESIS_MIN_PERCENT).
+        "unslipped_max_percent": max(unslipped) if unslipped else float("nan"),
+        "unslipped_graded": mean([float(x >= LISTHESIS_MIN_PERCENT) for x in unslipped]),
         "bodies_na": na,
     }
 
@@ -252,6 +256,9 @@ ROWS = (
     ("grade_exact_fractured", "Genant grade exact, fractured bodies", ".2f"),
     ("slip_error_pp_median", "slip error, median over measured discs (pp)", ".1f"),
     ("slip_error_pp_median_slipped", "slip error, median over slipped discs (pp)", ".1f"),
+    ("slipped_discs_measured", "slipped discs measured", "d"),
+    ("unslipped_max_percent", "largest slip read on an unslipped disc (%)", ".1f"),
+    ("unslipped_graded", "unslipped discs graded Meyerding I or more", ".2f"),
 )
 
 
