@@ -176,6 +176,7 @@ def build_config(args: argparse.Namespace, paths: Paths) -> RunConfig:
             omp_nthreads=args.omp_nthreads,
             pipeline=args.pipeline == "on",
             in_flight=args.max_in_flight,
+            cpu_workers=args.cpu_workers,
             mem_mb=args.mem_mb,
         ),
         weights=args.weights,

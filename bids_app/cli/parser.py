@@ -111,6 +111,16 @@ class BidsAppParser(UsageParser):
         return parsed
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -378,6 +388,15 @@ def bids_app_parser() -> BidsAppParser:
         metavar="N",
         help="images in memory at once (default: 2 per network worker, 1 with --pipeline off "
         "or --nprocs 1); each whole-spine image holds about 1-2 GB on the 1 mm grid",
+    )
+    run.add_argument(
+        "--cpu-workers",
+        type=non_negative_int,
+        metavar="N",
+        help="worker processes (spawned) for the CPU stages that hold Python's lock most "
+        "(vertebral bodies, QC), so that on a GPU node they scale over the cores; 0 runs "
+        "them in the images' threads; outputs are the same either way (default: on GPUs one "
+        "per image in flight, up to the CPUs left after the network workers; on the CPU 0)",
     )
     run.add_argument(
         "--mem-mb",

@@ -46,6 +46,7 @@ class Resources:
     omp_nthreads: int | None = None
     pipeline: bool = True
     in_flight: int | None = None
+    cpu_workers: int | None = None  # stage worker processes; None: auto (GPU yes, CPU no)
     mem_mb: int | None = None  # None: the cgroup/SLURM limit or the machine's memory
 
 

@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from contextlib import ExitStack
+from functools import partial
 
 from filelock import FileLock, Timeout
 
@@ -43,8 +44,15 @@ from bids_app.run.config import RunConfig
 from bids_app.run.dry_run import dry_run
 from bids_app.run.preflight import check_devices, networks_bytes
 from bids_app.run.progress import RunProgress
-from bids_app.run.resources import Budget, MemoryBudget, plan_budget, plan_memory, process_rss
-from bids_app.run.scheduling import ImageScheduler, MemoryGate
+from bids_app.run.resources import (
+    WORKER_BYTES,
+    Budget,
+    MemoryBudget,
+    plan_budget,
+    plan_memory,
+    process_rss,
+)
+from bids_app.run.scheduling import ImageScheduler, MemoryGate, StageWorkers
 from bids_app.run.segmentation import (
     EngineFactory,
     ImageCrash,
@@ -53,7 +61,7 @@ from bids_app.run.segmentation import (
     resolve_model,
 )
 from bids_app.run.selection import select, validate_input
-from bids_app.run.stages.base import AfterSegmentation, Segmented, writing
+from bids_app.run.stages.base import AfterSegmentation, Segmented, run_stage, writing
 from bids_app.run.stages.correct import CorrectionStage
 from bids_app.run.stages.decide import ImagePlan, decide, unplanned
 from bids_app.run.stages.image_qc import QCStage
@@ -102,6 +110,7 @@ class ParticipantRun:
         self._scheduler: ImageScheduler | None = None
         self._progress = RunProgress(0, quiet=True)
         self.memory = MemoryGate(memory.for_images if memory else 2**62)
+        self.workers = StageWorkers(budget.cpu_workers)  # the stages that may leave the GIL
         self.by_path = {job.path: job for job in selection.jobs}
         self.entered: dict[str, str] = {}  # image name -> the stage it is in (for crashes)
         self.locked: list[str] = []  # images another run holds: this run did not do them
@@ -159,11 +168,13 @@ class ParticipantRun:
                         self.subject_report(job.subject, [r for r in rows.values()])
         except BaseException:  # Ctrl-C, SIGTERM, a disk error: stop taking images
             scheduler.cancel()
+            self.workers.close(cancel=True)
             if self._engine is not None:
                 self._engine.close(cancel=True)
             raise
         finally:
             scheduler.close()
+            self.workers.close()
             if self._engine is not None:
                 self._engine.close()
             if rows:
@@ -281,7 +292,8 @@ class ParticipantRun:
         for stage in self.after:
             if stage.applies(job):
                 self.enter(job, stage.name)
-                got = stage.run(image, done.outputs)
+                check = partial(self.enter, job, stage.name)
+                got = run_stage(stage, image, done.outputs, self.workers, self.memory, check)
                 done.outputs.extend(o for o in got.outputs if o not in done.outputs)
                 if got.problem:
                     done.problems.append(got.problem)
@@ -321,7 +333,9 @@ def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
     out = config.output_dir
     res = config.resources
     devices = check_devices(res.devices)
-    budget = plan_budget(devices, res.nprocs, res.omp_nthreads, res.in_flight, res.pipeline)
+    budget = plan_budget(
+        devices, res.nprocs, res.omp_nthreads, res.in_flight, res.pipeline, res.cpu_workers
+    )
     if config.dry_run:
         return dry_run(config, budget, devices)
     make_dir(out, "output folder")
@@ -351,9 +365,8 @@ def run_participant(config: RunConfig, engine_factory: EngineFactory) -> int:
             changed = write_dataset_files(out, config.bids_dir, model)
         if changed:
             log.info("wrote %s", ", ".join(changed))
-        memory = plan_memory(
-            res.mem_mb, budget.cpus, process_rss() + networks_bytes(weights, len(devices))
-        )
+        held = process_rss() + networks_bytes(weights, len(devices))
+        memory = plan_memory(res.mem_mb, budget.cpus, held + budget.cpu_workers * WORKER_BYTES)
         log.info("%s; %s", budget.describe(devices), memory.describe())
         lesions = resolve_lesion_runner(
             config.lesion_model, config.lesion_suffixes, budget.network_threads

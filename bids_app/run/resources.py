@@ -136,21 +136,34 @@ def cpu_allocation(
     return min(candidates)
 
 
+# Resident memory of one idle stage worker process, counted as held in the memory budget:
+# 82 MB measured once it has imported what the vertebral-body and QC stages need, with room
+# for what the libraries keep after a first image. A stage's arrays are counted per call.
+WORKER_BYTES = 200 * 2**20
+
+
 @dataclass(frozen=True)
 class Budget:
-    """How a run spends its CPUs: network workers x threads, and images in flight."""
+    """How a run spends its CPUs: network workers x threads, images in flight, and the
+    worker processes of the stages that hold the GIL (0: they run in the images' threads)."""
 
     cpus: int
     source: str
     network_workers: int
     network_threads: int
     in_flight: int
+    cpu_workers: int = 0
 
     def describe(self, devices: tuple[str, ...]) -> str:
+        stages = (
+            f"vertebral bodies and QC in {self.cpu_workers} worker process(es)"
+            if self.cpu_workers
+            else "every CPU stage in the images' threads"
+        )
         return (
             f"CPU budget {self.cpus} ({self.source}): {self.network_workers} network "
             f"worker(s) on {', '.join(devices)} x {self.network_threads} thread(s); up to "
-            f"{self.in_flight} image(s) in flight"
+            f"{self.in_flight} image(s) in flight; {stages}"
         )
 
 
@@ -160,6 +173,7 @@ def plan_budget(
     omp_nthreads: int | None,
     in_flight: int | None = None,
     pipeline: bool = True,
+    cpu_workers: int | None = None,
     env: Mapping[str, str] = os.environ,
     cgroups: Cgroups | None = None,
 ) -> Budget:
@@ -169,6 +183,11 @@ def plan_budget(
     then share the cores, which on 2 cores is still faster than leaving one idle); a GPU
     worker needs one thread to feed its device. Images in flight: two per network worker,
     so one image's CPU stages run while another's network runs; one when pipelining is off.
+
+    Stage worker processes (`cpu_workers`, None = auto): on GPUs, one per image in flight up
+    to the CPUs the network workers leave, since there the CPU stages set the pace and the
+    GIL caps threads; on the CPU none (the networks take the cores; a worker would only add
+    memory). 0 keeps every stage in the images' threads.
     """
     allowed, source = cpu_allocation(env, cgroups)
     cpus = min(nprocs, allowed) if nprocs else allowed
@@ -180,8 +199,10 @@ def plan_budget(
     on_gpu = all(d.startswith("cuda") for d in devices)
     default_threads = 1 if on_gpu else max(1, cpus // workers)
     threads = min(omp_nthreads or default_threads, cpus)
-    flight = 1 if not pipeline or cpus == 1 else in_flight or 2 * workers
-    return Budget(cpus, source, workers, threads, max(1, flight))
+    flight = max(1, 1 if not pipeline or cpus == 1 else in_flight or 2 * workers)
+    if cpu_workers is None:
+        cpu_workers = min(flight, cpus - workers) if on_gpu else 0
+    return Budget(cpus, source, workers, threads, flight, max(0, min(cpu_workers, cpus)))
 
 
 def _machine_memory() -> int:

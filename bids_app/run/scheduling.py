@@ -5,23 +5,40 @@ preprocessing, labeling, back to native, writing, QC) in a thread of its own, an
 network calls queue for a device. One worker thread per device owns that device's models
 (loaded once there, never per image) and serves whichever image asks next.
 
-Threads, not processes: the networks, SimpleITK, zlib and most numpy/scipy calls release the
+Threads for the images: the networks, SimpleITK, zlib and most numpy/scipy calls release the
 GIL, the models stay in one place, and nothing forks after torch has started its OpenMP
-threads (the reason the reference tool hangs without `--no-stalling`). A cancelled run raises
-`Cancelled` (a BaseException, so the per-image `except Exception` handlers never turn it into
-a failure record) at the next stage boundary or network call.
+threads (the reason the reference tool hangs without `--no-stalling`). The stages that hold
+the GIL most (vertebral bodies, QC: per-voxel Python, figures) can run in `StageWorkers`, a
+pool of *spawned* worker processes (never forked), so that on a GPU node the images' threads
+keep only the network feeding and the GIL-free work. A cancelled run raises `Cancelled` (a
+BaseException, so the per-image `except Exception` handlers never turn it into a failure
+record) at the next stage boundary or network call.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import pickle
 import queue
+import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    CancelledError,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from bids_app.plumbing.errors import ExitCode, UserError
 
 log = logging.getLogger(__name__)
 
@@ -227,3 +244,159 @@ class _Reservation:
 
     def __exit__(self, *exc: object) -> None:
         self.gate.release(self.nbytes)
+
+
+# ------------------------------------------------------------------------ worker processes
+@dataclass
+class _Raised:
+    """An exception of a worker, made to cross back to the run: itself when it survives a
+    pickle round trip, else its type name and message (a `UserError` keeps its exit code)."""
+
+    error: BaseException | None
+    type_name: str
+    message: str
+    code: int | None
+    traceback: str
+
+    @classmethod
+    def of(cls, error: BaseException) -> _Raised:
+        text = "".join(traceback.format_exception(error))
+        code = int(error.code) if isinstance(error, UserError) else None
+        kept: BaseException | None = None
+        if code is None:
+            try:
+                kept = pickle.loads(pickle.dumps(error))
+            except Exception:  # an exception class that cannot be rebuilt from its args
+                kept = None
+        return cls(kept, type(error).__name__, str(error), code, text)
+
+    def rebuild(self) -> BaseException:
+        """The exception as the stage raised it (same type name and message), with the
+        worker's traceback as its cause, as `concurrent.futures` does, for the crash file."""
+        if self.code is not None:
+            error: BaseException = UserError(ExitCode(self.code), self.message)
+        elif self.error is not None:
+            error = self.error
+        else:  # same name, so the image's one-line reason reads as in the main process
+            error = type(self.type_name, (Exception,), {})(self.message)
+        error.__cause__ = WorkerTraceback(self.traceback)
+        return error
+
+
+class WorkerTraceback(Exception):
+    """The traceback of an exception raised in a stage worker process (its text)."""
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.args[0]}"""'
+
+
+@dataclass
+class _Done:
+    value: object
+    raised: _Raised | None
+    records: list[logging.LogRecord]
+
+
+class _Collect(logging.Handler):
+    """Keeps a worker task's log records, made picklable, for the run's own handlers."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:  # tracebacks cannot be pickled: their text can
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.msg, record.args = record.getMessage(), None
+        record.exc_info, record.stack_info = None, None
+        self.records.append(record)
+
+
+def _worker_start() -> None:
+    """A worker ignores Ctrl-C: the run's main process decides what a Ctrl-C stops (it lets
+    the stages in the workers finish, as it lets the images' threads finish theirs)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _in_worker(call: Callable[..., R], args: tuple, levels: dict[str, int]) -> _Done:
+    """`call(*args)` in a worker process, with the run's log levels; what it logged and
+    raised goes back with its value."""
+    for name, level in levels.items():
+        logging.getLogger(name or None).setLevel(level)
+    root = logging.getLogger()
+    collect = _Collect()
+    root.addHandler(collect)
+    try:
+        return _Done(call(*args), None, collect.records)
+    except BaseException as e:  # the image's thread in the main process decides
+        return _Done(None, _Raised.of(e), collect.records)
+    finally:
+        root.removeHandler(collect)
+
+
+class StageWorkers:
+    """A pool of `processes` spawned worker processes for stages that may leave the main
+    process (0: none; every call then runs in the calling thread).
+
+    Started on the first call, so a run that only skips images starts none; the workers
+    import what a stage needs once. A call's arguments are pickled to the worker (their
+    arrays are copied: the caller reserves their bytes in the memory gate), its value,
+    log records and exception come back: the exception keeps its type name and message (a
+    `UserError` its exit code) so an image fails with the same one-line reason as in a
+    thread. A worker that dies (killed, out of memory) fails the images whose stages it held
+    and the pool is replaced for the next ones. `close()` ends the workers: after the calls
+    in progress, queued calls cancelled (`cancel`, raising `Cancelled` in their images).
+    """
+
+    def __init__(self, processes: int):
+        self.processes = max(0, processes)
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._closed = False
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._closed or self._cancel.is_set():
+                raise Cancelled()
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    self.processes,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_worker_start,
+                )
+            return self._pool
+
+    def call(self, call: Callable[..., R], *args: object) -> R:
+        """`call(*args)` in a worker (in this thread without workers); logs re-emitted here."""
+        if not self.processes:
+            return call(*args)
+        pool = self._executor()
+        levels = {name: logging.getLogger(name or None).level for name in ("", "bids_app")}
+        try:
+            done = pool.submit(_in_worker, call, args, levels).result()
+        except CancelledError:  # queued when the run stopped
+            raise Cancelled() from None
+        except BrokenProcessPool:
+            if self._cancel.is_set():
+                raise Cancelled() from None
+            with self._lock:  # the next images get fresh workers
+                if self._pool is pool:
+                    self._pool = None
+                    pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        for record in done.records:
+            logging.getLogger(record.name).handle(record)
+        if done.raised is not None:
+            raise done.raised.rebuild()
+        return done.value  # type: ignore[return-value]
+
+    def close(self, cancel: bool = False) -> None:
+        """End the workers (safe to call twice); `cancel`: queued calls do not start."""
+        if cancel:
+            self._cancel.set()
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=cancel)

@@ -173,6 +173,7 @@ def test_omissions_name_real_options():
 # them (each is parsed below). Any other option without CLI choices must not get
 # value-choices: they would hide values the CLI accepts (--device cuda:1).
 CLOSED_BY_TYPE = {"assume_top_disc": "disc names only (C2-C3 ... L5-S)"}
+INTEGER_TYPES = ("positive_int", "non_negative_int")  # the CLI's integer parsers
 # Sample values for free String inputs whose CLI option checks its value (else "01").
 STRING_SAMPLES = {"device": "cuda:0,cuda:1", "localizer": '{"suffix": "T1w"}'}
 
@@ -224,7 +225,7 @@ def test_descriptor_input_is_a_real_option_with_the_same_shape(level, inp, tmp_p
             "free text for; drop them"
         )
     if inp["type"] == "Number":
-        integer = action.type is int or getattr(action.type, "__name__", "") == "positive_int"
+        integer = action.type is int or getattr(action.type, "__name__", "") in INTEGER_TYPES
         assert bool(inp.get("integer")) == integer, f"{inp['id']}: integer-ness differs"
     # The argv bosh builds for this input (each choice, when there are choices) parses, and
     # one of them sets the option (a choice may be the default).

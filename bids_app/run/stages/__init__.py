@@ -15,9 +15,11 @@
 A stage is told what it needs (its constructor takes the output folder, model, memory gate;
 each call takes the image) and hands back what it did; it never sees the run's state.
 
-Adding a stage after segmentation (as vertebrae.py was): a class with `name`, `applies(job)`
-and `run(image: Segmented, written) -> StageOutput` (outputs written, and a problem that makes
-the image partial), added to `ParticipantRun.after` in `bids_app/run/participant.py` at its
-place in the order. The run enters it, collects its outputs for the stamp and its problem
-for the reason.
+Adding a stage after segmentation (as vertebrae.py was): a class with `name`, `applies(job)`,
+`run(image: Segmented, written) -> StageOutput` (outputs written, and a problem that makes
+the image partial) and `worker_reads` (None, or the results it reads when it may run in a
+stage worker process: it is then pickled there with only those), added to
+`ParticipantRun.after` in `bids_app/run/participant.py` at its place in the order. The run
+enters it (`base.run_stage`: in the image's thread or a worker), collects its outputs for
+the stamp and its problem for the reason.
 """

@@ -20,6 +20,8 @@ class QCStage:
     """Writes each image's QC files into the output folder."""
 
     name = "QC"
+    # May run in a worker (it holds the GIL): reads these, the source image and landmarks.
+    worker_reads: tuple[str, ...] | None = ("final", "levels")
 
     def __init__(self, output_dir: Path):
         self.output_dir = output_dir

@@ -30,6 +30,7 @@ class LesionStage:
     gives the run's engine when it exists (its device pool serves the lesion model too)."""
 
     name = "lesions"
+    worker_reads: tuple[str, ...] | None = None  # its network runs on the run's device pool
 
     def __init__(
         self,

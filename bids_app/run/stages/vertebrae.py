@@ -22,6 +22,8 @@ class VertebraStage:
     """Writes each image's vertebral-body outputs; an image without final labels has none."""
 
     name = "vertebral bodies"
+    # May run in a worker (per-voxel Python holds the GIL): reads these and the source image.
+    worker_reads: tuple[str, ...] | None = ("final",)
 
     def __init__(self, output_dir: Path):
         self.output_dir = output_dir

@@ -15,6 +15,8 @@ class WriteStage:
     URIs of an image's corrections (kind -> URI) for the sidecars."""
 
     name = "write"
+    # Reads every result, the largest arrays, and zlib frees the GIL: not worth a worker.
+    worker_reads: tuple[str, ...] | None = None
 
     def __init__(
         self, output_dir: Path, model: ModelInfo, manual: Callable[[ImageJob], dict[str, str]]
