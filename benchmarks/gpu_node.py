@@ -1,6 +1,7 @@
 """A GPU node fed by SpineSeg's CPU stages, proven without a GPU (issue 30, item 5).
 
-    python -m benchmarks.gpu_node [--images 4] [--delay-ms auto] [--work DIR]
+    python -m benchmarks.gpu_node [--images 4] [--delay-ms auto] [--cpu-workers 1]
+                                  [--check-threads] [--work DIR]
 
 No GPU is lent here, so the network is replaced by a stub and everything else is real:
 whole-spine phantoms at the official 1 mm grid go through `spineseg participant` (reading,
@@ -12,16 +13,25 @@ and returns zero logits of the right shape, so nnU-Net's bookkeeping runs on rea
 The labels it hands back are the phantom's own step-1/step-2 targets (what a perfect network
 would output), so labeling, outputs and QC do their real work.
 
+The vertebral-body and QC stages run in `--cpu-workers` spawned worker processes, as on a GPU
+node by default (1 = the GPU default at one image in flight; 0 = in the image's thread).
+
 Measured (one image in flight, every library on one thread, so CPU time is attributable):
 - CPU core-seconds per image per stage and the GIL-held share, from two py-spy samplers
-  attached to the run (`--nonblocking`, 100 Hz): one counts active samples per stage, the
-  other (`--gil`) only samples holding the GIL. A stage's seconds = its share of the active
-  samples x the run's CPU time (getrusage), since on a shared machine a running thread is
-  sampled while it waits for a core too; the GIL share = GIL samples / active samples. The
-  stub's own lookups of the truth are taken out;
-- images/hour on this machine, and on a 16-core node by Amdahl's law from the GIL share
-  (the GIL is the serial part: speed-up on n cores = 1 / (g + (1 - g) / n)), capped by the
-  stub GPU's own rate.
+  attached to the run and its worker processes (`--subprocesses --nonblocking`, 100 Hz): one
+  counts active samples per stage and process, the other (`--gil`) only samples holding
+  their process's GIL. A stage's seconds = its share of the active samples x the CPU time of
+  the run and its workers (getrusage of the process and its ended children), since on a
+  shared machine a running thread is sampled while it waits for a core too. The serial part
+  is the GIL of the *main* process (each worker has its own): its share = the main
+  process's GIL samples / all active samples. The stub's own lookups of the truth are taken
+  out;
+- images/hour on this machine, and on a 16-core node by Amdahl's law from the main
+  process's GIL share (the serial part: speed-up on n cores = 1 / (g + (1 - g) / n)),
+  capped by the stub GPU's own rate;
+- `--check-threads`: the same images once more with `--cpu-workers 0` (not sampled), and
+  whether every output is the same (bytes of NIfTI/TSV/JSON/HTML with clock times blanked,
+  pixels of PNGs).
 On a real GPU node nnU-Net accumulates the patches on the GPU (perform_everything_on_device);
 here the accumulation runs on the CPU, so the "sliding window" stage is an upper bound and the
 derived node figure is given both with and without it.
@@ -69,6 +79,15 @@ STAGES = (
     ("truth lookup (stub only)", [r"TruthTable\.outputs", r"_key \("]),
     ("vertebral bodies", [r"stages/vertebrae", r"bids_app/vertebrae/"]),
     ("QC", [r"bids_app/qc/", r"stages/image_qc"]),
+    (
+        "handing arrays to workers (pickling)",
+        [
+            r"_feed \(multiprocessing/queues",
+            r"get \(multiprocessing/queues",
+            r"multiprocessing/reduction",
+            r"recv \(multiprocessing/connection",
+        ],
+    ),
     (
         "writing",
         [
@@ -246,39 +265,110 @@ def child(spec: dict) -> None:
     Path(spec["ready"]).write_text("go")  # the samplers attach now; setup is not measured
     while not Path(spec["go"]).exists():
         time.sleep(0.05)
-    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    who = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)  # children: the stage workers
+    usage0 = [resource.getrusage(w) for w in who]
     t0 = time.perf_counter()
     argv = [spec["bids"], spec["out"], "participant", "--skip-bids-validation", "--weights"]
     argv += ["demo", "--device", "cpu", "--omp-nthreads", "1", *spec["extra"]]
-    rc = main(argv, engine_factory=factory)
+    rc = main(argv, engine_factory=factory)  # the workers have ended when it returns
     wall = time.perf_counter() - t0
-    usage1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
-    result = {"rc": rc, "wall_s": wall, "cpu_s": cpu, "gpu_busy_s": busy[0]}
+    usage1 = [resource.getrusage(w) for w in who]
+    cpu = [
+        (b.ru_utime - a.ru_utime) + (b.ru_stime - a.ru_stime)
+        for a, b in zip(usage0, usage1, strict=True)
+    ]
+    result = {"rc": rc, "wall_s": wall, "cpu_s": sum(cpu), "gpu_busy_s": busy[0]}
+    result |= {"cpu_s_main": cpu[0], "cpu_s_workers": cpu[1]}
+    # (The children's ru_maxrss is not the workers': a spawned child counts the parent's
+    # pages between its fork and its exec. Their RSS is sampled from /proc instead.)
+    result["main_peak_rss_mb"] = usage1[0].ru_maxrss / 1024
     Path(spec["result"]).write_text(json.dumps(result))
 
 
 # --------------------------------------------------------------------------- py-spy
 def stage_of(stack: str) -> str:
     """The stage of one py-spy raw stack (frames outermost first): its outermost match."""
-    frames = stack.split(";")
+    frames = [f for f in stack.split(";") if not f.startswith("process ")]
     for stages in (STAGES, FALLBACK):
         for frame in frames:
             for name, patterns in stages:
                 if any(re.search(p, frame) for p in patterns):
                     return name
-    return "other (scheduling, stamps, Python)" if stack else "no Python frame"
+    return "other (scheduling, stamps, Python)" if frames else "no Python frame"
 
 
-def read_raw(path: Path) -> Counter:
-    counts: Counter = Counter()
+def process_of(stack: str) -> str:
+    """ "main" (the participant run) or "workers" (a process it started): with
+    `--subprocesses` py-spy puts one `process PID:"command"` frame per generation first."""
+    generations = sum(f.startswith("process ") for f in stack.split(";")[:3])
+    return "workers" if generations > 1 else "main"
+
+
+def read_raw(path: Path) -> dict[str, Counter]:
+    """Samples per stage, for the main process and for its worker processes."""
+    counts: dict[str, Counter] = {"main": Counter(), "workers": Counter()}
     if not path.is_file():
         return counts
     for line in path.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
-        if stack and n.isdigit():
-            counts[stage_of(stack)] += int(n)
+        if stack and n.isdigit() and "multiprocessing/resource_tracker" not in stack:
+            counts[process_of(stack)][stage_of(stack)] += int(n)
     return counts
+
+
+def same_outputs(a: Path, b: Path) -> tuple[list[str], int]:
+    """Outputs that differ between two runs of the same images (clock times and timings
+    blanked in the text files, PNGs compared by pixels); the logs and stamps are not."""
+    from PIL import Image
+
+    when = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00|<th>Timings</th><td>[^<]*")
+
+    def files(root: Path) -> dict[str, object]:
+        found: dict[str, object] = {}
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            if not path.is_file() or rel.startswith("logs/"):
+                continue
+            if path.suffix == ".png":
+                with Image.open(path) as im:
+                    found[rel] = (im.mode, im.size, np.asarray(im).tobytes())
+            else:
+                found[rel] = when.sub(b"", path.read_bytes())
+        return found
+
+    fa, fb = files(a), files(b)
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)), len(fa)
+
+
+def plain_run(spec: dict) -> dict:
+    """Run the child without samplers (the comparison run)."""
+    for key in ("ready", "go", "result"):
+        Path(spec[key]).unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.gpu_node", "--child", json.dumps(spec)], cwd=ROOT
+    )
+    while not Path(spec["ready"]).exists():
+        if proc.poll() is not None:
+            raise SystemExit("child ended before the run started")
+        time.sleep(0.1)
+    Path(spec["go"]).write_text("go")
+    proc.wait()
+    return json.loads(Path(spec["result"]).read_text())
+
+
+def workers_rss_mb(pid: int) -> list[float]:
+    """Resident MB of each stage worker process of `pid` now (its resource tracker left out)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != pid:
+                continue
+            if b"resource_tracker" in (stat.parent / "cmdline").read_bytes():
+                continue
+            for line in (stat.parent / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    found.append(int(line.split()[1]) / 1024)
+    return found
 
 
 def sampled_run(spec: dict, work: Path) -> dict:
@@ -302,6 +392,7 @@ def sampled_run(spec: dict, work: Path) -> dict:
                 "--pid",
                 str(proc.pid),
                 "--nonblocking",
+                "--subprocesses",
                 "-r",
                 str(RATE_HZ),
                 "-f",
@@ -318,15 +409,22 @@ def sampled_run(spec: dict, work: Path) -> dict:
     time.sleep(2)  # let both samplers attach
     Path(spec["go"]).write_text("go")
     loads = []  # the machine's 1-minute load average every 5 s while the run goes
+    worker_rss: list[float] = []  # MB of each stage worker process, every second
     while proc.poll() is None:
         loads.append(os.getloadavg()[0])
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
+        for _ in range(5):
+            worker_rss += workers_rss_mb(proc.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=1)
     for s in samplers:
         s.wait(timeout=60)
     result = json.loads(Path(spec["result"]).read_text())
     result["loadavg"] = {"min": min(loads), "mean": sum(loads) / len(loads), "max": max(loads)}
-    result["samples"] = {kind: dict(read_raw(path)) for kind, path in raw.items()}
+    if worker_rss:  # the smallest: a worker between stages, its libraries loaded
+        result["worker_rss_mb"] = {"min": min(worker_rss), "max": max(worker_rss)}
+    result["samples"] = {
+        kind: {who: dict(c) for who, c in read_raw(path).items()} for kind, path in raw.items()
+    }
     return result
 
 
@@ -353,6 +451,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--delay-ms", default="auto", help="per-patch GPU time; auto = derived")
+    ap.add_argument("--cpu-workers", type=int, default=1, help="stage worker processes")
+    ap.add_argument("--check-threads", action="store_true", help="compare with 0 workers")
     ap.add_argument("--work", type=Path, help="work folder; stand-in weights reused from here")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -376,7 +476,7 @@ def main() -> None:
         "pairs": [[str(a), str(b)] for a, b in pairs],
         "standins": str(standins),
         "patch_s": patch_s,
-        "extra": ["--max-in-flight", "1"],
+        "extra": ["--max-in-flight", "1", "--cpu-workers", str(args.cpu_workers)],
         "ready": str(run_dir / "ready"),
         "go": str(run_dir / "go"),
         "result": str(run_dir / "result.json"),
@@ -384,7 +484,10 @@ def main() -> None:
     load0 = os.getloadavg()
     run = sampled_run(spec, run_dir)
     n = args.images
-    active, gil = run["samples"]["active"], run["samples"]["gil"]
+    by_process, gil_by_process = run["samples"]["active"], run["samples"]["gil"]
+    active = Counter(by_process["main"]) + Counter(by_process["workers"])
+    # The serial part by Amdahl's law is the main process's GIL: each worker has its own.
+    gil = Counter(gil_by_process["main"])
     # py-spy counts a running thread whether or not the (shared) CPU is serving it, so samples
     # give each stage's share; the process's CPU time (getrusage) gives the seconds.
     # Not per image: the stub's truth lookups, and the run's one-off startup.
@@ -400,6 +503,16 @@ def main() -> None:
     gil_s = {
         k: v * cpu_per_sample / n
         for k, v in gil.items()
+        if k not in once and not k.startswith("startup")
+    }
+    in_workers_s = {
+        k: v * cpu_per_sample / n
+        for k, v in by_process["workers"].items()
+        if k not in once and not k.startswith("startup")
+    }
+    worker_gil_s = {
+        k: v * cpu_per_sample / n
+        for k, v in gil_by_process["workers"].items()
         if k not in once and not k.startswith("startup")
     }
     core_s = sum(stage_s.values())
@@ -432,24 +545,38 @@ def main() -> None:
         "core_s_per_image_by_stage": stage_s,
         "core_s_startup_once": startup_s,
         "gil_s_per_image_by_stage": gil_s,
+        "cpu_workers": args.cpu_workers,
+        "core_s_per_image_in_workers_by_stage": in_workers_s,
+        "gil_s_per_image_in_workers_by_stage (each worker's own GIL; not serial)": worker_gil_s,
         "core_s_per_image": core_s,
         "core_s_per_image_getrusage": run["cpu_s"] / n,
         "core_s_per_image_gpu_node": node_core_s,
-        "gil_s_per_image": gil_all,
+        "gil_s_per_image (main process)": gil_all,
         "gil_share": gil_all / core_s,
         "gil_share_gpu_node": gil_node / node_core_s,
         "gpu_s_per_image": run["gpu_busy_s"] / n,
         "images_per_hour_here": 3600 * n / run["wall_s"],
         "images_per_hour_16_cores_amdahl": node(core_s, gil_all),
         "images_per_hour_16_cores_amdahl_gpu_accumulation": node(node_core_s, gil_node),
-        # Derived alternatives to one run's threads: four runs side by side on the node
-        # (e.g. four SLURM array tasks per GPU, each with --nprocs 4), and the ceiling with
-        # no GIL limit at all (every CPU stage in worker processes; not implemented).
+        # Derived alternatives: four runs side by side on the node (e.g. four SLURM array
+        # tasks per GPU, each with --nprocs 4), and the ceiling with no GIL limit at all.
         "images_per_hour_16_cores_4_runs_gpu_accumulation": node(node_core_s, gil_node, runs=4),
         "images_per_hour_16_cores_no_gil_gpu_accumulation": min(16 * 3600 / node_core_s, gpu_cap),
         "targets": {"core_s_per_image": 15, "gil_share": 0.05, "images_per_hour": 3000},
         "standins": facts["step1"]["architecture"],
     }
+    if args.check_threads:  # the same images with the stages in the image's thread
+        threads = {**spec, "out": str(run_dir / "out-threads")}
+        threads["extra"] = ["--max-in-flight", "1", "--cpu-workers", "0"]
+        plain = plain_run(threads)
+        differ, compared = same_outputs(run_dir / "out", run_dir / "out-threads")
+        report["outputs_vs_threads"] = {
+            "compared_files": compared,
+            "differ": differ,
+            "how": "bytes of every NIfTI/TSV/JSON/HTML output (clock times and timings "
+            "blanked), pixels of every PNG; logs and stamps not compared",
+            "threads_run": plain,
+        }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_node.json").write_text(json.dumps(report, indent=2))
     shown = list(report)[list(report).index("core_s_per_image_by_stage") :]

@@ -137,8 +137,9 @@ def cpu_allocation(
 
 
 # Resident memory of one idle stage worker process, counted as held in the memory budget:
-# 82 MB measured once it has imported what the vertebral-body and QC stages need, with room
-# for what the libraries keep after a first image. A stage's arrays are counted per call.
+# 82 MB once it has imported what the vertebral-body and QC stages need, 190 MB between the
+# stages of whole-spine images (benchmarks/gpu_node.py, worker_rss_mb). A stage's arrays
+# are counted per call.
 WORKER_BYTES = 200 * 2**20
 
 
