@@ -61,9 +61,16 @@ def shrink_plans(
     return cfg
 
 
-def write_split(preprocessed: Path, cases: Sequence[str], val: Sequence[str]) -> None:
-    """Fold 0 only: `val` held back, every other case of `cases` trains."""
-    split = [{"train": [c for c in cases if c not in val], "val": list(val)}]
+def write_split(
+    preprocessed: Path,
+    cases: Sequence[str],
+    val: Sequence[str],
+    more: Sequence[Sequence[str]] = (),
+) -> None:
+    """Fold 0: `val` held back, every other case of `cases` trains; fold k >= 1 trains the
+    cases of `more[k - 1]` too (same `val`), for a fine-tuning on extra cases."""
+    base = [c for c in cases if c not in val]
+    split = [{"train": base + list(extra), "val": list(val)} for extra in ([], *more)]
     (preprocessed / "splits_final.json").write_text(json.dumps(split, indent=2))
 
 

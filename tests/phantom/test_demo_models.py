@@ -125,3 +125,32 @@ def test_readme_states_the_recipe_that_export_writes() -> None:
         for r in train.RECIPE
         if r.init
     ), "a run starts from a later run or from the other step"
+
+
+def test_deformed_training_phantoms_are_training_seeds_of_every_shape_and_grade() -> None:
+    """Step 2's fine-tune on deformed bodies must draw from the training seeds only (the
+    vertebral-body benchmark uses 8000+, demo accuracy 5000+), the same cases every time, with
+    deformities at bodies the field of view shows and slips the phantom accepts."""
+    from bids_app.phantom.anatomy import random_anatomy
+    from bids_app.phantom.render import fov_s_range
+    from bids_app.plumbing.labels import VERTEBRAE
+    from training.demo_models import train
+
+    cases = [train.deformed_case(k) for k in range(train.N_DEFORMED)]
+    assert cases == [train.deformed_case(k) for k in range(train.N_DEFORMED)]
+    seeds = [seed for seed, *_ in cases]
+    normal = {train.case_acquisition(i)[0] for i in range(train.N_CASES)}
+    assert all(1000 <= s <= 1999 for s in seeds) and not normal & set(seeds)
+    drawn = [d for *_, deformities, _ in cases for d in deformities]
+    assert {(d.shape, d.grade) for d in drawn} == {
+        (shape, grade) for shape in ("wedge", "biconcave", "crush") for grade in (1, 2, 3)
+    }
+    assert 0 < sum(bool(slips) for *_, slips in cases) < len(cases)
+    for seed, acq, deformities, slips in cases:
+        assert 1 <= len(deformities) <= 3
+        assert random_anatomy(seed, deformities=deformities, slips=slips).deformities
+        normal_anat = random_anatomy(seed)
+        lo, hi = fov_s_range(normal_anat, acq.fov)
+        for d in deformities:
+            seg = next(s for s in normal_anat.segments if VERTEBRAE.get(s.label) == d.level)
+            assert lo <= seg.s_top and seg.s_bot <= hi, (seed, d.level)

@@ -9,7 +9,10 @@ the network so it trains on two CPU cores; `train` trains runs of `RECIPE` with 
 trainer (a subclass that only sets the schedule, optimiser, sampling and no mirroring);
 `export` strips optimiser state and writes the last run of each step, in the official layout,
 into bids_app/demo_models/, where the runtime finds it. `all` is every stage and every run of
-the recipe in order: it reproduces the shipped models. Training seeds are 1000-1999;
+the recipe in order: it reproduces the shipped models. Step 2 also gets deformed phantoms
+(wedge, biconcave and crush bodies of Genant grade 1-3, some slips): its split's fold 0 holds
+only the normal cases (the shipped runs), fold 1 both (`step2-deformed`, a candidate run
+that is not shipped). Training seeds are 1000-1999;
 benchmarks use held-out seeds >= 5000. This code is not part of the installed package: run it
 from the repository root.
 """
@@ -30,7 +33,8 @@ import nibabel as nib
 import numpy as np
 
 from bids_app.engine.geometry import image_like, labels_onto, resample_to_iso, to_canonical
-from bids_app.phantom.render import FOVS, Acquisition, render_phantom
+from bids_app.phantom.anatomy import BODY, DISC, SHAPES, Deformity, Slip, random_anatomy
+from bids_app.phantom.render import FOVS, Acquisition, fov_s_range, render_phantom
 from bids_app.phantom.targets import step1_target, step2_target
 from bids_app.plumbing import labels as L
 from training.nnunet_cpu import (
@@ -47,6 +51,13 @@ from training.nnunet_cpu import (
 DEMO_DIR = Path(__file__).resolve().parents[2] / "bids_app" / "demo_models"
 MASTER_SEED = 20261122
 N_CASES = 36
+# Deformed step-2 case k: anatomy seed and acquisition of case DEFORMED_FIRST + k (seeds
+# 1500-1523), so they never meet the normal cases' seeds 1000-1035.
+N_DEFORMED = 24
+DEFORMED_FIRST = 500
+# Height lost in each Genant grade's band (Genant 1993: 20-25 %, 25-40 %, > 40 %).
+GRADE_BANDS = {1: (0.20, 0.25), 2: (0.25, 0.40), 3: (0.40, 0.60)}
+SLIP_SHARE = 0.5  # share of deformed cases that also get a slip of 5-40 %
 STEP1 = "Dataset101_TotalSpineSeg_step1"
 STEP2 = "Dataset102_TotalSpineSeg_step2"
 # The network works at 2 mm: nnU-Net's predictor resamples the 1 mm model input to the plans'
@@ -74,6 +85,7 @@ class Run:
     sampling: str = "shifted"
     batch_dice: bool | None = None  # see training/nnunet_cpu.Schedule
     ce_weight: float = 1.0
+    fold: int = 0  # step 2: 0 trains on the normal phantoms, 1 on the deformed ones too
 
 
 # How the shipped models were made, in order; `all` trains these and exports the last run of
@@ -89,7 +101,23 @@ RECIPE: tuple[Run, ...] = (
     Run("step2-neck", STEP2, 48, init="step2", sampling="neck"),
     Run("step2-neck-bd", STEP2, 25, 1e-3, "step2-neck", "neck", batch_dice=True, ce_weight=3.0),
 )
-RUNS = {run.name: run for run in RECIPE}
+# Runs tried but not shipped (`train --runs`, `export --runs` with a --dest of their own).
+# step2-deformed: the final labels followed the whole, normal shape of fractured bodies; this
+# fine-tune on the deformed phantoms too raised the body Dice but cost landmarks (demo README).
+CANDIDATES: tuple[Run, ...] = (
+    Run(
+        "step2-deformed",
+        STEP2,
+        20,
+        1e-3,
+        "step2-neck-bd",
+        "neck",
+        batch_dice=True,
+        ce_weight=3.0,
+        fold=1,
+    ),
+)
+RUNS = {run.name: run for run in (*RECIPE, *CANDIDATES)}
 
 
 def case_acquisition(i: int) -> tuple[int, Acquisition]:
@@ -110,6 +138,47 @@ def case_acquisition(i: int) -> tuple[int, Acquisition]:
     return 1000 + i, acq
 
 
+def deformed_case(k: int) -> tuple[int, Acquisition, tuple[Deformity, ...], tuple[Slip, ...]]:
+    """Anatomy seed, acquisition, deformities and slips of deformed step-2 case k.
+
+    One to three non-adjacent bodies (C3 and below) that the field of view shows whole, each
+    of a random shape and Genant grade with a height loss anywhere in the grade's band, and
+    on SLIP_SHARE of the cases an anterior slip of 5-40 % at a disc between two shown bodies.
+    """
+    seed, acq = case_acquisition(DEFORMED_FIRST + k)
+    rng = np.random.default_rng([MASTER_SEED, seed])
+    anat = random_anatomy(seed)
+    lo, hi = fov_s_range(anat, acq.fov)
+    segs = anat.segments
+    shown = [
+        i
+        for i, seg in enumerate(segs)
+        if seg.kind == BODY and seg.label != 12 and seg.s_top >= lo and seg.s_bot <= hi
+    ]
+    count, chosen = int(rng.integers(1, 4)), list[int]()
+    for i in rng.permutation(shown):
+        if all(abs(int(i) - j) > 2 for j in chosen):  # bodies and discs alternate
+            chosen.append(int(i))
+        if len(chosen) == count:
+            break
+    deformities = []
+    for i in sorted(chosen):
+        grade = int(rng.integers(1, 4))
+        loss = float(rng.uniform(*GRADE_BANDS[grade]))
+        shape = str(rng.choice(SHAPES))
+        deformities.append(Deformity(L.VERTEBRAE[segs[i].label], shape, grade, loss))
+    discs = [
+        i
+        for i, seg in enumerate(segs)
+        if seg.kind == DISC and seg.label != 63 and i - 1 in shown and i + 1 in shown
+    ]
+    slips: tuple[Slip, ...] = ()
+    if discs and rng.random() < SLIP_SHARE:
+        disc = L.DISCS[segs[int(rng.choice(discs))].label]
+        slips = (Slip(disc, float(rng.uniform(5, 40))),)
+    return seed, acq, tuple(deformities), slips
+
+
 def _save(data: np.ndarray, affine: np.ndarray, template: nib.Nifti1Image, path: Path) -> None:
     nib.save(image_like(data, affine, template), path)
 
@@ -120,17 +189,24 @@ def region_labels(regions: dict[str, tuple[int, ...]]) -> dict[str, object]:
     return out
 
 
-def _write_case(i: int, d1: Path, d2: Path) -> str:
-    """Render training case i and write its step-1 and step-2 (both parities) files."""
-    seed, acq = case_acquisition(i)
-    ph = render_phantom(seed, acq)
+def _write_case(i: int, d1: Path, d2: Path, deformed: bool = False) -> str:
+    """Render training case i and write its step-1 and step-2 (both parities) files; a
+    deformed case (`deformed_case(i)`) has step-2 files only."""
+    if deformed:
+        seed, acq, deformities, slips = deformed_case(i)
+        ph = render_phantom(seed, acq, deformities=deformities, slips=slips)
+        name = f"deformed_{i:03d}"
+    else:
+        seed, acq = case_acquisition(i)
+        ph = render_phantom(seed, acq)
+        name = f"phantom_{i:03d}"
     # What the engine feeds the model: canonical orientation, 1 mm torchio grid.
     img = resample_to_iso(to_canonical(ph.image))
     gt = labels_onto(np.asarray(ph.labels.dataobj), ph.labels.affine, img)
     data = np.asanyarray(img.dataobj)
-    name = f"phantom_{i:03d}"
-    _save(data, img.affine, img, d1 / "imagesTr" / f"{name}_0000.nii.gz")
-    _save(step1_target(gt), img.affine, img, d1 / "labelsTr" / f"{name}.nii.gz")
+    if not deformed:
+        _save(data, img.affine, img, d1 / "imagesTr" / f"{name}_0000.nii.gz")
+        _save(step1_target(gt), img.affine, img, d1 / "labelsTr" / f"{name}.nii.gz")
     # Step 2 sees the image cropped to the step-1 labels +- 10 voxels.
     nz = np.argwhere(gt > 0)
     lo = np.maximum(nz.min(0) - 10, 0)
@@ -144,11 +220,17 @@ def _write_case(i: int, d1: Path, d2: Path) -> str:
         _save(data[sl], aff, img, d2 / "imagesTr" / f"{case}_0000.nii.gz")
         _save(channel, aff, img, d2 / "imagesTr" / f"{case}_0001.nii.gz")
         _save(target, aff, img, d2 / "labelsTr" / f"{case}.nii.gz")
-    return f"case {i}: seed {seed} {acq.fov} {acq.voxel} {acq.contrast} {img.shape}"
+    drawn = [f"{d.level}:{d.shape}:{d.grade}" for d in ph.anatomy.deformities]
+    drawn += [f"{x.disc}:{x.percent:.0f}%" for x in ph.anatomy.slips]
+    head = f"{name}: seed {seed} {acq.fov} {acq.voxel} {acq.contrast} {img.shape}"
+    return " ".join([head, *drawn])
 
 
-def write_datasets(raw: Path, processes: int, n_cases: int = N_CASES) -> None:
-    """Render the training phantoms and write both nnU-Net raw datasets.
+def write_datasets(
+    raw: Path, processes: int, n_cases: int = N_CASES, n_deformed: int = N_DEFORMED
+) -> None:
+    """Render the training phantoms and write both nnU-Net raw datasets (step 2 with the
+    deformed cases too).
 
     Each case depends only on its index, so the cases are split over worker processes.
     """
@@ -157,11 +239,15 @@ def write_datasets(raw: Path, processes: int, n_cases: int = N_CASES) -> None:
         (d / "imagesTr").mkdir(parents=True, exist_ok=True)
         (d / "labelsTr").mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=processes) as pool:
-        for line in pool.map(_write_case, range(n_cases), repeat(d1), repeat(d2)):
+        cases = [(i, False) for i in range(n_cases)] + [(k, True) for k in range(n_deformed)]
+        lines = pool.map(
+            _write_case, [i for i, _ in cases], repeat(d1), repeat(d2), [d for _, d in cases]
+        )
+        for line in lines:
             print(line, flush=True)
     for d, channels, regions, n in (
         (d1, {"0": "MRI"}, L.STEP1_REGIONS, n_cases),
-        (d2, {"0": "MRI", "1": "noNorm"}, L.STEP2_REGIONS, 2 * n_cases),
+        (d2, {"0": "MRI", "1": "noNorm"}, L.STEP2_REGIONS, 2 * (n_cases + n_deformed)),
     ):
         ds = {
             "channel_names": channels,
@@ -175,7 +261,8 @@ def write_datasets(raw: Path, processes: int, n_cases: int = N_CASES) -> None:
 
 
 def plan(ids: list[int]) -> None:
-    """nnU-Net fingerprint + planner, then a network small enough for CPU training."""
+    """nnU-Net fingerprint + planner, then a network small enough for CPU training, for the
+    datasets `ids` (101: step 1, 102: step 2)."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprints,
         plan_experiments,
@@ -185,16 +272,19 @@ def plan(ids: list[int]) -> None:
 
     extract_fingerprints(ids, num_processes=2, check_dataset_integrity=True)
     plan_experiments(ids)
-    for name in (STEP1, STEP2):
+    for name in (n for n in (STEP1, STEP2) if int(n[7:10]) in ids):
         path = Path(nnUNet_preprocessed) / name / "nnUNetPlans.json"
         cfg = shrink_plans(path, SPACING, PATCH, FEATURES)
-        # One validation split: a few held-back cases, the rest train fold 0.
+        # A few held-back cases validate; the other normal cases train fold 0, and fold 1
+        # (step 2) trains the deformed cases too.
         cases = sorted(
             p.name[: -len(".nii.gz")]
             for p in (Path(nnUNet_raw) / name / "labelsTr").glob("*.nii.gz")
         )
         val = [c for c in cases if c.startswith(("phantom_000", "phantom_001"))]
-        write_split(path.parent, cases, val)
+        deformed = [c for c in cases if c.startswith("deformed_")]
+        normal = [c for c in cases if c not in deformed]
+        write_split(path.parent, normal, val, [deformed] if deformed else [])
         arch = cfg["architecture"]["arch_kwargs"]
         print(f"planned {name}: {cfg['patch_size']} {arch['features_per_stage']}", flush=True)
     preprocess(ids, configurations=("3d_fullres",), num_processes=(2,))
@@ -202,7 +292,8 @@ def plan(ids: list[int]) -> None:
 
 def checkpoint(results: Path, run: Run) -> Path:
     """The final checkpoint of a run (the latest one while it is still training)."""
-    fold = results / run.name / run.dataset / "DemoTrainer__nnUNetPlans__3d_fullres" / "fold_0"
+    trainer = results / run.name / run.dataset / "DemoTrainer__nnUNetPlans__3d_fullres"
+    fold = trainer / f"fold_{run.fold}"
     final = fold / "checkpoint_final.pth"
     return final if final.exists() else fold / "checkpoint_latest.pth"
 
@@ -256,7 +347,7 @@ def train(run: Run, results: Path, threads: int, init: Path | None = None) -> No
     resume = interrupted.name == "checkpoint_latest.pth" and interrupted.exists()
     plans["continue_training"] = resume
     ds_json = json.loads((pre / "dataset.json").read_text())
-    trainer = DemoTrainer(plans, "3d_fullres", 0, ds_json, cpu)
+    trainer = DemoTrainer(plans, "3d_fullres", run.fold, ds_json, cpu)
     if resume:
         trainer.load_checkpoint(str(interrupted))
         print(f"{run.name}: resumes at epoch {trainer.current_epoch}", flush=True)
@@ -279,6 +370,7 @@ def _history(dataset: str, runs: Sequence[Run] = RECIPE) -> str:
         + f", {r.sampling} landmark patches"
         + (", Dice pooled over the batch" if r.batch_dice else "")
         + (f", cross-entropy weight {r.ce_weight:g}" if r.ce_weight != 1 else "")
+        + (f", with the {N_DEFORMED} deformed phantoms" if r.fold == 1 else "")
         for r in chain
     ]
     return f"- {dataset}: " + "; then ".join(parts) + f" ({ITERS} iterations per epoch)."
@@ -320,6 +412,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--dest", type=Path, default=DEMO_DIR, help="where the exported models go")
     ap.add_argument("--cases", type=int, default=N_CASES, help="data: training phantoms")
     ap.add_argument(
+        "--deformed", type=int, default=N_DEFORMED, help="data: deformed step-2 phantoms"
+    )
+    ap.add_argument(
         "--runs",
         nargs="+",
         choices=list(RUNS),
@@ -336,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     work = args.work.resolve()
     use_work_folder(work)
     if args.stage in ("data", "all"):
-        write_datasets(work / "raw", len(os.sched_getaffinity(0)), args.cases)
+        write_datasets(work / "raw", len(os.sched_getaffinity(0)), args.cases, args.deformed)
     if args.stage in ("plan", "all"):
         plan([101, 102])
     if args.stage in ("train", "all"):
