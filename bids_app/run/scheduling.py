@@ -283,6 +283,10 @@ class _Raised:
         return error
 
 
+class WorkerDied(Exception):
+    """The worker process running a stage ended without an answer (killed, out of memory)."""
+
+
 class WorkerTraceback(Exception):
     """The traceback of an exception raised in a stage worker process (its text)."""
 
@@ -377,14 +381,16 @@ class StageWorkers:
             done = pool.submit(_in_worker, call, args, levels).result()
         except CancelledError:  # queued when the run stopped
             raise Cancelled() from None
-        except BrokenProcessPool:
+        except BrokenProcessPool as e:
             if self._cancel.is_set():
                 raise Cancelled() from None
             with self._lock:  # the next images get fresh workers
                 if self._pool is pool:
                     self._pool = None
                     pool.shutdown(wait=False, cancel_futures=True)
-            raise
+            raise WorkerDied(
+                "a stage worker process died (killed by the system, e.g. out of memory)"
+            ) from e
         for record in done.records:
             logging.getLogger(record.name).handle(record)
         if done.raised is not None:

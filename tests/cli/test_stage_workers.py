@@ -52,6 +52,15 @@ class Terminating(VertebraStage):
         return super().run(image, written)
 
 
+class Dying(VertebraStage):
+    """The system kills the worker while it runs the first image's stage."""
+
+    def run(self, image, written):
+        if image.job.name == "sub-01_T2w.nii.gz":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().run(image, written)
+
+
 def children() -> list[str]:
     """Command lines of the processes whose parent is this one (leftover workers would be
     here), without multiprocessing's resource tracker, which lives as long as this process."""
@@ -127,6 +136,28 @@ def test_a_failure_in_a_worker_fails_that_image_alone(weights, tmp_path, capsys,
     assert reason.startswith("unexpected RuntimeError: boom (stage: QC) (see logs/crash-")
     crash = (tmp_path / "out" / reason.split("(see ")[1].rstrip(")")).read_text()
     assert "in run" in crash and "RuntimeError: boom" in crash  # the worker's own traceback
+    assert children() == before and multiprocessing.active_children() == []
+
+
+def test_a_killed_worker_fails_its_image_and_the_next_image_gets_a_new_one(
+    weights, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(participant, "VertebraStage", Dying)
+    ds = make_bids(tmp_path / "ds", TWO)
+    before = children()
+    argv = ["--cpu-workers", "1", "--max-in-flight", "1"]
+    rc = run(ds, tmp_path / "out", weights, *argv)[0]
+    out = capsys.readouterr().out
+    assert rc == 1
+    table = out.split("Status:\n")[1].splitlines()[1:]
+    rows = {line.split()[2]: line.split(None, 5)[3:] for line in table if line.strip()}
+    status, _, reason = rows["sub-01_T2w.nii.gz"]
+    assert status == "failed"
+    assert reason.startswith(
+        "unexpected WorkerDied: a stage worker process died (killed by the system, e.g. out "
+        "of memory) (stage: vertebral bodies) (see logs/crash-"
+    )
+    assert rows["sub-02_T2w.nii.gz"][0] == "ok"  # its stages ran in a fresh worker
     assert children() == before and multiprocessing.active_children() == []
 
 
