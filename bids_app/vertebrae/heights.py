@@ -46,10 +46,11 @@ STEP = 0.25
 SECTION_OFFSETS = (-1.0, 0.0, 1.0)  # mm from the mid-sagittal plane
 MAX_VOXEL_MM = 1.5
 CORNER_MM = 8.0  # the sacrum's endplate depth: rows 1 mm to this far from its top
+S1_MM = 20.0  # the sacrum's section: its top this far along the axis (S1)
 MARGIN_MM = 3.0  # section margin around the body
 HEIGHT_WINDOW_MM = 1.0  # heights are means over the columns this close to their position
-WALL_REACH_MM = 6.0  # the bone behind the cut body's edge that can still be body (a row
-# whose bone runs further back, into the arch, shows no posterior wall)
+WALL_REACH_MM = 6.0  # how far the bone may run behind the body before the canal (a row
+# whose bone runs further, into the arch, shows no posterior wall)
 WALL_FIT_MM = 1.0  # rows this far off the fitted wall are refitted without
 
 
@@ -170,6 +171,8 @@ def section_of(geom: LabelGeometry, bodies: np.ndarray, label: int, frame: Frame
         return None
     world = ijk @ geom.affine[:3, :3].T + geom.affine[:3, 3]
     alh = frame.coords(world)
+    if label == L.SACRUM:  # S1 only: the rest of the sacrum runs out of most fields of view
+        alh = alh[alh[:, 2] >= alh[:, 2].max() - S1_MM]
     l0 = float(np.median(alh[:, 1]))
     lo, hi = alh.min(0) - MARGIN_MM, alh.max(0) + MARGIN_MM
     a = np.arange(lo[0] - WALL_REACH_MM, hi[0], STEP)  # room behind for the wall's bone

@@ -112,7 +112,10 @@ def test_slip_measured_within_10_points(deformed) -> None:
 
 @pytest.mark.parametrize(
     ("fov", "slips"),
-    [("lumbar", {"L1-L2": 15.0, "L3-L4": 35.0}), ("thoracic", {"T4-T5": 30.0, "T8-T9": 20.0})],
+    [
+        ("lumbar", {"L1-L2": 15.0, "L3-L4": 35.0, "L5-S": 30.0}),  # L5-S: on S1's endplate
+        ("thoracic", {"T4-T5": 30.0, "T8-T9": 20.0}),
+    ],
 )
 def test_slips_of_every_size_are_measured_not_shrunk(fov: str, slips: dict[str, float]) -> None:
     """Each drawn slip within 5 points and graded as drawn (a sheared disc once pulled the
