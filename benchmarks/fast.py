@@ -742,7 +742,8 @@ def agreement_lines(demo: dict | None) -> list[str]:
         mins = [r.get("min_dice", 0.0) for r in rows]
         levels = f"{sum(r['levels_identical'] for r in rows)} / {len(rows)}"
         if fov.endswith("_short"):
-            fov = f"{fov} (top {SHORT_MM} mm: the patch fit acts; not in the targets)"
+            fits = "the patch cut acts" if o["tile_step"] != 0.5 else "no patch cut at 0.5"
+            fov = f"{fov} (top {SHORT_MM} mm: {fits}; not in the targets)"
             # Without a landmark disc neither mode numbers the levels: step-1 labels compared.
             numbered = [r for r in rows if r["both_final"]]
             levels = f"{sum(r['levels_identical'] for r in numbered)} / {len(numbered)}"
