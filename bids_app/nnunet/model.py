@@ -342,21 +342,21 @@ class NnUNetModel:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Segment one image, exactly as nnU-Net would from a NIfTI holding this array.
 
-        `channels`: (c, x, y, z), nibabel axis order (`get_fdata()` of each channel image),
-        any real dtype (cast to float32 as nnU-Net's reader does); `spacing` is the voxel size
-        along x, y, z in mm. Returns `(segmentation, probabilities)` on the input grid, nibabel
-        axis order: labels (x, y, z) uint8, and when asked, per-head probabilities
-        (num_outputs, x, y, z) float32 (sigmoid per region, 0 outside nnU-Net's nonzero crop
-        box), else None. `tile_step` is the sliding-window step as a fraction of the patch:
-        0.5 is TotalSpineSeg's; up to 1.0 (no overlap) needs fewer patches, hence less time,
-        but gives a different result. `precision` is the network's arithmetic: `auto` is
-        TotalSpineSeg's (float32 on CPU, nnU-Net's float16 autocast on CUDA), `fp32` or
-        `bf16` (autocast to bfloat16: about 2.4x faster on CPUs with a bfloat16 unit, a
-        slightly different result; see `bf16_native`). `fit_patch`: shrink the patch along
-        the axes where the image is smaller than it (`fitted_patch`), so the padding nnU-Net
-        would add is not computed; a different result (the network's normalisation sees less
-        padding). None (the default) = only with a tile step other than the reference's: the
-        reference's sliding window stays nnU-Net's, any other is the fast one.
+        `channels`: (c, x, y, z), nibabel axis order (`get_fdata()` of each channel image), any real
+        dtype (cast to float32 as nnU-Net's reader does); `spacing` is the voxel size along x, y, z
+        in mm. Returns `(segmentation, probabilities)` on the input grid, nibabel axis order: labels
+        (x, y, z) uint8, and when asked, per-head probabilities (num_outputs, x, y, z) float32
+        (sigmoid per region, 0 outside nnU-Net's nonzero crop box; a transposed view of nnU-Net's
+        array, not C-contiguous), else None. `tile_step` is the sliding-window step as a fraction of
+        the patch: 0.5 is TotalSpineSeg's; up to 1.0 (no overlap) needs fewer patches, hence less
+        time, but gives a different result. `precision` is the network's arithmetic: `auto` is
+        TotalSpineSeg's (float32 on CPU, nnU-Net's float16 autocast on CUDA), `fp32` or `bf16`
+        (autocast to bfloat16: about 2.4x faster on CPUs with a bfloat16 unit, a slightly different
+        result; see `bf16_native`). `fit_patch`: shrink the patch along the axes where the image is
+        smaller than it (`fitted_patch`), so the padding nnU-Net would add is not computed; a
+        different result (the network's normalisation sees less padding). None (the default) = only
+        with a tile step other than the reference's: the reference's sliding window stays nnU-Net's,
+        any other is the fast one.
         """
         array = np.asarray(channels)
         if array.ndim != 4 or array.shape[0] != self._num_input_channels:
@@ -385,7 +385,9 @@ class NnUNetModel:
         segmentation, probabilities = result if return_probabilities else (result, None)
         segmentation = np.ascontiguousarray(np.asarray(segmentation).transpose(2, 1, 0), np.uint8)
         if probabilities is not None:
-            probabilities = np.ascontiguousarray(
-                np.asarray(probabilities).transpose(0, 3, 2, 1), np.float32
+            # A transposed view, not a copy of every head (1.1 CPU s on a whole-spine image):
+            # callers read one or two heads, element by element.
+            probabilities = (
+                np.asarray(probabilities).astype(np.float32, copy=False).transpose(0, 3, 2, 1)
             )
         return segmentation, probabilities
