@@ -44,7 +44,7 @@ def fast_mode_warning(options: SegmentOptions) -> str:
     if options.tile_step != REFERENCE_TILE_STEP:
         parts.append(
             f"sliding-window tile step {options.tile_step} (TotalSpineSeg uses "
-            f"{REFERENCE_TILE_STEP})"
+            f"{REFERENCE_TILE_STEP}; the patch is also fitted to images smaller than it)"
         )
     if options.precision != REFERENCE_PRECISION:
         parts.append(

@@ -16,7 +16,7 @@ def test_reference_options_are_not_fast():
 @pytest.mark.parametrize(
     ("options", "named", "not_named"),
     [
-        (SegmentOptions(tile_step=1.0), ["tile step 1.0"], ["precision"]),
+        (SegmentOptions(tile_step=1.0), ["tile step 1.0", "patch is also fitted"], ["precision"]),
         (SegmentOptions(precision="bf16"), ["network precision bf16"], ["tile step"]),
         (SegmentOptions(precision="fp32"), ["network precision fp32"], ["tile step"]),
         (
