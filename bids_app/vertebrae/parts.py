@@ -173,7 +173,11 @@ def _first_layer(pts: np.ndarray, axis: np.ndarray, toward: float, tol: float) -
     coef, *_ = np.linalg.lstsq(design, pts @ axis, rcond=None)
     toward_mm = (pts @ axis - design @ coef) * toward
     near = cKDTree(design[:, :2]).query_ball_point(design[:, :2], LOCAL_MM)
-    local = np.array([np.median(toward_mm[i]) for i in near])
+    width = max(len(i) for i in near)
+    padded = np.full((len(pts), width), np.nan)
+    for row, i in enumerate(near):
+        padded[row, : len(i)] = toward_mm[i]
+    local = np.nanmedian(padded, axis=1)
     keep = toward_mm >= local - tol
     return pts[keep] if keep.sum() >= 10 else pts
 
