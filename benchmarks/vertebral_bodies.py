@@ -284,8 +284,8 @@ def update_docs(result: dict, doc: Path = ROOT / "docs" / "vertebrae.md") -> Non
         "",
         f"_{result['when']}, {result['machine']}; {net['images']} images (every field of view "
         f"and contrast, {opts['cases']} seed each from {SEED}); "
-        "`nice -n 10 python -m benchmarks.vertebral_bodies`; every number in "
-        "benchmarks/out/vertebral_bodies.json._",
+        f"`nice -n 10 python -m benchmarks.vertebral_bodies --cases {opts['cases']}`; "
+        "every number in benchmarks/out/vertebral_bodies.json._",
     ]
     head, rest = text.split(start, 1)
     tail = rest.split(end, 1)[1]
