@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import pytest
-from qc_helpers import bids_source, stamp_for
+from qc_helpers import add_image, stamp_for
 
 from bids_app.bids.stamps import write_stamp
 from bids_app.phantom.render import Acquisition, Phantom, render_phantom
-from bids_app.qc import write_image_qc, write_subject_report
+from bids_app.qc import write_subject_report
 
 SEED = 3
 
@@ -58,40 +57,15 @@ class Derivatives:
     keys: dict[str, str]  # short name -> image key (stamp name)
 
 
-def _add_image(root: Path, bids: Path, phantom: Phantom, sub: str, ses: str | None) -> str:
-    stem = f"sub-{sub}" + (f"_ses-{ses}" if ses else "") + "_acq-sag"
-    folder = f"sub-{sub}/" + (f"ses-{ses}/" if ses else "") + "anat"
-    source = f"{folder}/{stem}_T2w.nii.gz"
-    (bids / folder).mkdir(parents=True, exist_ok=True)
-    nib.save(phantom.image, bids / source)
-    final = f"{folder}/{stem}_seg-spine_desc-T2w_dseg.nii.gz"
-    (root / folder).mkdir(parents=True, exist_ok=True)
-    nib.save(phantom.labels, root / final)
-    summary = write_image_qc(
-        phantom.image,
-        phantom.labels,
-        None,
-        output_dir=root,
-        source=bids_source(stem),
-        suffix="T2w",
-        landmarks=["C2-C3"],
-    )
-    write_stamp(
-        root / "logs/status" / f"{stem}_T2w.json",
-        stamp_for(sub, ses, source, "ok", [final, *summary["outputs"]]),
-    )
-    return f"{stem}_T2w"
-
-
 @pytest.fixture(scope="session")
 def derivatives(tmp_path_factory, cervical, lumbar, cervical_sag3) -> Derivatives:
     """sub-01: ses-01 (cervical, ok), ses-02 (lumbar, ok), ses-03 (failed); sub-02 (ok)."""
     base = tmp_path_factory.mktemp("derivatives")
     out, bids = base / "out", base / "bids"
     keys = {
-        "cervical": _add_image(out, bids, cervical, "01", "01"),
-        "lumbar": _add_image(out, bids, lumbar, "01", "02"),
-        "sag3": _add_image(out, bids, cervical_sag3, "02", None),
+        "cervical": add_image(out, bids, cervical, "01", "01"),
+        "lumbar": add_image(out, bids, lumbar, "01", "02"),
+        "sag3": add_image(out, bids, cervical_sag3, "02", None),
     }
     failed = "sub-01/ses-03/anat/sub-01_ses-03_acq-sag_T2w.nii.gz"
     write_stamp(

@@ -8,6 +8,8 @@ lies within the segment's [s_top, s_bot).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 from nibabel.orientations import (
@@ -18,7 +20,10 @@ from nibabel.orientations import (
     ornt_transform,
 )
 
+from bids_app.bids.stamps import write_stamp
 from bids_app.phantom.anatomy import Anatomy, Segment
+from bids_app.phantom.render import Phantom
+from bids_app.qc import write_image_qc
 
 
 def reorient(img: nib.Nifti1Image, axcodes: str) -> nib.Nifti1Image:
@@ -116,3 +121,30 @@ def bids_source(stem: str, suffix: str = "T2w") -> str:
     parts = dict(p.split("-", 1) for p in stem.split("_") if "-" in p)
     folder = f"sub-{parts['sub']}" + (f"/ses-{parts['ses']}" if "ses" in parts else "")
     return f"{folder}/anat/{stem}_{suffix}.nii.gz"
+
+
+def add_image(root: Path, bids: Path, phantom: Phantom, sub: str, ses: str | None) -> str:
+    """A phantom as one derivatives image: source, final labels, QC files and an ok stamp;
+    returns its key (`<stem>_T2w`)."""
+    stem = f"sub-{sub}" + (f"_ses-{ses}" if ses else "") + "_acq-sag"
+    folder = f"sub-{sub}/" + (f"ses-{ses}/" if ses else "") + "anat"
+    source = f"{folder}/{stem}_T2w.nii.gz"
+    (bids / folder).mkdir(parents=True, exist_ok=True)
+    nib.save(phantom.image, bids / source)
+    final = f"{folder}/{stem}_seg-spine_desc-T2w_dseg.nii.gz"
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    nib.save(phantom.labels, root / final)
+    summary = write_image_qc(
+        phantom.image,
+        phantom.labels,
+        None,
+        output_dir=root,
+        source=bids_source(stem),
+        suffix="T2w",
+        landmarks=["C2-C3"],
+    )
+    write_stamp(
+        root / "logs/status" / f"{stem}_T2w.json",
+        stamp_for(sub, ses, source, "ok", [final, *summary["outputs"]]),
+    )
+    return f"{stem}_T2w"

@@ -11,8 +11,7 @@ from dataclasses import replace
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import _add_image
-from qc_helpers import stamp_for
+from qc_helpers import add_image, stamp_for
 
 from bids_app.bids.stamps import write_stamp
 from bids_app.plumbing import labels as L
@@ -43,7 +42,7 @@ def speck(cervical, tmp_path_factory):
     labels = nib.Nifti1Image(data, affine)
     base = tmp_path_factory.mktemp("speck")
     out, bids = base / "out", base / "bids"
-    key = _add_image(out, bids, replace(cervical, labels=labels), "05", None)
+    key = add_image(out, bids, replace(cervical, labels=labels), "05", None)
     run_group(out)
     return out, key
 

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import _add_image
+from qc_helpers import add_image
 
 from bids_app.bids.stamps import read_stamp, write_stamp
 from bids_app.phantom.anatomy import Deformity, Slip, random_anatomy
@@ -41,7 +41,7 @@ def _tsv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 def _with_bodies(out: Path, bids: Path, phantom: Phantom, sub: str) -> str:
     """One image as the participant level leaves it: spine outputs and QC, then the
     vertebral-body outputs measured on its labels, all listed in its stamp."""
-    key = _add_image(out, bids, phantom, sub, None)
+    key = add_image(out, bids, phantom, sub, None)
     stamp_file = out / "logs/status" / f"{key}.json"
     stamp = read_stamp(stamp_file)
     assert stamp is not None
