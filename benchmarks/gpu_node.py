@@ -340,8 +340,8 @@ def same_outputs(a: Path, b: Path) -> tuple[list[str], int]:
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)), len(fa)
 
 
-def plain_run(spec: dict) -> dict:
-    """Run the child without samplers (the comparison run)."""
+def start_child(spec: dict) -> subprocess.Popen:
+    """Start the child run and wait until it is ready (models loaded, waiting for "go")."""
     for key in ("ready", "go", "result"):
         Path(spec[key]).unlink(missing_ok=True)
     proc = subprocess.Popen(
@@ -351,6 +351,12 @@ def plain_run(spec: dict) -> dict:
         if proc.poll() is not None:
             raise SystemExit("child ended before the run started")
         time.sleep(0.1)
+    return proc
+
+
+def plain_run(spec: dict) -> dict:
+    """Run the child without samplers (the comparison run)."""
+    proc = start_child(spec)
     Path(spec["go"]).write_text("go")
     proc.wait()
     return json.loads(Path(spec["result"]).read_text())
@@ -373,15 +379,7 @@ def workers_rss_mb(pid: int) -> list[float]:
 
 def sampled_run(spec: dict, work: Path) -> dict:
     """Run the child with two py-spy samplers attached: all active samples, and GIL-held."""
-    for key in ("ready", "go", "result"):
-        Path(spec[key]).unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.gpu_node", "--child", json.dumps(spec)], cwd=ROOT
-    )
-    while not Path(spec["ready"]).exists():
-        if proc.poll() is not None:
-            raise SystemExit("child ended before the run started")
-        time.sleep(0.1)
+    proc = start_child(spec)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     raw = {"active": work / "active.txt", "gil": work / "gil.txt"}
     samplers = [
