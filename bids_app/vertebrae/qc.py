@@ -204,9 +204,10 @@ def level_reasons(values: Sequence[LevelValue]) -> dict[tuple[str, str], str]:
 def vertebra_columns(root: Path, stamp: Mapping) -> tuple[dict[str, object], dict[str, str]]:
     """The group QC columns of one image and its raised flags (flag -> reason); both empty
     (n/a) when the image has no vertebral-body table, or one without a level column."""
-    if vertebra_table(root, stamp) is None:
+    table = vertebra_table(root, stamp)
+    if table is None:
         return {}, {}
-    rows = read_levels(root, stamp)
+    rows = read_tsv(table)
     if any("level" not in r for r in rows):
         return {}, {}
     graded = [
