@@ -39,6 +39,7 @@ from bids_app.qc.geometry import (
     inside_grid,
     sample,
 )
+from bids_app.vertebrae.endplates import trim_to_image
 from bids_app.vertebrae.grades import HEIGHT_SHARES, genant, meyerding
 from bids_app.vertebrae.parts import Frame, adjacent_discs, body_labels, thick
 
@@ -52,6 +53,8 @@ HEIGHT_WINDOW_MM = 1.0  # heights are means over the columns this close to their
 WALL_REACH_MM = 6.0  # how far the bone may run behind the body before the canal (a row
 # whose bone runs further, into the arch, shows no posterior wall)
 WALL_FIT_MM = 1.0  # rows this far off the fitted wall are refitted without
+# The source image (data, affine: world mm), any grid: where the endplates are read.
+Intensities = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -164,8 +167,17 @@ class Section:
         return self.frame.world(np.array(a), np.array(self.l0 + SECTION_OFFSETS[k]), np.array(h))
 
 
-def section_of(geom: LabelGeometry, bodies: np.ndarray, label: int, frame: Frame) -> Section | None:
-    """The body's sections, or None when a section leaves the image (cut by the field of view)."""
+def section_of(
+    geom: LabelGeometry,
+    bodies: np.ndarray,
+    label: int,
+    frame: Frame,
+    image: Intensities | None = None,
+) -> Section | None:
+    """The body's sections, or None when a section leaves the image (cut by the field of view).
+
+    With the image, each section's body is trimmed where the image shows the disc beyond an
+    end (`bids_app.vertebrae.endplates`), so a fracture the labels drew whole still reads."""
     ijk = np.argwhere(bodies == label)
     if len(ijk) < 20:
         return None
@@ -178,13 +190,20 @@ def section_of(geom: LabelGeometry, bodies: np.ndarray, label: int, frame: Frame
     a = np.arange(lo[0] - WALL_REACH_MM, hi[0], STEP)  # room behind for the wall's bone
     h = np.arange(hi[2], lo[2], -STEP)
     hh, aa = np.meshgrid(h, a, indexing="ij")
+    discs = adjacent_discs(geom, label)
     masks, bone = [], []
     for off in SECTION_OFFSETS:
         pts = frame.world(aa, np.full(aa.shape, l0 + off), hh)
         if not inside_grid(geom.data.shape, geom.affine, pts).all():
             return None
-        masks.append(sample(bodies, geom.affine, pts, order=0) == label)
-        bone.append(sample(geom.data, geom.affine, pts, order=0) == label)
+        mask = sample(bodies, geom.affine, pts, order=0) == label
+        labels = sample(geom.data, geom.affine, pts, order=0)
+        if image is not None:
+            values = sample(image[0], image[1], pts, order=1)
+            above, below = (labels == d if d is not None else labels < 0 for d in discs)
+            mask = trim_to_image(mask, values, above, below, STEP)
+        masks.append(mask)
+        bone.append(labels == label)
     return Section(label, frame, l0, a, h, np.stack(masks), np.stack(bone))
 
 
@@ -324,9 +343,13 @@ def _nan_row(level: int, structure: str, reason: str) -> dict[str, object]:
 
 
 def measure_bodies(
-    geom: LabelGeometry, parts: np.ndarray, frames: dict[int, Frame]
+    geom: LabelGeometry,
+    parts: np.ndarray,
+    frames: dict[int, Frame],
+    image: Intensities | None = None,
 ) -> BodyMeasures:
-    """Rows for every vertebra present (top to bottom), then every disc between two bodies."""
+    """Rows for every vertebra present (top to bottom), then every disc between two bodies;
+    with the image, heights and corners are read on the image's endplates (`section_of`)."""
     bodies = body_labels(geom, parts)
     fifth = _transitional(geom)
     rows: dict[int, dict[str, object]] = {}
@@ -337,7 +360,7 @@ def measure_bodies(
         if v == L.SACRUM:
             continue
         reason = _reason(geom, bodies, v, frames[v], fifth)
-        section = section_of(geom, bodies, v, frames[v]) if v != 11 else None
+        section = section_of(geom, bodies, v, frames[v], image) if v != 11 else None
         if section is not None and not thick(geom, frames[v], MAX_VOXEL_MM):
             sections[v] = section
         if not reason and section is None:
@@ -372,7 +395,7 @@ def measure_bodies(
     disc_rows: list[dict[str, object]] = []
     corners: dict[int, tuple[int, int, np.ndarray, np.ndarray]] = {}
     if L.SACRUM in frames:
-        s1 = section_of(geom, bodies, L.SACRUM, frames[L.SACRUM])
+        s1 = section_of(geom, bodies, L.SACRUM, frames[L.SACRUM], image)
         if s1 is not None and not thick(geom, frames[L.SACRUM], MAX_VOXEL_MM):
             sections[L.SACRUM] = s1
     for disc in (d for d in SPINE_ORDER if d in L.DISCS and d in geom.boxes):

@@ -39,7 +39,7 @@ def _draw(deformities: tuple[Deformity, ...]):
 def deformed():
     anat = calibrated(_draw, DEFORMED, HEIGHT_SHARES)
     ph = render(anat, Acquisition("cervical"), noise_seed=SEED)
-    return ph, column_truth(anat, HEIGHT_SHARES), analyse(ph.labels)
+    return ph, column_truth(anat, HEIGHT_SHARES), analyse(ph.labels, ph.image)
 
 
 def _rows(result) -> dict[str, dict]:
@@ -101,6 +101,32 @@ def test_grades_and_slip_measured_on_the_labels_match_the_truth(deformed) -> Non
         assert abs(rows[disc]["slip_percent"]) < 10 and rows[disc]["meyerding_grade"] == "none"
 
 
+@pytest.mark.parametrize("contrast", ["T2w", "T1w"])
+def test_a_fracture_the_labels_draw_whole_is_read_on_the_image(contrast: str) -> None:
+    """What a network that rarely saw a fracture gives: the body labelled at its normal
+    height (here: the labels of the same anatomy without the deformities). Heights read on
+    the labels alone grade it normal; read on the image's endplates, the biconcave C6 is
+    found (grade 2 or 3, as drawn 3) and no normal body is flagged."""
+    anat = calibrated(_draw, DEFORMED, HEIGHT_SHARES)
+    acq = Acquisition("cervical", contrast=contrast)
+    ph = render(anat, acq, noise_seed=SEED)
+    whole = render(random_anatomy(SEED, slips=SLIPS), acq, noise_seed=SEED).labels
+    on_labels = _rows(analyse(whole))
+    on_image = _rows(analyse(whole, ph.image))
+    assert on_labels["C6"]["genant_grade"] == 0
+    assert on_image["C6"]["genant_grade"] >= 2 and on_image["C6"]["deformity_shape"] == "biconcave"
+    for level in ("C3", "C5", "C7"):
+        assert on_image[level]["genant_grade"] == 0, level
+    # The phantom's own labels already end at the endplates: the image changes no grade.
+    truth = _rows(analyse(ph.labels))
+    read = _rows(analyse(ph.labels, ph.image))
+    grades = {
+        k: (truth[k]["genant_grade"], read[k]["genant_grade"])
+        for k in ("C3", "C4", "C5", "C6", "C7")
+    }
+    assert all(a == b for a, b in grades.values()), grades
+
+
 def test_slip_measured_within_10_points(deformed) -> None:
     """A slip next to a wedged body (its tilted endplate tilts the frame) still reads its
     size, not a share of it."""
@@ -124,7 +150,7 @@ def test_slips_of_every_size_are_measured_not_shrunk(fov: str, slips: dict[str, 
     anat = random_anatomy(SEED, slips=tuple(Slip(d, p) for d, p in slips.items()))
     ph = render(anat, Acquisition(fov), noise_seed=SEED)
     truth = {d["disc"]: d["slip_percent"] for d in column_truth(anat, HEIGHT_SHARES)["discs"]}
-    rows = _rows(analyse(ph.labels))
+    rows = _rows(analyse(ph.labels, ph.image))
     measured = [r for r in rows.values() if r["structure"] == "disc" and not r["na_reason"]]
     assert set(slips) <= {r["level"] for r in measured}
     for row in measured:
@@ -182,7 +208,7 @@ def test_bodies_not_seen_whole_are_na_with_a_reason(deformed) -> None:
 
 def test_thick_slices_give_na() -> None:
     ph = render_phantom(SEED, Acquisition("cervical", voxel="ax4", lr_extent=80.0))
-    rows = analyse(ph.labels).measures.rows
+    rows = analyse(ph.labels, ph.image).measures.rows
     graded = [r for r in rows if r["structure"] == "vertebra" and not r["na_reason"]]
     assert not graded
     assert any("thick slices" in str(r["na_reason"]) for r in rows)
@@ -190,7 +216,7 @@ def test_thick_slices_give_na() -> None:
 
 def test_transitional_lumbar_vertebra_is_na() -> None:
     ph = render_phantom(SEED, Acquisition("lumbar"), n_lumbar=6)
-    rows = {r["level"]: r for r in analyse(ph.labels).measures.rows}
+    rows = {r["level"]: r for r in analyse(ph.labels, ph.image).measures.rows}
     assert "transitional" in str(rows["L6"]["na_reason"])
 
 

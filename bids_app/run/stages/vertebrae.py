@@ -39,7 +39,7 @@ class VertebraStage:
             return StageOutput()
         job, out = image.job, self.output_dir
         try:
-            result = analyse(final)
+            result = analyse(final, image.image)
         except Exception as e:  # secondary measures: keep the segmentation, report why
             log.exception("%s: vertebral bodies failed", job.name)
             return StageOutput([], f"vertebral bodies: {one_line(e, with_type=True)}")
