@@ -9,10 +9,10 @@ the network so it trains on two CPU cores; `train` trains runs of `RECIPE` with 
 trainer (a subclass that only sets the schedule, optimiser, sampling and no mirroring);
 `export` strips optimiser state and writes the last run of each step, in the official layout,
 into bids_app/demo_models/, where the runtime finds it. `all` is every stage and every run of
-the recipe in order: it reproduces the shipped models. Step 2 also gets deformed phantoms
-(wedge, biconcave and crush bodies of Genant grade 1-3, some slips): its split's fold 0 holds
-only the normal cases (the shipped runs), fold 1 both (`step2-deformed`, a candidate run
-that is not shipped). Training seeds are 1000-1999;
+the recipe in order: it reproduces the shipped models. Both steps also get deformed phantoms
+(wedge, biconcave and crush bodies of Genant grade 1-3, some slips): each split's fold 0 holds
+only the normal cases (the shipped runs), fold 1 both (the `-deformed` candidate runs, not
+shipped). Training seeds are 1000-1999;
 benchmarks use held-out seeds >= 5000. This code is not part of the installed package: run it
 from the repository root.
 """
@@ -51,7 +51,7 @@ from training.nnunet_cpu import (
 DEMO_DIR = Path(__file__).resolve().parents[2] / "bids_app" / "demo_models"
 MASTER_SEED = 20261122
 N_CASES = 36
-# Deformed step-2 case k: anatomy seed and acquisition of case DEFORMED_FIRST + k (seeds
+# Deformed case k: anatomy seed and acquisition of case DEFORMED_FIRST + k (seeds
 # 1500-1523), so they never meet the normal cases' seeds 1000-1035.
 N_DEFORMED = 24
 DEFORMED_FIRST = 500
@@ -85,7 +85,7 @@ class Run:
     sampling: str = "shifted"
     batch_dice: bool | None = None  # see training/nnunet_cpu.Schedule
     ce_weight: float = 1.0
-    fold: int = 0  # step 2: 0 trains on the normal phantoms, 1 on the deformed ones too
+    fold: int = 0  # 0 trains on the normal phantoms, 1 on the deformed ones too
 
 
 # How the shipped models were made, in order; `all` trains these and exports the last run of
@@ -104,18 +104,13 @@ RECIPE: tuple[Run, ...] = (
 # Runs tried but not shipped (`train --runs`, `export --runs` with a --dest of their own).
 # step2-deformed: the final labels followed the whole, normal shape of fractured bodies; this
 # fine-tune on the deformed phantoms too raised the body Dice but cost landmarks (demo README).
+# step1-deformed + step2-deformed40: both steps, twice the epochs, since step 1's disc masks
+# (step 2's second channel) still drew the discs of a fractured body at their normal size.
+_DEFORMED = {"sampling": "neck", "batch_dice": True, "ce_weight": 3.0, "fold": 1}
 CANDIDATES: tuple[Run, ...] = (
-    Run(
-        "step2-deformed",
-        STEP2,
-        20,
-        1e-3,
-        "step2-neck-bd",
-        "neck",
-        batch_dice=True,
-        ce_weight=3.0,
-        fold=1,
-    ),
+    Run("step2-deformed", STEP2, 20, 1e-3, "step2-neck-bd", **_DEFORMED),
+    Run("step1-deformed", STEP1, 40, 1e-3, "step1-neck-bd", **_DEFORMED),
+    Run("step2-deformed40", STEP2, 40, 1e-3, "step2-neck-bd", **_DEFORMED),
 )
 RUNS = {run.name: run for run in (*RECIPE, *CANDIDATES)}
 
@@ -139,7 +134,7 @@ def case_acquisition(i: int) -> tuple[int, Acquisition]:
 
 
 def deformed_case(k: int) -> tuple[int, Acquisition, tuple[Deformity, ...], tuple[Slip, ...]]:
-    """Anatomy seed, acquisition, deformities and slips of deformed step-2 case k.
+    """Anatomy seed, acquisition, deformities and slips of deformed training case k.
 
     One to three non-adjacent bodies (C3 and below) that the field of view shows whole, each
     of a random shape and Genant grade with a height loss anywhere in the grade's band, and
@@ -190,8 +185,8 @@ def region_labels(regions: dict[str, tuple[int, ...]]) -> dict[str, object]:
 
 
 def _write_case(i: int, d1: Path, d2: Path, deformed: bool = False) -> str:
-    """Render training case i and write its step-1 and step-2 (both parities) files; a
-    deformed case (`deformed_case(i)`) has step-2 files only."""
+    """Render training case i (a deformed case: `deformed_case(i)`) and write its step-1 and
+    step-2 (both parities) files."""
     if deformed:
         seed, acq, deformities, slips = deformed_case(i)
         ph = render_phantom(seed, acq, deformities=deformities, slips=slips)
@@ -204,9 +199,8 @@ def _write_case(i: int, d1: Path, d2: Path, deformed: bool = False) -> str:
     img = resample_to_iso(to_canonical(ph.image))
     gt = labels_onto(np.asarray(ph.labels.dataobj), ph.labels.affine, img)
     data = np.asanyarray(img.dataobj)
-    if not deformed:
-        _save(data, img.affine, img, d1 / "imagesTr" / f"{name}_0000.nii.gz")
-        _save(step1_target(gt), img.affine, img, d1 / "labelsTr" / f"{name}.nii.gz")
+    _save(data, img.affine, img, d1 / "imagesTr" / f"{name}_0000.nii.gz")
+    _save(step1_target(gt), img.affine, img, d1 / "labelsTr" / f"{name}.nii.gz")
     # Step 2 sees the image cropped to the step-1 labels +- 10 voxels.
     nz = np.argwhere(gt > 0)
     lo = np.maximum(nz.min(0) - 10, 0)
@@ -246,7 +240,7 @@ def write_datasets(
         for line in lines:
             print(line, flush=True)
     for d, channels, regions, n in (
-        (d1, {"0": "MRI"}, L.STEP1_REGIONS, n_cases),
+        (d1, {"0": "MRI"}, L.STEP1_REGIONS, n_cases + n_deformed),
         (d2, {"0": "MRI", "1": "noNorm"}, L.STEP2_REGIONS, 2 * (n_cases + n_deformed)),
     ):
         ds = {
@@ -276,7 +270,7 @@ def plan(ids: list[int]) -> None:
         path = Path(nnUNet_preprocessed) / name / "nnUNetPlans.json"
         cfg = shrink_plans(path, SPACING, PATCH, FEATURES)
         # A few held-back cases validate; the other normal cases train fold 0, and fold 1
-        # (step 2) trains the deformed cases too.
+        # trains the deformed cases too.
         cases = sorted(
             p.name[: -len(".nii.gz")]
             for p in (Path(nnUNet_raw) / name / "labelsTr").glob("*.nii.gz")
@@ -412,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--dest", type=Path, default=DEMO_DIR, help="where the exported models go")
     ap.add_argument("--cases", type=int, default=N_CASES, help="data: training phantoms")
     ap.add_argument(
-        "--deformed", type=int, default=N_DEFORMED, help="data: deformed step-2 phantoms"
+        "--deformed", type=int, default=N_DEFORMED, help="data: deformed phantoms"
     )
     ap.add_argument(
         "--runs",
