@@ -406,8 +406,9 @@ def measure_bodies(
         # Both bodies seen whole and measurable (the sacrum: its superior endplate only).
         missing = [w for w in (upper, lower) if w not in sections or reasons.get(w)]
         if missing:
+            name = L.level_name(missing[0])
             why = reasons.get(missing[0]) or "its body is not seen whole"
-            row["na_reason"] = f"{L.level_name(missing[0])}: {why}"
+            row["na_reason"] = why if why.startswith(name) else f"{name}: {why}"
         else:
             slip = _slip(sections[upper], sections[lower])
             if slip is None:

@@ -201,6 +201,9 @@ def test_bodies_not_seen_whole_are_na_with_a_reason(deformed) -> None:
     rows = _rows(result)
     assert "no vertebral body" in rows["C1"]["na_reason"]
     assert "dens" in rows["C2"]["na_reason"]
+    # A slip next to C2 is n/a with C2's reason, the level named once.
+    assert rows["C2-C3"]["na_reason"] == rows["C2"]["na_reason"]
+    assert rows["C2-C3"]["na_reason"].startswith("C2: ")
     # The cervical field of view ends in T2: the last bodies are cut or lack a disc.
     last = [r for r in result.measures.rows if r["structure"] == "vertebra"][-1]
     assert last["na_reason"] and math.isnan(last["posterior_height_mm"])
