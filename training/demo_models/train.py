@@ -405,9 +405,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training")
     ap.add_argument("--dest", type=Path, default=DEMO_DIR, help="where the exported models go")
     ap.add_argument("--cases", type=int, default=N_CASES, help="data: training phantoms")
-    ap.add_argument(
-        "--deformed", type=int, default=N_DEFORMED, help="data: deformed phantoms"
-    )
+    ap.add_argument("--deformed", type=int, default=N_DEFORMED, help="data: deformed phantoms")
     ap.add_argument(
         "--runs",
         nargs="+",
