@@ -86,7 +86,7 @@ def trim_to_image(
 
 def _disc_like(values: np.ndarray, marrow: float, disc: float) -> tuple[np.ndarray, np.ndarray]:
     """(disc-like, cortex-like) intensities: past the midpoint towards the disc; darker than
-    both disc and marrow by a quarter of their contrast, the endplate's cortex, which marks
+    both disc and marrow by CORTEX_SHARE of their contrast, the endplate's cortex, which marks
     the body's end whichever of the two is brighter."""
     mid = (marrow + disc) / 2
     cortex = values < min(marrow, disc) - CORTEX_SHARE * abs(marrow - disc)
