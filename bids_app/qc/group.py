@@ -602,7 +602,8 @@ def run_group(
 
     outliers = group_outliers({rec.key: judged_values(rec) for rec in records}, th)
 
-    bodies = {rec.key: vertebra_qc.read_levels(root, rec.stamp) for rec in records}
+    tables = {rec.key: vertebra_qc.read_levels(root, rec.stamp) for rec in records}
+    bodies = {key: rows or [] for key, rows in tables.items()}
     write_text_atomic(
         root / "group_morphometry_long.tsv", tsv_text(LONG_COLUMNS, long_rows(records, bodies))
     )
@@ -615,7 +616,7 @@ def run_group(
     qc_rows = [qc_row(r, outliers.get(r.key, []), ratings.get(r.key)) for r in records]
     flags = [raised_flags(r) for r in records] + [{} for _ in missing]
     lesions = [lesion_qc.lesion_columns(root, r.stamp) for r in records]
-    body_flags = [vertebra_qc.vertebra_columns(root, r.stamp) for r in records]
+    body_flags = [vertebra_qc.vertebra_columns(tables[r.key]) for r in records]
     for rec, row, raised, (cols, reasons), (body_cols, body_reasons) in zip(
         records, qc_rows, flags, lesions, body_flags, strict=False
     ):

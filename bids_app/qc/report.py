@@ -141,12 +141,12 @@ def image_context(rec: ImageRecord, root: Path) -> dict:
     # Here, not at the top: bids_app.vertebrae imports bids_app.qc.geometry, whose package
     # imports this module.
     from bids_app.vertebrae.preview import report_section as vertebra_section
-    from bids_app.vertebrae.qc import vertebra_columns
+    from bids_app.vertebrae.qc import read_levels, vertebra_columns
 
     # The lesion flags (lesion_outside_cord, lesion_at_fov_edge) and the vertebral-body flags
     # (possible_fracture, listhesis) count like the image's own, as in group_qc.tsv: listed
     # with their reasons, and in the QC status.
-    raised = lesion_columns(root, rec.stamp)[1] | vertebra_columns(root, rec.stamp)[1]
+    raised = lesion_columns(root, rec.stamp)[1] | vertebra_columns(read_levels(root, rec.stamp))[1]
     capability_flags = [{"id": k, "reason": v} for k, v in raised.items()]
 
     figs = rec.qc.get("figures") or {}

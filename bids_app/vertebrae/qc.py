@@ -133,10 +133,10 @@ def vertebra_table(root: Path, stamp: Mapping) -> Path | None:
     return None
 
 
-def read_levels(root: Path, stamp: Mapping) -> list[dict[str, object]]:
-    """The rows of the image's vertebral-body table (empty without one)."""
+def read_levels(root: Path, stamp: Mapping) -> list[dict[str, object]] | None:
+    """The rows of the image's vertebral-body table (None without one)."""
     table = vertebra_table(root, stamp)
-    return read_tsv(table) if table is not None else []
+    return read_tsv(table) if table is not None else None
 
 
 def _number(value: object) -> float:
@@ -201,14 +201,13 @@ def level_reasons(values: Sequence[LevelValue]) -> dict[tuple[str, str], str]:
     return reasons
 
 
-def vertebra_columns(root: Path, stamp: Mapping) -> tuple[dict[str, object], dict[str, str]]:
-    """The group QC columns of one image and its raised flags (flag -> reason); both empty
-    (n/a) when the image has no vertebral-body table, or one without a level column."""
-    table = vertebra_table(root, stamp)
-    if table is None:
-        return {}, {}
-    rows = read_tsv(table)
-    if any("level" not in r for r in rows):
+def vertebra_columns(
+    rows: Sequence[Mapping[str, object]] | None,
+) -> tuple[dict[str, object], dict[str, str]]:
+    """The group QC columns of one image and its raised flags (flag -> reason), from the rows
+    of its vertebral-body table (`read_levels`); both empty (n/a) when the image has no
+    table (None), or one without a level column."""
+    if rows is None or any("level" not in r for r in rows):
         return {}, {}
     graded = [
         r for r in rows if r.get("structure") == "vertebra" and _number(r.get("genant_grade")) >= 0

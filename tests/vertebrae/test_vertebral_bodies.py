@@ -23,7 +23,7 @@ from bids_app.vertebrae.grades import HEIGHT_SHARES, genant, meyerding
 from bids_app.vertebrae.outputs import LUT_NAME, write_vertebra_outputs
 from bids_app.vertebrae.parts import BODY_PARTS, ENDPLATE_MM, PARTS, POSTERIOR_PARTS
 from bids_app.vertebrae.preview import COLOURS, write_figure
-from bids_app.vertebrae.qc import vertebra_columns
+from bids_app.vertebrae.qc import read_levels, vertebra_columns
 from bids_app.vertebrae.run import analyse
 
 SEED = 5000
@@ -241,7 +241,7 @@ def test_outputs_sidecars_figure_and_group_flags(deformed, tmp_path: Path) -> No
     rows = read_tsv(tmp_path / written[2])
     assert [r["level"] for r in rows if r["genant_grade"] == 2] == ["C4"]
     stamp = {"outputs": written}
-    columns, reasons = vertebra_columns(tmp_path, stamp)
+    columns, reasons = vertebra_columns(read_levels(tmp_path, stamp))
     assert (
         columns["flag_possible_fracture"] == 1
         and "C4 (grade 2 wedge)" in reasons["possible_fracture"]
