@@ -4,7 +4,9 @@ sections of the bodies cut by `bids_app.vertebrae.parts`.
 A body's section is the plane through its frame's axis and anterior direction, at the
 median left-right position of its body voxels, sampled at `STEP` mm by nearest neighbour
 (so voxel order, size and obliquity do not matter); three parallel sections 1 mm apart
-are read and their medians kept. On a section:
+are read and their medians kept. With the source image, each section's body is first
+trimmed where the image shows the disc beyond an end (`bids_app.vertebrae.endplates`: a
+fracture the labels drew whole). On a section:
 - the posterior wall is the median first body sample of the middle 60 % of the rows, the
   anterior wall the 90th percentile of the rows' last ones, the depth their distance;
 - the posterior, middle and anterior heights are the body's extent along the axis at the
@@ -200,7 +202,7 @@ def section_of(
         labels = sample(geom.data, geom.affine, pts, order=0)
         if image is not None:
             values = sample(image[0], image[1], pts, order=1)
-            above, below = (labels == d if d is not None else labels < 0 for d in discs)
+            above, below = (labels == d if d is not None else np.zeros_like(mask) for d in discs)
             mask = trim_to_image(mask, values, above, below, STEP)
         masks.append(mask)
         bone.append(labels == label)
