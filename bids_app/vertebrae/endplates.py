@@ -1,16 +1,19 @@
-"""Endplates read on the image: a body's label is trimmed where the image shows disc.
+"""Endplates read on the image: a body's label is trimmed where the image shows bright disc.
 
 A network that has rarely seen a fracture draws a wedged, biconcave or crushed body at its
 normal height: the label runs on into the disc that fills the sunk endplate's space, and
-heights read on it miss the fracture. The image does not: there the space looks like the
-disc next to it. So, on a body's mid-sagittal section, each column of the label is walked
-inward from each end while the (slightly smoothed) image looks like that end's disc
-(`_disc_like`), and those samples are dropped. The walk stops where the image stops looking
-like it for `STOP_MM` (the endplate's dark cortex or the marrow), so
-a label that already ends at the endplate loses nothing, and it never adds what the label
-does not hold. An end is left as labelled when its disc is not on the section or when disc
-and marrow differ by less than `MIN_CONTRAST` noise levels (the image cannot tell them
-apart there). Pure numpy/scipy: arrays in, arrays out, all on the section's grid.
+heights read on it miss the fracture. The image does not, where the disc is brighter than
+the marrow (a hydrated disc, or fluid, on T2w): then, on a body's mid-sagittal section, each
+column of the label is walked inward from each end while the (slightly smoothed) image is
+nearer that end's disc than its marrow (`_disc_like`), and those samples are dropped. The
+walk stops at the endplate's dark cortex or where the image stops looking like disc for
+`STOP_MM` (the marrow), so a label that already ends at the endplate loses nothing, and it
+never adds what the label does not hold. An end is left as labelled when its disc is not on
+the section, or when the disc is not brighter than the marrow by `MIN_CONTRAST` noise levels
+and `MIN_RELATIVE`: a dark disc (T1w, a degenerated disc on T2w) looks like the dark cortex
+and subchondral bone next to a real endplate, and trimming there shortened the manual labels
+of a real T2w scan by up to 11 mm (docs/vertebrae.md). Pure numpy/scipy: arrays in, arrays
+out, all on the section's grid.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ import numpy as np
 from scipy import ndimage
 
 SMOOTH_MM = 0.5  # Gaussian sigma of the image on the section before it is read
-MIN_CONTRAST = 3.0  # |disc - marrow| in noise standard deviations, for an end to be trimmed
-MIN_RELATIVE = 0.1  # and by this share of the brighter (a noiseless image has no noise)
+MIN_CONTRAST = 3.0  # disc - marrow in noise standard deviations, for an end to be trimmed
+MIN_RELATIVE = 0.1  # and by this share of the disc (a noiseless image has no noise)
 MAX_TRIM = 0.6  # share of a column's labelled run that trimming may take
 CORE = (0.35, 0.65)  # rows of the body's labelled height whose samples give the marrow
 STOP_MM = 1.5  # body-like image this long before the cortex: the walk is in the marrow (an edge
 # between disc and cortex passes the marrow's intensity too, over a shorter run)
 MIN_TRIM_MM = 1.0  # shorter disc-like runs are the label's partial volume, not a sunk plate
-CORTEX_SHARE = 0.15  # the cortex: darker than both disc and marrow by this share of their contrast
+CORTEX_SHARE = 0.15  # the cortex: darker than the marrow by this share of the contrast
 COLUMN_MM = 1.0  # the disc's intensity is read on the columns this close, where it has any
 
 
@@ -73,7 +76,7 @@ def trim_to_image(
             d = float(np.median(band)) if band.size >= 5 else d_section
             # The column's own marrow: a column near a wall also holds the wall's cortex.
             m = float(np.median(smooth[core[:, j], j]))
-            if abs(d - m) < max(MIN_CONTRAST * noise, MIN_RELATIVE * max(abs(d), abs(m))):
+            if d - m < max(MIN_CONTRAST * noise, MIN_RELATIVE * abs(d)):
                 continue
             col = np.flatnonzero(mask[:, j])
             walk = col if top else col[::-1]
@@ -85,13 +88,11 @@ def trim_to_image(
 
 
 def _disc_like(values: np.ndarray, marrow: float, disc: float) -> tuple[np.ndarray, np.ndarray]:
-    """(disc-like, cortex-like) intensities: past the midpoint towards the disc; darker than
-    both disc and marrow by CORTEX_SHARE of their contrast, the endplate's cortex, which marks
-    the body's end whichever of the two is brighter."""
-    mid = (marrow + disc) / 2
-    cortex = values < min(marrow, disc) - CORTEX_SHARE * abs(marrow - disc)
-    like = (values > mid) if disc > marrow else (values < mid) & ~cortex
-    return like, cortex
+    """(disc-like, cortex-like) intensities, for a disc brighter than the marrow: past the
+    midpoint towards the disc; darker than the marrow by CORTEX_SHARE of the contrast, the
+    endplate's cortex, which marks the body's end."""
+    cortex = values < marrow - CORTEX_SHARE * (disc - marrow)
+    return values > (marrow + disc) / 2, cortex
 
 
 def _disc_run(like: np.ndarray, cortex: np.ndarray, stop: int) -> int:

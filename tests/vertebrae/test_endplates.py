@@ -1,5 +1,6 @@
-"""Endplates read on the image: a label that runs on into the disc filling a sunk endplate is
-trimmed back to the endplate, and a label that already ends there is left alone."""
+"""Endplates read on the image: a label that runs on into the bright disc filling a sunk
+endplate is trimmed back to the endplate; a label that already ends there, or whose disc is
+darker than the marrow, is left alone."""
 
 from __future__ import annotations
 
@@ -48,9 +49,8 @@ def _discs(body: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (rows < top) & (rows >= top - 16), (rows >= bottom) & (rows < bottom + 16)
 
 
-@pytest.mark.parametrize("contrast", sorted(CONTRASTS))
-def test_a_body_labelled_whole_is_trimmed_to_its_sunk_endplate(contrast: str) -> None:
-    image, body = _section(contrast, SUNK)
+def test_a_body_labelled_whole_is_trimmed_to_its_sunk_endplate() -> None:
+    image, body = _section("T2w", SUNK)
     whole = np.zeros_like(body)
     whole[TOP:BOTTOM] = True  # the label a network draws: the normal body
     out = trim_to_image(whole, image, *_discs(whole), STEP)
@@ -73,6 +73,15 @@ def test_a_label_that_ends_at_the_endplates_is_left_alone(contrast: str) -> None
     assert np.array_equal(trim_to_image(body, image, *_discs(body), STEP), body)
     image, body = _section(contrast, 0)
     assert np.array_equal(trim_to_image(body, image, *_discs(body), STEP), body)
+
+
+def test_a_disc_darker_than_the_marrow_trims_nothing() -> None:
+    """T1w, or a degenerated disc on T2w: a dark disc looks like the dark cortex and
+    subchondral bone beside a real endplate, so no end is trimmed, even where it sank."""
+    image, body = _section("T1w", SUNK)
+    whole = np.zeros_like(body)
+    whole[TOP:BOTTOM] = True
+    assert np.array_equal(trim_to_image(whole, image, *_discs(whole), STEP), whole)
 
 
 @pytest.mark.parametrize("noise", [0.02, 0.0])

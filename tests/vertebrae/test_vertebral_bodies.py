@@ -101,14 +101,14 @@ def test_grades_and_slip_measured_on_the_labels_match_the_truth(deformed) -> Non
         assert abs(rows[disc]["slip_percent"]) < 10 and rows[disc]["meyerding_grade"] == "none"
 
 
-@pytest.mark.parametrize("contrast", ["T2w", "T1w"])
-def test_a_fracture_the_labels_draw_whole_is_read_on_the_image(contrast: str) -> None:
+def test_a_fracture_the_labels_draw_whole_is_read_on_the_image() -> None:
     """What a network that rarely saw a fracture gives: the body labelled at its normal
     height (here: the labels of the same anatomy without the deformities). Heights read on
-    the labels alone grade it normal; read on the image's endplates, the biconcave C6 is
-    found (grade 2 or 3, as drawn 3) and no normal body is flagged."""
+    the labels alone grade it normal; read on the T2w image's endplates, where the disc
+    filling the dish is bright, the biconcave C6 is found (grade 2 or 3, as drawn 3) and no
+    normal body is flagged."""
     anat = calibrated(_draw, DEFORMED, HEIGHT_SHARES)
-    acq = Acquisition("cervical", contrast=contrast)
+    acq = Acquisition("cervical", contrast="T2w")
     ph = render(anat, acq, noise_seed=SEED)
     whole = render(random_anatomy(SEED, slips=SLIPS), acq, noise_seed=SEED).labels
     on_labels = _rows(analyse(whole))
