@@ -4,10 +4,15 @@ darker than the marrow, is left alone."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import nibabel as nib
 import numpy as np
 import pytest
 
+from bids_app.vertebrae import heights
 from bids_app.vertebrae.endplates import trim_to_image
+from bids_app.vertebrae.run import analyse
 
 STEP = 0.25  # mm between section samples, as heights.py reads them
 ROWS, COLS = 140, 60
@@ -99,3 +104,22 @@ def test_without_a_disc_label_an_end_stays_as_labelled() -> None:
     _, below = _discs(whole)
     out = trim_to_image(whole, image, np.zeros_like(whole), below, STEP)
     assert np.array_equal(out, whole)
+
+
+REAL = Path("/work/shared/data/TPTBox")
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="shared real-data folder not available")
+def test_a_real_scan_with_reference_labels_keeps_its_heights(monkeypatch) -> None:
+    """A real T2w (1.5 mm, degenerated dark discs) with its reference masks in TotalSpineSeg
+    ids: the image must not move the endplates of these normal bodies. Reading dark discs
+    once trimmed C6 by 11 mm anteriorly and 8 mm posteriorly."""
+    monkeypatch.setattr(heights, "MAX_VOXEL_MM", 2.0)  # its 1.5 mm voxels are n/a otherwise
+    img = nib.load(REAL / "TPTBox/tests/sample_mri/sub-mri_label-6_T2w.nii.gz")
+    lab = nib.load(REAL / "derived/sub-mri_label-6_tss-style_dseg.nii.gz")
+    on_labels = {r["level"]: r for r in analyse(lab).measures.rows}
+    on_image = {r["level"]: r for r in analyse(lab, img).measures.rows}
+    keys = ("anterior_height_mm", "middle_height_mm", "posterior_height_mm")
+    assert not on_labels["C6"]["na_reason"]
+    for key in keys:
+        assert on_image["C6"][key] == pytest.approx(on_labels["C6"][key], abs=0.5), key
