@@ -66,16 +66,17 @@ def trim_to_image(
     reach = round(COLUMN_MM / step_mm)
     stop = max(round(STOP_MM / step_mm), 1)
     least = round(MIN_TRIM_MM / step_mm)
+    columns = np.flatnonzero(core.any(0))
+    # Each column's own marrow: a column near a wall also holds the wall's cortex.
+    marrow = [float(np.median(smooth[core[:, j], j])) for j in columns]
     for disc, top in ((disc_above, True), (disc_below, False)):
         if disc.sum() < 10:
             continue
         d_section = float(np.median(smooth[disc]))
-        for j in np.flatnonzero(core.any(0)):
+        for j, m in zip(columns, marrow, strict=True):
             near = disc[:, max(j - reach, 0) : j + reach + 1]
             band = smooth[:, max(j - reach, 0) : j + reach + 1][near]
             d = float(np.median(band)) if band.size >= 5 else d_section
-            # The column's own marrow: a column near a wall also holds the wall's cortex.
-            m = float(np.median(smooth[core[:, j], j]))
             if d - m < max(MIN_CONTRAST * noise, MIN_RELATIVE * abs(d)):
                 continue
             col = np.flatnonzero(mask[:, j])

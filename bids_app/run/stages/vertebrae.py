@@ -7,9 +7,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+
 from bids_app.bids.derivatives import bids_prefix, final_output_relpath
 from bids_app.bids.discovery import ImageJob
 from bids_app.plumbing.errors import one_line
+from bids_app.qc.geometry import image_data
 from bids_app.run.stages.base import Segmented, StageOutput, writing
 from bids_app.vertebrae.outputs import write_vertebra_outputs
 from bids_app.vertebrae.preview import figure_path, write_figure
@@ -39,7 +43,9 @@ class VertebraStage:
             return StageOutput()
         job, out = image.job, self.output_dir
         try:
-            result = analyse(final, image.image)
+            # Read once: the heights and the figure both sample it.
+            source = nib.Nifti1Image(image_data(image.image, np.float32), image.image.affine)
+            result = analyse(final, source)
         except Exception as e:  # secondary measures: keep the segmentation, report why
             log.exception("%s: vertebral bodies failed", job.name)
             return StageOutput([], f"vertebral bodies: {one_line(e, with_type=True)}")
@@ -50,7 +56,7 @@ class VertebraStage:
             prefix = bids_prefix(Path(job.relpath).name, job.suffix)
             figure = figure_path(out, job.subject, prefix, job.suffix)
             try:
-                if write_figure(figure, image.image, result.measures):
+                if write_figure(figure, source, result.measures):
                     outputs.append(figure.relative_to(out).as_posix())
             except (ValueError, OSError) as e:  # a missing picture must not cost the outputs
                 log.warning("%s: vertebral-body figure not drawn (%s)", job.relpath, one_line(e))
