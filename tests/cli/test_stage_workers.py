@@ -161,29 +161,26 @@ def test_a_killed_worker_fails_its_image_and_the_next_image_gets_a_new_one(
     assert children() == before and multiprocessing.active_children() == []
 
 
-def test_a_disk_error_in_a_worker_stops_the_run_with_exit_74(
-    weights, tmp_path, capsys, monkeypatch
+@pytest.mark.parametrize(
+    ("stage", "rc", "message"),
+    [
+        (FullDisk, 74, "cannot write outputs (disk full)"),  # a disk error: exit 74
+        (Terminating, 128 + signal.SIGTERM, "stopped by SIGTERM"),
+    ],
+    ids=["disk-error-exit-74", "sigterm-ends-the-workers"],
+)
+def test_a_worker_that_stops_the_run_leaves_no_process(
+    weights, tmp_path, capsys, monkeypatch, stage, rc, message
 ):
-    monkeypatch.setattr(participant, "VertebraStage", FullDisk)
+    """A disk error in a worker, or SIGTERM while a worker runs a stage, stops the run with
+    its exit code and one line, and no worker process outlives it."""
+    monkeypatch.setattr(participant, "VertebraStage", stage)
     ds = make_bids(tmp_path / "ds", TWO)
     before = children()
-    rc = run(ds, tmp_path / "out", weights, "--cpu-workers", "1")[0]
+    got = run(ds, tmp_path / "out", weights, "--cpu-workers", "1")[0]
     err = capsys.readouterr().err
-    assert rc == 74
-    assert "cannot write outputs (disk full)" in err and "Traceback" not in err
-    assert children() == before and multiprocessing.active_children() == []
-
-
-def test_sigterm_while_a_worker_runs_a_stage_ends_the_workers(
-    weights, tmp_path, capsys, monkeypatch
-):
-    monkeypatch.setattr(participant, "VertebraStage", Terminating)
-    ds = make_bids(tmp_path / "ds", TWO)
-    before = children()
-    rc = run(ds, tmp_path / "out", weights, "--cpu-workers", "1")[0]
-    err = capsys.readouterr().err
-    assert rc == 128 + signal.SIGTERM
-    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert got == rc
+    assert message in err and "Traceback" not in err
     assert children() == before and multiprocessing.active_children() == []
 
 
